@@ -1,0 +1,326 @@
+//! The master's admin port: health, readiness, metrics, and the cluster API.
+//!
+//! `/metrics`, `/healthz` and `/readyz` are open (probes and scrapers carry no
+//! secrets); `/api/*` needs `Authorization: Bearer <admin token>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sockhive_shared::filter::Filter;
+use sockhive_shared::http::{self, RequestHead, Response};
+use sockhive_shared::ipc::{ClusterCommand, ClusterReply, ToMaster, ToWorker};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::supervisor::Master;
+
+/// Time an admin client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest admin request head.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest admin request body (a filter or an emitted payload).
+const MAX_BODY_BYTES: usize = 1 << 20;
+/// How long a scrape waits for each worker's metrics.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default and maximum `limit` of a socket query.
+const DEFAULT_QUERY_LIMIT: usize = 1000;
+/// Queries asking for more are capped and marked truncated.
+pub const MAX_QUERY_LIMIT: usize = 10_000;
+/// How long a cluster query waits for the workers.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves the admin port until the process exits.
+pub async fn serve(master: Arc<Master>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(master.clone(), stream));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(master: Arc<Master>, mut stream: TcpStream) {
+    let request = async {
+        let (head, rest) = http::read_head(&mut stream, MAX_HEAD_BYTES).await?;
+        let body = http::read_body(&mut stream, &head, rest, MAX_BODY_BYTES).await?;
+        Ok::<_, http::HeadError>((head, body))
+    };
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Err(_) => return,
+        Ok(Err(http::HeadError::TooLarge(_))) => Response::error(413, "request too large"),
+        Ok(Err(http::HeadError::Malformed(why))) => Response::error(400, why),
+        Ok(Err(_)) => return,
+        Ok(Ok((head, body))) => route(&master, &head, &body).await,
+    };
+    let _ = response.write_to(&mut stream).await;
+}
+
+async fn route(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response {
+    match (head.method.as_str(), head.path.as_str()) {
+        ("GET", "/healthz") => Response::json(200, &json!({"status": "ok"})),
+        ("GET", "/readyz") => readyz(master),
+        ("GET", "/metrics") => {
+            let (replies, asked) = master
+                .gather(
+                    |request| ToWorker::MetricsRequest { request },
+                    SCRAPE_TIMEOUT,
+                )
+                .await;
+            master
+                .metrics
+                .scrape_misses
+                .inc_by(asked.saturating_sub(replies.len()) as u64);
+            let mut response = Response::text(200, master.metrics.render(replies));
+            response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+            response
+        }
+        (_, path) if path.starts_with("/api/") => match authorize(master, head) {
+            Err(response) => response,
+            Ok(()) => api(master, head, body).await,
+        },
+        _ => Response::error(404, format!("no admin endpoint at {}", head.path)),
+    }
+}
+
+fn readyz(master: &Master) -> Response {
+    let missing = master.missing_slots();
+    if master.shutdown.is_cancelled() {
+        return Response::json(503, &json!({"ready": false, "draining": true}));
+    }
+    if missing.is_empty() {
+        Response::json(
+            200,
+            &json!({"ready": true, "workers": master.config.server.workers, "broker": "embedded"}),
+        )
+    } else {
+        Response::json(
+            503,
+            &json!({"ready": false, "workers_missing": missing, "broker": "embedded"}),
+        )
+    }
+}
+
+/// Compares in constant time so the token cannot be guessed byte by byte from response timing.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(master: &Master, head: &RequestHead) -> Result<(), Response> {
+    let Some(expected) = master.config.server.admin_token.as_deref() else {
+        return Err(Response::error(
+            401,
+            "the admin API is disabled: start sockhive with --admin-token",
+        ));
+    };
+    let presented = head
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(Response::error(401, "wrong admin token")),
+        None => Err(Response::error(
+            401,
+            "missing `Authorization: Bearer <admin token>`",
+        )),
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Response::error(400, "request body must be a JSON object")),
+        Err(e) => Err(Response::error(400, format!("malformed JSON body: {e}"))),
+    }
+}
+
+fn parse_filter(body: &serde_json::Map<String, Value>) -> Result<Value, Response> {
+    let filter = body.get("filter").cloned().unwrap_or_else(|| json!({}));
+    Filter::parse(&filter).map_err(|e| Response::error(400, format!("bad filter: {e}")))?;
+    Ok(filter)
+}
+
+fn raw_json(value: &Value) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|_| {
+        serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+    })
+}
+
+async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response {
+    let path = head.path.trim_end_matches('/');
+    match (head.method.as_str(), path) {
+        (
+            "POST",
+            "/api/sockets/query" | "/api/sockets/emit" | "/api/sockets/kick" | "/api/publish",
+        ) => {}
+        ("GET", p) if p.starts_with("/api/sockets/") => {
+            return socket_by_id(master, &p["/api/sockets/".len()..]).await
+        }
+        _ => {
+            return Response::error(
+                404,
+                format!("no API endpoint {} {}", head.method, head.path),
+            )
+        }
+    }
+    let body = match parse_body(body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match path {
+        "/api/publish" => {
+            let Some(channel) = body.get("channel").and_then(Value::as_str) else {
+                return Response::error(400, "`channel` must be a string");
+            };
+            master.publish(channel, raw_json(body.get("data").unwrap_or(&Value::Null)));
+            Response::json(200, &json!({"ok": true}))
+        }
+        "/api/sockets/query" => {
+            let filter = match parse_filter(&body) {
+                Ok(filter) => filter,
+                Err(response) => return response,
+            };
+            let asked = match body.get("limit") {
+                None => DEFAULT_QUERY_LIMIT,
+                Some(limit) => match limit.as_u64() {
+                    Some(n) => n as usize,
+                    None => return Response::error(400, "`limit` must be a non-negative integer"),
+                },
+            };
+            let limit = asked.min(MAX_QUERY_LIMIT);
+            let (replies, expected) = master
+                .gather(
+                    |request| ToWorker::Cluster {
+                        request,
+                        command: ClusterCommand::Query { filter, limit },
+                    },
+                    QUERY_TIMEOUT,
+                )
+                .await;
+            let answered = replies.len();
+            let mut sockets: Vec<Value> = replies
+                .into_iter()
+                .filter_map(|(_, reply)| match reply {
+                    ToMaster::Cluster {
+                        reply: ClusterReply::Query { sockets },
+                        ..
+                    } => Some(sockets),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            let truncated = asked > MAX_QUERY_LIMIT || sockets.len() > limit;
+            sockets.truncate(limit);
+            let mut reply = json!({
+                "sockets": sockets,
+                "nodes_answered": u64::from(answered == expected),
+                "nodes_expected": 1,
+                "workers_answered": answered,
+                "workers_expected": expected,
+            });
+            if truncated {
+                reply["truncated"] = json!(true);
+            }
+            Response::json(200, &reply)
+        }
+        "/api/sockets/emit" => {
+            let filter = match parse_filter(&body) {
+                Ok(filter) => filter,
+                Err(response) => return response,
+            };
+            let Some(event) = body
+                .get("event")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            else {
+                return Response::error(400, "`event` must be a string");
+            };
+            let data = raw_json(body.get("data").unwrap_or(&Value::Null));
+            let (replies, _) = master
+                .gather(
+                    |request| ToWorker::Cluster {
+                        request,
+                        command: ClusterCommand::Emit {
+                            filter,
+                            event,
+                            data,
+                        },
+                    },
+                    QUERY_TIMEOUT,
+                )
+                .await;
+            let delivered: u64 = replies
+                .iter()
+                .map(|(_, r)| match r {
+                    ToMaster::Cluster {
+                        reply: ClusterReply::Emit { delivered },
+                        ..
+                    } => *delivered,
+                    _ => 0,
+                })
+                .sum();
+            Response::json(200, &json!({"delivered": delivered}))
+        }
+        _ => {
+            let filter = match parse_filter(&body) {
+                Ok(filter) => filter,
+                Err(response) => return response,
+            };
+            let reason = match body.get("reason") {
+                None => "kicked by the server".to_string(),
+                Some(Value::String(reason)) => reason.clone(),
+                Some(_) => return Response::error(400, "`reason` must be a string"),
+            };
+            let (replies, _) = master
+                .gather(
+                    |request| ToWorker::Cluster {
+                        request,
+                        command: ClusterCommand::Kick { filter, reason },
+                    },
+                    QUERY_TIMEOUT,
+                )
+                .await;
+            let disconnected: u64 = replies
+                .iter()
+                .map(|(_, r)| match r {
+                    ToMaster::Cluster {
+                        reply: ClusterReply::Kick { disconnected },
+                        ..
+                    } => *disconnected,
+                    _ => 0,
+                })
+                .sum();
+            Response::json(200, &json!({"disconnected": disconnected}))
+        }
+    }
+}
+
+async fn socket_by_id(master: &Arc<Master>, id: &str) -> Response {
+    let id = http::percent_decode(id);
+    let filter = json!({"id": id});
+    let (replies, _) = master
+        .gather(
+            |request| ToWorker::Cluster {
+                request,
+                command: ClusterCommand::Query { filter, limit: 1 },
+            },
+            QUERY_TIMEOUT,
+        )
+        .await;
+    let found = replies.into_iter().find_map(|(_, reply)| match reply {
+        ToMaster::Cluster {
+            reply: ClusterReply::Query { mut sockets },
+            ..
+        } => sockets.pop(),
+        _ => None,
+    });
+    match found {
+        Some(record) => Response::json(200, &record),
+        None => Response::error(404, format!("no socket with id {id:?}")),
+    }
+}

@@ -1,0 +1,18 @@
+//! The sockhive master and command line.
+//!
+//! Layout:
+//! - [`cli`]: the `sockhive` commands and flags.
+//! - [`listeners`]: binding the public port before any worker exists.
+//! - [`spawn`]: fork-then-exec of a worker process.
+//! - [`supervisor`]: the workers' lifecycle (start, respawn, rolling restart, drain) and request fan-out.
+//! - [`admin`]: the admin port (health, readiness, metrics, cluster API).
+//! - [`admin_client`]: the CLI's side of the admin API.
+//! - [`metrics`]: the master's metrics and the node-wide exposition.
+
+pub mod admin;
+pub mod admin_client;
+pub mod cli;
+pub mod listeners;
+pub mod metrics;
+pub mod spawn;
+pub mod supervisor;

@@ -1,0 +1,77 @@
+//! The master's own metrics and the node-wide exposition.
+
+use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use sockhive_shared::ipc::ToMaster;
+use sockhive_shared::metrics::merge_families;
+
+/// Metrics only the master can know.
+pub struct MasterMetrics {
+    registry: Registry,
+    /// Ready workers serving a slot.
+    pub workers: IntGauge,
+    /// Workers respawned after dying unexpectedly.
+    pub worker_restarts: IntCounter,
+    /// Workers that did not answer a scrape in time.
+    pub scrape_misses: IntCounter,
+}
+
+impl MasterMetrics {
+    /// Creates and registers the master's metrics.
+    pub fn new() -> MasterMetrics {
+        let registry = Registry::new();
+        let workers = IntGauge::new(
+            "sockhive_workers",
+            "Worker processes that are up and accepting.",
+        )
+        .expect("valid metric");
+        let worker_restarts = IntCounter::new(
+            "sockhive_worker_restarts_total",
+            "Workers respawned after an unexpected exit.",
+        )
+        .expect("valid metric");
+        let scrape_misses = IntCounter::new(
+            "sockhive_worker_scrape_misses_total",
+            "Workers that did not answer a metrics scrape in time.",
+        )
+        .expect("valid metric");
+        for metric in [
+            Box::new(workers.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(worker_restarts.clone()),
+            Box::new(scrape_misses.clone()),
+        ] {
+            registry.register(metric).expect("metric registered once");
+        }
+        MasterMetrics {
+            registry,
+            workers,
+            worker_restarts,
+            scrape_misses,
+        }
+    }
+
+    /// The text exposition: the master's families, then every worker's with a `worker` label.
+    pub fn render(&self, replies: Vec<(u16, ToMaster)>) -> String {
+        let mut families = self.registry.gather();
+        for (slot, reply) in replies {
+            if let ToMaster::Metrics {
+                families: snapshots,
+                ..
+            } = reply
+            {
+                let slot = slot.to_string();
+                families.extend(snapshots.iter().map(|s| s.restore(Some(("worker", &slot)))));
+            }
+        }
+        let mut text = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&merge_families(families), &mut text) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(text).unwrap_or_default()
+    }
+}
+
+impl Default for MasterMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

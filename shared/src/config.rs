@@ -1,0 +1,752 @@
+//! The one configuration of a node, parsed once and strictly.
+//!
+//! Every setting has three spellings, highest precedence first: a flag
+//! (`--drain-timeout`), an environment variable (`SOCKHIVE_DRAIN_TIMEOUT`) and
+//! a key in the TOML file (`[server] drain_timeout`). One [`ConfigLayer`]
+//! describes all three: clap reads flags and environment into it, serde reads
+//! the file into another, [`ConfigLayer::over`] stacks them, and
+//! [`Config::resolve`] fills defaults and runs the cross-field checks.
+//!
+//! The resolved [`Config`] is what the master hands each worker at start-up, so
+//! every process of a node runs on exactly the same settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+pub use crate::jwt::{JwtAlgorithm, DEFAULT_JWT_LEEWAY, MAX_JWT_LEEWAY};
+use crate::units::{ByteSize, HumanDuration};
+
+/// Default public address: WebSocket endpoints, `/negotiate`, `/healthz`.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
+/// Default admin address; loopback so metrics and the admin API are not public by accident.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9000";
+/// How long SIGTERM waits for sockets to close before the master forces the exit.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection must finish its HTTP request within this time (slowloris guard).
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request heads above this size get 431.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
+/// Largest WebSocket frame or message a client may send; beyond it: close 1009.
+pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 20;
+/// Time from the upgrade to the protocol handshake (SocketCluster closes with 4005).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Channels one socket may hold at once.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: u32 = 1000;
+/// Bytes queued towards one slow client before it is disconnected.
+pub const DEFAULT_MAX_SEND_QUEUE: u64 = 8 << 20;
+/// SocketCluster's own ping interval (server-driven pings).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(8);
+/// SocketCluster's own ping timeout, advertised in the `#handshake` reply.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lifetime of tokens sockhive signs (SocketCluster's `authDefaultExpiry`).
+pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(86_400);
+/// Upper bound on `--workers`: more processes than this is a typo, not a plan.
+pub const MAX_WORKERS: u16 = 256;
+
+/// A configuration problem, naming the key at fault and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The TOML file is not valid TOML, has an unknown key or a bad value.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// The parser's message, which names the line and the key.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable (alone or with another setting).
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The key as written in the TOML file, e.g. `server.workers`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// How worker processes share the public port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptMode {
+    /// One `SO_REUSEPORT` socket per worker slot, owned by the master: the kernel
+    /// spreads connections evenly, and a restarting worker's queue waits for its
+    /// successor instead of being reset.
+    Reuseport,
+    /// One listening socket inherited by every worker; workers race to accept.
+    Shared,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Who may subscribe and publish to a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelAuth {
+    /// Any socket may use any channel.
+    Open,
+    /// Only channels listed in the token's `channels` claim, or public ones.
+    Claims,
+}
+
+/// `[server]`: processes, addresses and lifecycle.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerLayer {
+    /// Worker processes forked by the master [default: number of CPUs].
+    #[arg(long, env = "SOCKHIVE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS as i64))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u16>,
+    /// Public address: WebSocket endpoints, /negotiate, /healthz [default: 0.0.0.0:8000].
+    #[arg(long, env = "SOCKHIVE_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Master's admin address: /metrics, /healthz, /readyz, /api/* [default: 127.0.0.1:9000].
+    #[arg(long, env = "SOCKHIVE_ADMIN_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token required on /api/* [default: none, /api/* refused].
+    #[arg(long, env = "SOCKHIVE_ADMIN_TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    /// This master's name in the cluster [default: hostname-pid].
+    #[arg(long, env = "SOCKHIVE_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// How workers share the public port [default: reuseport].
+    #[arg(long, env = "SOCKHIVE_ACCEPT_MODE", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_mode: Option<AcceptMode>,
+    /// Time SIGTERM waits for sockets to close before forcing the exit [default: 10s].
+    #[arg(long, env = "SOCKHIVE_DRAIN_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<HumanDuration>,
+    /// Allowed Origin of browser upgrades, repeatable; '*' turns the check off [default: the request's Host].
+    #[arg(
+        long = "allowed-origin",
+        env = "SOCKHIVE_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_origin: Option<Vec<String>>,
+    /// Log format [default: text].
+    #[arg(long, env = "SOCKHIVE_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// `[limits]`: what one client may cost a worker.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsLayer {
+    /// Time a connection has to complete its HTTP request [default: 10s].
+    #[arg(long, env = "SOCKHIVE_UPGRADE_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_timeout: Option<HumanDuration>,
+    /// Largest request head; beyond it: 431 [default: 16KiB].
+    #[arg(long, env = "SOCKHIVE_MAX_HEADER_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<ByteSize>,
+    /// Largest WebSocket frame or message; beyond it: close 1009 [default: 1MiB].
+    #[arg(long, env = "SOCKHIVE_MAX_PAYLOAD")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_payload: Option<ByteSize>,
+    /// Open connections per worker; beyond it: 503 before the upgrade [default: none].
+    #[arg(long, env = "SOCKHIVE_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Time from the upgrade to the protocol handshake [default: 10s].
+    #[arg(long, env = "SOCKHIVE_HANDSHAKE_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<HumanDuration>,
+    /// Channels one socket may subscribe to [default: 1000].
+    #[arg(long, env = "SOCKHIVE_MAX_SUBSCRIPTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions: Option<u32>,
+    /// Bytes queued towards one client before it is disconnected [default: 8MiB].
+    #[arg(long, env = "SOCKHIVE_MAX_SEND_QUEUE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_send_queue: Option<ByteSize>,
+    /// Interval of server-driven SocketCluster pings [default: 8s].
+    #[arg(long, env = "SOCKHIVE_PING_INTERVAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping_interval: Option<HumanDuration>,
+    /// Time without a pong before a SocketCluster socket is closed with 4001 [default: 30s].
+    #[arg(long, env = "SOCKHIVE_PING_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping_timeout: Option<HumanDuration>,
+}
+
+/// `[auth]`: JWTs and what a connection needs to become a socket.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthLayer {
+    /// JWT key for HS256, SocketCluster's authKey [default: random per start].
+    #[arg(long, env = "SOCKHIVE_AUTH_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_key: Option<String>,
+    /// JWT algorithm [default: HS256].
+    #[arg(long, env = "SOCKHIVE_AUTH_ALGORITHM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_algorithm: Option<JwtAlgorithm>,
+    /// PEM private key for RS256/ES256 signing.
+    #[arg(long, env = "SOCKHIVE_AUTH_PRIVATE_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_private_key: Option<PathBuf>,
+    /// PEM public key for RS256/ES256 verification.
+    #[arg(long, env = "SOCKHIVE_AUTH_PUBLIC_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_public_key: Option<PathBuf>,
+    /// Clock tolerance for exp and nbf, at most 60s [default: 30s].
+    #[arg(long, env = "SOCKHIVE_JWT_LEEWAY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_leeway: Option<HumanDuration>,
+    /// Lifetime of tokens sockhive signs [default: 1d].
+    #[arg(long, env = "SOCKHIVE_TOKEN_EXPIRY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_expiry: Option<HumanDuration>,
+    /// Re-sign and push a fresh token this long before expiry [default: off].
+    #[arg(long, env = "SOCKHIVE_TOKEN_RENEW_BEFORE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_renew_before: Option<HumanDuration>,
+    /// A connection without a valid credential never becomes a socket [default: off].
+    #[arg(long, env = "SOCKHIVE_REQUIRE_AUTH", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_auth: Option<bool>,
+    /// With --require-auth: refuse with HTTP 401 before the upgrade [default: off].
+    #[arg(long, env = "SOCKHIVE_REJECT_AT_UPGRADE", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reject_at_upgrade: Option<bool>,
+}
+
+/// `[channels]`: who may use which channel.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsLayer {
+    /// open: any socket may use any channel; claims: only those in the JWT's channels claim or public ones [default: open].
+    #[arg(long, env = "SOCKHIVE_CHANNEL_AUTH", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_auth: Option<ChannelAuth>,
+    /// Channel pattern anyone may use under `claims` (a trailing * is a prefix), repeatable.
+    #[arg(
+        long = "public-channel",
+        env = "SOCKHIVE_PUBLIC_CHANNEL",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_channel: Option<Vec<String>>,
+}
+
+/// One source of settings (flags plus environment, or the TOML file), every key optional.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigLayer {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub server: ServerLayer,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: LimitsLayer,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub auth: AuthLayer,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub channels: ChannelsLayer,
+}
+
+impl ConfigLayer {
+    /// Reads a TOML file; unknown keys and bad values are refused with the line and key.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error is the parser's message, naming line and key.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// This layer stacked over `lower`: every key set here wins, the rest comes from `lower`.
+    pub fn over(self, lower: ConfigLayer) -> ConfigLayer {
+        // Both layers serialize only the keys they set, so a recursive merge of
+        // the two JSON trees is exactly "higher wins per key" for every section
+        // without listing each key again.
+        fn merge(high: serde_json::Value, low: serde_json::Value) -> serde_json::Value {
+            match (high, low) {
+                (serde_json::Value::Object(high), serde_json::Value::Object(mut low)) => {
+                    for (key, value) in high {
+                        let below = low.remove(&key).unwrap_or(serde_json::Value::Null);
+                        low.insert(key, merge(value, below));
+                    }
+                    serde_json::Value::Object(low)
+                }
+                (high, _) => high,
+            }
+        }
+        let (Ok(high), Ok(low)) = (serde_json::to_value(&self), serde_json::to_value(&lower))
+        else {
+            return self;
+        };
+        serde_json::from_value(merge(high, low)).unwrap_or(self)
+    }
+}
+
+/// Resolved `[server]` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct ServerConfig {
+    pub workers: u16,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<String>,
+    pub node_id: String,
+    pub accept_mode: AcceptMode,
+    #[serde(with = "duration_text")]
+    pub drain_timeout: Duration,
+    pub allowed_origin: Vec<String>,
+    pub log_format: LogFormat,
+}
+
+/// Resolved `[limits]`; see [`LimitsLayer`] for what each one bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Limits {
+    #[serde(with = "duration_text")]
+    pub upgrade_timeout: Duration,
+    pub max_header_bytes: u64,
+    pub max_payload: u64,
+    pub max_connections: Option<u32>,
+    #[serde(with = "duration_text")]
+    pub handshake_timeout: Duration,
+    pub max_subscriptions: u32,
+    pub max_send_queue: u64,
+    #[serde(with = "duration_text")]
+    pub ping_interval: Duration,
+    #[serde(with = "duration_text")]
+    pub ping_timeout: Duration,
+}
+
+/// Resolved `[auth]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct AuthConfig {
+    /// The HS256 key; generated at start when none was configured.
+    pub auth_key: String,
+    /// True when `auth_key` was generated: tokens then die with this master.
+    pub auth_key_is_random: bool,
+    pub auth_algorithm: JwtAlgorithm,
+    /// PEM text of the private key (read once by the master so workers need no file access).
+    pub auth_private_key_pem: Option<String>,
+    /// PEM text of the public key.
+    pub auth_public_key_pem: Option<String>,
+    #[serde(with = "duration_text")]
+    pub jwt_leeway: Duration,
+    #[serde(with = "duration_text")]
+    pub token_expiry: Duration,
+    #[serde(with = "optional_duration_text")]
+    pub token_renew_before: Option<Duration>,
+    pub require_auth: bool,
+    pub reject_at_upgrade: bool,
+}
+
+/// Resolved `[channels]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct ChannelConfig {
+    pub channel_auth: ChannelAuth,
+    pub public_channel: Vec<String>,
+}
+
+/// The effective configuration of a node: every default filled, every check passed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: Limits,
+    pub auth: AuthConfig,
+    pub channels: ChannelConfig,
+}
+
+fn duration(value: Option<HumanDuration>, default: Duration) -> Duration {
+    value.map(|d| d.0).unwrap_or(default)
+}
+
+fn read_pem(key: &'static str, path: &Option<PathBuf>) -> Result<Option<String>, ConfigError> {
+    match path {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "sockhive".to_string()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
+}
+
+fn random_auth_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{origin}` must start with http:// or https:// (or be '*')"))?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(format!(
+            "`{origin}` must be scheme://host[:port] with no path"
+        ));
+    }
+    Ok(())
+}
+
+fn check_channel_pattern(pattern: &str) -> Result<(), String> {
+    let star = pattern.find('*');
+    if pattern.is_empty() || star.is_some_and(|at| at != pattern.len() - 1) {
+        return Err(format!(
+            "`{pattern}`: a pattern is a channel name, optionally ending in a single '*'"
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Fills defaults into a stacked layer and checks every value and combination.
+    pub fn resolve(layer: ConfigLayer) -> Result<Config, ConfigError> {
+        let ConfigLayer {
+            server,
+            limits,
+            auth,
+            channels,
+        } = layer;
+        let default_workers = std::thread::available_parallelism()
+            .map(|n| n.get().min(MAX_WORKERS as usize) as u16)
+            .unwrap_or(1);
+        let listen = server
+            .listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let admin_listen = server
+            .admin_listen
+            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
+        let config = Config {
+            server: ServerConfig {
+                workers: server.workers.unwrap_or(default_workers),
+                listen,
+                admin_listen,
+                admin_token: server.admin_token,
+                node_id: server.node_id.unwrap_or_else(default_node_id),
+                accept_mode: server.accept_mode.unwrap_or(AcceptMode::Reuseport),
+                drain_timeout: duration(server.drain_timeout, DEFAULT_DRAIN_TIMEOUT),
+                allowed_origin: server.allowed_origin.unwrap_or_default(),
+                log_format: server.log_format.unwrap_or(LogFormat::Text),
+            },
+            limits: Limits {
+                upgrade_timeout: duration(limits.upgrade_timeout, DEFAULT_UPGRADE_TIMEOUT),
+                max_header_bytes: limits
+                    .max_header_bytes
+                    .map_or(DEFAULT_MAX_HEADER_BYTES, |b| b.0),
+                max_payload: limits.max_payload.map_or(DEFAULT_MAX_PAYLOAD, |b| b.0),
+                max_connections: limits.max_connections,
+                handshake_timeout: duration(limits.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT),
+                max_subscriptions: limits
+                    .max_subscriptions
+                    .unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS),
+                max_send_queue: limits
+                    .max_send_queue
+                    .map_or(DEFAULT_MAX_SEND_QUEUE, |b| b.0),
+                ping_interval: duration(limits.ping_interval, DEFAULT_PING_INTERVAL),
+                ping_timeout: duration(limits.ping_timeout, DEFAULT_PING_TIMEOUT),
+            },
+            auth: AuthConfig {
+                auth_key_is_random: auth.auth_key.is_none(),
+                auth_key: auth.auth_key.unwrap_or_else(random_auth_key),
+                auth_algorithm: auth.auth_algorithm.unwrap_or(JwtAlgorithm::Hs256),
+                auth_private_key_pem: read_pem("auth.auth_private_key", &auth.auth_private_key)?,
+                auth_public_key_pem: read_pem("auth.auth_public_key", &auth.auth_public_key)?,
+                jwt_leeway: duration(auth.jwt_leeway, DEFAULT_JWT_LEEWAY),
+                token_expiry: duration(auth.token_expiry, DEFAULT_TOKEN_EXPIRY),
+                token_renew_before: auth.token_renew_before.map(|d| d.0),
+                require_auth: auth.require_auth.unwrap_or(false),
+                reject_at_upgrade: auth.reject_at_upgrade.unwrap_or(false),
+            },
+            channels: ChannelConfig {
+                channel_auth: channels.channel_auth.unwrap_or(ChannelAuth::Open),
+                public_channel: channels.public_channel.unwrap_or_default(),
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The cross-field and range checks; each error names the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let (server, limits, auth) = (&self.server, &self.limits, &self.auth);
+        if server.workers == 0 || server.workers > MAX_WORKERS {
+            return Err(invalid(
+                "server.workers",
+                format!(
+                    "must be between 1 and {MAX_WORKERS}, got {}",
+                    server.workers
+                ),
+            ));
+        }
+        if server.listen == server.admin_listen && server.listen.port() != 0 {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen",
+            ));
+        }
+        if server.node_id.is_empty() || server.node_id.len() > 128 {
+            return Err(invalid("server.node_id", "must be 1 to 128 characters"));
+        }
+        if server.admin_token.as_deref() == Some("") {
+            return Err(invalid(
+                "server.admin_token",
+                "must not be empty (leave it unset to refuse /api/*)",
+            ));
+        }
+        if server.drain_timeout.is_zero() {
+            return Err(invalid("server.drain_timeout", "must be above zero"));
+        }
+        for origin in &server.allowed_origin {
+            check_origin(origin).map_err(|reason| invalid("server.allowed_origin", reason))?;
+        }
+        for (key, value) in [
+            ("limits.upgrade_timeout", limits.upgrade_timeout),
+            ("limits.handshake_timeout", limits.handshake_timeout),
+            ("limits.ping_interval", limits.ping_interval),
+            ("limits.ping_timeout", limits.ping_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be above zero"));
+            }
+        }
+        if limits.ping_interval >= limits.ping_timeout {
+            return Err(invalid(
+                "limits.ping_interval",
+                "must be shorter than limits.ping_timeout, or clients time out between pings",
+            ));
+        }
+        if limits.ping_timeout > Duration::from_millis(i32::MAX as u64) {
+            return Err(invalid(
+                "limits.ping_timeout",
+                "must stay below 2^31 ms (the client's timer limit)",
+            ));
+        }
+        if limits.max_header_bytes < 1024 {
+            return Err(invalid("limits.max_header_bytes", "must be at least 1KiB"));
+        }
+        if limits.max_payload < 1024 {
+            return Err(invalid("limits.max_payload", "must be at least 1KiB"));
+        }
+        if limits.max_send_queue < limits.max_payload {
+            return Err(invalid(
+                "limits.max_send_queue",
+                "must be at least limits.max_payload",
+            ));
+        }
+        if limits.max_connections == Some(0) {
+            return Err(invalid(
+                "limits.max_connections",
+                "must be above zero (leave it unset for no limit)",
+            ));
+        }
+        if auth.jwt_leeway > MAX_JWT_LEEWAY {
+            return Err(invalid("auth.jwt_leeway", "must be at most 60s"));
+        }
+        if auth.token_expiry.is_zero() {
+            return Err(invalid("auth.token_expiry", "must be above zero"));
+        }
+        if let Some(renew) = auth.token_renew_before {
+            if renew.is_zero() || renew >= auth.token_expiry {
+                return Err(invalid(
+                    "auth.token_renew_before",
+                    "must be above zero and shorter than auth.token_expiry",
+                ));
+            }
+        }
+        if auth.reject_at_upgrade && !auth.require_auth {
+            return Err(invalid(
+                "auth.reject_at_upgrade",
+                "only makes sense with auth.require_auth",
+            ));
+        }
+        if auth.auth_key.is_empty() {
+            return Err(invalid("auth.auth_key", "must not be empty"));
+        }
+        match auth.auth_algorithm {
+            JwtAlgorithm::Hs256 => {
+                if auth.auth_private_key_pem.is_some() || auth.auth_public_key_pem.is_some() {
+                    return Err(invalid(
+                        "auth.auth_algorithm",
+                        "key files need RS256 or ES256; HS256 uses auth.auth_key",
+                    ));
+                }
+            }
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+                if auth.auth_public_key_pem.is_none() {
+                    return Err(invalid(
+                        "auth.auth_public_key",
+                        "is required with RS256 and ES256",
+                    ));
+                }
+            }
+        }
+        for pattern in &self.channels.public_channel {
+            check_channel_pattern(pattern)
+                .map_err(|reason| invalid("channels.public_channel", reason))?;
+        }
+        Ok(())
+    }
+
+    /// The configuration as `check-config` prints it: TOML, secrets hidden.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.server.admin_token.is_some() {
+            shown.server.admin_token = Some("<redacted>".into());
+        }
+        shown.auth.auth_key = if self.auth.auth_key_is_random {
+            "<random per start>".into()
+        } else {
+            "<redacted>".into()
+        };
+        if shown.auth.auth_private_key_pem.is_some() {
+            shown.auth.auth_private_key_pem = Some("<redacted>".into());
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// Durations travel (to workers, to `check-config`) in the same spelling users write.
+mod duration_text {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        HumanDuration(*value).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        HumanDuration::deserialize(d).map(|h| h.0)
+    }
+}
+
+mod optional_duration_text {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(
+        value: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.map(HumanDuration).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<HumanDuration>::deserialize(d).map(|o| o.map(|h| h.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = ConfigLayer::from_toml("[server]\nworkerz = 3\n").unwrap_err();
+        assert!(err.contains("workerz"), "{err}");
+        let err = ConfigLayer::from_toml("[serverx]\n").unwrap_err();
+        assert!(err.contains("serverx"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key_and_reason() {
+        let err = ConfigLayer::from_toml("[server]\ndrain_timeout = \"soon\"\n").unwrap_err();
+        assert!(
+            err.contains("drain_timeout") && err.contains("invalid duration"),
+            "{err}"
+        );
+        let layer = ConfigLayer::from_toml("[server]\nworkers = 0\n").unwrap();
+        let err = Config::resolve(layer).unwrap_err().to_string();
+        assert!(err.starts_with("server.workers:"), "{err}");
+    }
+
+    #[test]
+    fn higher_layers_win_key_by_key() {
+        let file =
+            ConfigLayer::from_toml("[server]\nworkers = 3\ndrain_timeout = \"5s\"\n").unwrap();
+        let mut flags = ConfigLayer::default();
+        flags.server.workers = Some(2);
+        let config = Config::resolve(flags.over(file)).unwrap();
+        assert_eq!(config.server.workers, 2);
+        assert_eq!(config.server.drain_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn cross_field_rules_hold() {
+        let layer = ConfigLayer::from_toml("[auth]\nreject_at_upgrade = true\n").unwrap();
+        let err = Config::resolve(layer).unwrap_err().to_string();
+        assert!(err.starts_with("auth.reject_at_upgrade"), "{err}");
+        let layer = ConfigLayer::from_toml("[auth]\njwt_leeway = \"2m\"\n").unwrap();
+        assert!(Config::resolve(layer).is_err());
+        let layer =
+            ConfigLayer::from_toml("[server]\nallowed_origin = [\"example.com\"]\n").unwrap();
+        assert!(Config::resolve(layer).is_err());
+    }
+
+    #[test]
+    fn resolved_config_round_trips_for_workers() {
+        let config = Config::resolve(ConfigLayer::default()).unwrap();
+        let json = serde_json::to_string(&config).unwrap();
+        let back: Config = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.limits.max_payload, DEFAULT_MAX_PAYLOAD);
+        assert!(config.to_redacted_toml().contains("<random per start>"));
+    }
+}

@@ -1,0 +1,248 @@
+//! The master-worker channel: typed messages over a Unix socket pair.
+//!
+//! Each frame is a 4-byte big-endian length followed by that many bytes of
+//! JSON (externally tagged enums: internally tagged ones buffer their content,
+//! which would break the raw JSON payloads below). JSON keeps the format readable in `strace` and lets published payloads
+//! ride along as raw JSON without re-encoding; the length prefix keeps framing
+//! independent of the payload.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::config::Config;
+use crate::metrics::FamilySnapshot;
+
+/// Largest IPC frame; a bigger length prefix means a corrupt stream, not a big message.
+pub const MAX_FRAME_BYTES: usize = 256 << 20;
+
+/// The file descriptor number at which a worker finds its listening socket.
+pub const WORKER_LISTENER_FD: i32 = 3;
+/// The file descriptor number at which a worker finds its end of the IPC socket pair.
+pub const WORKER_IPC_FD: i32 = 4;
+
+/// Why an IPC frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    /// The socket failed.
+    #[error("ipc i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent a length beyond [`MAX_FRAME_BYTES`].
+    #[error("ipc frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// The frame was not a message of the expected type.
+    #[error("ipc frame is not a valid message: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A cluster query as the master fans it out to its workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterCommand {
+    /// Return the records of matching sockets, at most `limit` of them.
+    Query {
+        /// The filter, already validated by the master.
+        filter: serde_json::Value,
+        /// Most records to return.
+        limit: usize,
+    },
+    /// Send a server event to every matching socket.
+    Emit {
+        /// The filter, already validated by the master.
+        filter: serde_json::Value,
+        /// Event name.
+        event: String,
+        /// Event payload.
+        data: Box<RawValue>,
+    },
+    /// Disconnect every matching socket.
+    Kick {
+        /// The filter, already validated by the master.
+        filter: serde_json::Value,
+        /// Close reason the client sees.
+        reason: String,
+    },
+}
+
+/// A worker's answer to one [`ClusterCommand`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterReply {
+    /// Matching socket records.
+    Query {
+        /// Records, as the admin API shows them.
+        sockets: Vec<serde_json::Value>,
+    },
+    /// How many sockets the event was written to.
+    Emit {
+        /// Count of sockets reached.
+        delivered: u64,
+    },
+    /// How many sockets were closed.
+    Kick {
+        /// Count of sockets closed.
+        disconnected: u64,
+    },
+}
+
+/// Master to worker.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToWorker {
+    /// First message: who the worker is and the node's effective configuration.
+    Hello {
+        /// Slot number, 1-based, stable across restarts of that slot.
+        slot: u16,
+        /// The node's settings.
+        config: Box<Config>,
+    },
+    /// Stop accepting, close every socket with 1001, exit.
+    Drain,
+    /// Send your metrics; the reply carries the same `request`.
+    MetricsRequest {
+        /// Correlates the reply.
+        request: u64,
+    },
+    /// A channel message for the local subscribers of `channel`.
+    Deliver {
+        /// The channel.
+        channel: String,
+        /// The published value, JSON text serialized once by the publisher.
+        data: Box<RawValue>,
+    },
+    /// A cluster query to evaluate on this worker's sockets.
+    Cluster {
+        /// Correlates the reply.
+        request: u64,
+        /// What to do.
+        command: ClusterCommand,
+    },
+}
+
+/// Worker to master.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToMaster {
+    /// The worker accepts connections.
+    Ready,
+    /// The worker's metric families, answering a [`ToWorker::MetricsRequest`].
+    Metrics {
+        /// The request being answered.
+        request: u64,
+        /// Every family of the worker's registry.
+        families: Vec<FamilySnapshot>,
+    },
+    /// The first local socket subscribed to `channel`: route it here.
+    Subscribe {
+        /// The channel.
+        channel: String,
+    },
+    /// The last local socket left `channel`.
+    Unsubscribe {
+        /// The channel.
+        channel: String,
+    },
+    /// Publish to every subscriber of `channel` on every worker.
+    Publish {
+        /// The channel.
+        channel: String,
+        /// The published value as JSON text.
+        data: Box<RawValue>,
+    },
+    /// The answer to a [`ToWorker::Cluster`].
+    Cluster {
+        /// The request being answered.
+        request: u64,
+        /// The worker's part of the answer.
+        reply: ClusterReply,
+    },
+}
+
+/// Encodes one message as a complete frame (length prefix included), so a
+/// broadcast can encode once and write the same bytes to every worker.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, IpcError> {
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, message)?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME_BYTES {
+        return Err(IpcError::TooLarge(len));
+    }
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(frame)
+}
+
+/// Writes one message.
+pub async fn write_message<W, T>(writer: &mut W, message: &T) -> Result<(), IpcError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    writer.write_all(&encode(message)?).await?;
+    Ok(())
+}
+
+/// Reads one message; `Ok(None)` is a clean end of stream (the peer exited).
+pub async fn read_message<R, T>(reader: &mut R) -> Result<Option<T>, IpcError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(IpcError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await?;
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_survive_the_socket_pair() {
+        let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let data = RawValue::from_string(r#"{"n":1}"#.into()).unwrap();
+        write_message(
+            &mut a,
+            &ToMaster::Publish {
+                channel: "news".into(),
+                data,
+            },
+        )
+        .await
+        .unwrap();
+        write_message(&mut a, &ToMaster::Ready).await.unwrap();
+        drop(a);
+        match read_message::<_, ToMaster>(&mut b).await.unwrap() {
+            Some(ToMaster::Publish { channel, data }) => {
+                assert_eq!(channel, "news");
+                assert_eq!(data.get(), r#"{"n":1}"#);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            read_message::<_, ToMaster>(&mut b).await.unwrap(),
+            Some(ToMaster::Ready)
+        ));
+        assert!(read_message::<_, ToMaster>(&mut b).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_length_is_refused_not_allocated() {
+        let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert!(matches!(
+            read_message::<_, ToMaster>(&mut b).await,
+            Err(IpcError::TooLarge(_))
+        ));
+    }
+}

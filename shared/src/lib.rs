@@ -1,0 +1,18 @@
+//! Code that the master, the workers and the broker all need.
+//!
+//! Layout:
+//! - [`config`]: the node's settings from flags, environment and TOML, validated once.
+//! - [`units`]: the duration and size spellings used in every limit.
+//! - [`jwt`]: SocketCluster-compatible JWTs, verified more strictly than Node does.
+//! - [`ipc`]: the typed, length-prefixed messages between master and workers.
+//! - [`metrics`]: metric families in a form that crosses the IPC channel.
+//! - [`filter`]: the admin API's socket filter language.
+//! - [`http`]: the little HTTP/1.1 the front door and the admin port speak.
+
+pub mod config;
+pub mod filter;
+pub mod http;
+pub mod ipc;
+pub mod jwt;
+pub mod metrics;
+pub mod units;

@@ -1,0 +1,66 @@
+//! Verifying the JWTs sockets present and signing the ones sockhive hands out.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use sockhive_shared::config::AuthConfig;
+use sockhive_shared::jwt::{
+    AuthTokenError, JwtAlgorithm, JwtKeyError, JwtKeys, TokenSignError, TokenSigner, TokenVerifier,
+};
+
+/// The node's JWT keys, built once per worker from the configuration.
+pub struct Auth {
+    verifier: TokenVerifier,
+    /// Absent when only a public key is configured: the node then verifies but cannot mint.
+    signer: Option<TokenSigner>,
+    /// Lifetime of tokens this node signs.
+    pub token_expiry: Duration,
+    /// Re-sign this long before a socket's token expires, when set.
+    pub renew_before: Option<Duration>,
+}
+
+/// Seconds since the epoch: the clock JWT claims are compared against.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Auth {
+    /// Builds verifier and signer for the configured algorithm.
+    pub fn new(config: &AuthConfig) -> Result<Auth, JwtKeyError> {
+        let public = config.auth_public_key_pem.as_deref().unwrap_or("");
+        let private = config.auth_private_key_pem.as_deref();
+        let keys = match config.auth_algorithm {
+            JwtAlgorithm::Hs256 => JwtKeys::hs256(&config.auth_key)?,
+            JwtAlgorithm::Rs256 => JwtKeys::rs256_pem(public, private)?,
+            JwtAlgorithm::Es256 => JwtKeys::es256_pem(public, private)?,
+        };
+        let verifier = TokenVerifier::new(&keys)?.with_leeway(config.jwt_leeway)?;
+        let signer = if keys.can_sign() {
+            Some(TokenSigner::new(&keys)?)
+        } else {
+            None
+        };
+        Ok(Auth {
+            verifier,
+            signer,
+            token_expiry: config.token_expiry,
+            renew_before: config.token_renew_before,
+        })
+    }
+
+    /// Verifies a presented token now; the claims on success.
+    pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthTokenError> {
+        self.verifier.verify(token, now_unix())
+    }
+
+    /// Signs claims with the node's default expiry (unless they carry `exp`).
+    pub fn sign(&self, claims: Map<String, Value>) -> Result<String, TokenSignError> {
+        match &self.signer {
+            Some(signer) => signer.sign(claims, self.token_expiry, now_unix()),
+            None => Err(TokenSignError::NoSigningKey),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Channel subscriptions of this worker's sockets.
+//!
+//! The worker subscribes to the broker once per channel, not once per socket:
+//! the first local subscriber sends `Subscribe` to the master, the last one to
+//! leave sends `Unsubscribe`, and every delivery is encoded once and fanned out
+//! to the local subscribers as the same shared frame.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
+use sockhive_shared::ipc::ToMaster;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::link::MasterLink;
+use crate::outbox::{Outbound, Outbox};
+use crate::WorkerMetrics;
+
+/// Local subscribers by channel.
+#[derive(Debug)]
+pub struct LocalChannels {
+    subscribers: Mutex<HashMap<String, HashMap<Arc<str>, Outbox>>>,
+    master: MasterLink,
+}
+
+impl LocalChannels {
+    /// No subscriptions yet; broker traffic goes through `master`.
+    pub fn new(master: MasterLink) -> LocalChannels {
+        LocalChannels {
+            subscribers: Mutex::new(HashMap::new()),
+            master,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<Arc<str>, Outbox>>> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a subscriber; the worker joins the channel at the broker on the first.
+    pub fn subscribe(&self, channel: &str, socket: Arc<str>, outbox: Outbox) {
+        let mut subscribers = self.lock();
+        let first = !subscribers.contains_key(channel);
+        subscribers
+            .entry(channel.to_string())
+            .or_default()
+            .insert(socket, outbox);
+        if first {
+            self.master.send(&ToMaster::Subscribe {
+                channel: channel.to_string(),
+            });
+        }
+    }
+
+    /// Removes a subscriber; the worker leaves the channel at the broker after the last.
+    pub fn unsubscribe(&self, channel: &str, socket: &str) {
+        let mut subscribers = self.lock();
+        let Some(sockets) = subscribers.get_mut(channel) else {
+            return;
+        };
+        sockets.remove(socket);
+        if sockets.is_empty() {
+            subscribers.remove(channel);
+            self.master.send(&ToMaster::Unsubscribe {
+                channel: channel.to_string(),
+            });
+        }
+    }
+
+    /// Hands a publish to the broker.
+    pub fn publish(&self, channel: &str, data: Box<RawValue>) -> bool {
+        self.master.send(&ToMaster::Publish {
+            channel: channel.to_string(),
+            data,
+        })
+    }
+
+    /// Delivers a broker message to every local subscriber of `channel`.
+    ///
+    /// Hot path: one encoding, then a refcount bump per subscriber.
+    pub fn deliver(&self, channel: &str, data: &RawValue, metrics: &WorkerMetrics) {
+        let subscribers = self.lock();
+        let Some(sockets) = subscribers.get(channel) else {
+            return;
+        };
+        let frame = Utf8Bytes::from(crate::socketcluster::codec::encode_publish(
+            channel,
+            Some(data.get()),
+        ));
+        for outbox in sockets.values() {
+            if outbox.push(Outbound::Frame(frame.clone())).is_err() {
+                metrics.slow_consumers.inc();
+            }
+        }
+        metrics
+            .messages
+            .with_label_values(&["out"])
+            .inc_by(sockets.len() as u64);
+    }
+
+    /// Number of channels with at least one local subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Whether `pattern` (a channel name, or a prefix ending in `*`) covers `channel`.
+fn pattern_covers(pattern: &str, channel: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => channel.starts_with(prefix),
+        None => pattern == channel,
+    }
+}
+
+/// The `--channel-auth claims` rule: a channel is usable when it is public or
+/// listed in the token's `channels` claim. Under `open` everything is allowed.
+pub fn channel_allowed(
+    config: &sockhive_shared::config::ChannelConfig,
+    claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    channel: &str,
+) -> bool {
+    use sockhive_shared::config::ChannelAuth;
+    if config.channel_auth == ChannelAuth::Open
+        || config
+            .public_channel
+            .iter()
+            .any(|p| pattern_covers(p, channel))
+    {
+        return true;
+    }
+    let listed = claims
+        .and_then(|c| c.get("channels"))
+        .and_then(serde_json::Value::as_array);
+    listed.is_some_and(|entries| {
+        entries
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .any(|p| pattern_covers(p, channel))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockhive_shared::config::{ChannelAuth, ChannelConfig};
+
+    #[test]
+    fn claims_and_public_patterns_decide() {
+        let config = ChannelConfig {
+            channel_auth: ChannelAuth::Claims,
+            public_channel: vec!["public:*".into()],
+        };
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"channels":["room:1","team:*"]}"#).unwrap();
+        assert!(channel_allowed(&config, Some(&claims), "room:1"));
+        assert!(channel_allowed(&config, Some(&claims), "team:red"));
+        assert!(channel_allowed(&config, None, "public:news"));
+        assert!(!channel_allowed(&config, Some(&claims), "room:2"));
+        assert!(!channel_allowed(&config, None, "room:1"));
+        let open = ChannelConfig {
+            channel_auth: ChannelAuth::Open,
+            public_channel: vec![],
+        };
+        assert!(channel_allowed(&open, None, "anything"));
+    }
+}

@@ -1,0 +1,164 @@
+//! The public port of a worker: one task per TCP connection, from the first
+//! byte to either an HTTP answer or a WebSocket handed to its protocol.
+//!
+//! Every limit a hostile client could push against is enforced here, before
+//! any per-socket state exists: head time (slowloris), head size, origin,
+//! connection count. A refusal is counted by reason and touches nothing else.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sockhive_shared::http::{self, HeadError, RequestHead, Response};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::rewind::Rewind;
+use crate::upgrade::{self, Rejection};
+use crate::WorkerContext;
+
+/// The WebSocket of an accepted socket, whatever the protocol.
+pub type Ws = WebSocketStream<Rewind<TcpStream>>;
+
+/// The path SocketCluster clients connect to (the trailing slash matters to the real server).
+pub const SOCKETCLUSTER_PATH: &str = "/socketcluster/";
+
+/// What a protocol needs to know about the upgrade it was handed.
+#[derive(Debug)]
+pub struct Upgraded {
+    /// The request that asked for the upgrade.
+    pub head: RequestHead,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// When the first byte of the request was awaited, for handshake latency.
+    pub started: Instant,
+}
+
+/// Counts a connection against `max_connections` for as long as it lives.
+struct OpenConnection(Arc<WorkerContext>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted TCP connection to its end.
+pub async fn serve(ctx: Arc<WorkerContext>, mut stream: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let limits = &ctx.config.limits;
+    let read = http::read_head(&mut stream, limits.max_header_bytes as usize);
+    let (head, rest) = match tokio::time::timeout(limits.upgrade_timeout, read).await {
+        Err(_) => return refuse(&ctx, &mut stream, Rejection::UpgradeTimeout).await,
+        Ok(Err(HeadError::TooLarge(_))) => {
+            return refuse(&ctx, &mut stream, Rejection::HeaderTooLarge).await
+        }
+        Ok(Err(HeadError::Malformed(why))) => {
+            return refuse(&ctx, &mut stream, Rejection::Malformed(why)).await
+        }
+        // The peer went away mid-head: nothing to answer, nothing to count.
+        Ok(Err(HeadError::Closed | HeadError::Io(_))) => return,
+        Ok(Ok(parsed)) => parsed,
+    };
+    match head.path.as_str() {
+        "/healthz" => {
+            let response = if ctx.shutdown.is_cancelled() {
+                Response::json(503, &serde_json::json!({"status": "draining"}))
+            } else {
+                Response::json(
+                    200,
+                    &serde_json::json!({"status": "ok", "worker": ctx.slot}),
+                )
+            };
+            let _ = response.write_to(&mut stream).await;
+        }
+        SOCKETCLUSTER_PATH => {
+            let upgraded = Upgraded {
+                head,
+                peer,
+                started,
+            };
+            if let Some((ws, _open)) = upgrade(&ctx, stream, rest, &upgraded).await {
+                crate::socketcluster::serve(ctx.clone(), ws, upgraded).await;
+            }
+        }
+        other => {
+            let rejection = Rejection::NotFound(other.chars().take(100).collect());
+            refuse(&ctx, &mut stream, rejection).await;
+        }
+    }
+}
+
+/// Runs the upgrade checks and, when they pass, answers 101 and wraps the stream.
+/// The returned guard keeps the connection counted until the socket ends.
+async fn upgrade(
+    ctx: &Arc<WorkerContext>,
+    mut stream: TcpStream,
+    rest: Vec<u8>,
+    upgraded: &Upgraded,
+) -> Option<(Ws, OpenConnection)> {
+    let checks = (|| {
+        upgrade::check_origin(&upgraded.head, &ctx.config.server.allowed_origin)?;
+        let accept = upgrade::accept_key(&upgraded.head)?;
+        if ctx.shutdown.is_cancelled() {
+            return Err(Rejection::Draining);
+        }
+        let open = ctx.open_connections.fetch_add(1, Ordering::Relaxed);
+        if ctx
+            .config
+            .limits
+            .max_connections
+            .is_some_and(|max| open >= max as usize)
+        {
+            ctx.open_connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(Rejection::MaxConnections);
+        }
+        Ok(accept)
+    })();
+    let accept = match checks {
+        Ok(accept) => accept,
+        Err(rejection) => {
+            refuse(ctx, &mut stream, rejection).await;
+            return None;
+        }
+    };
+    let guard = OpenConnection(ctx.clone());
+    if stream
+        .write_all(&upgrade::switching_protocols(&accept))
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    let ws = WebSocketStream::from_raw_socket(
+        Rewind::new(stream, rest),
+        Role::Server,
+        Some(websocket_config(ctx)),
+    )
+    .await;
+    Some((ws, guard))
+}
+
+/// The WebSocket limits of every socket: frame and message capped at `max_payload`.
+fn websocket_config(ctx: &WorkerContext) -> WebSocketConfig {
+    let max = ctx.config.limits.max_payload as usize;
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(ctx.config.limits.max_send_queue as usize)
+        .max_frame_size(Some(max))
+        .max_message_size(Some(max))
+}
+
+/// Counts a refusal and sends its response, if it has one.
+async fn refuse(ctx: &WorkerContext, stream: &mut TcpStream, rejection: Rejection) {
+    ctx.metrics.reject(rejection.metric_reason());
+    tracing::debug!(reason = rejection.metric_reason(), "{rejection}");
+    if let Some(response) = rejection.response() {
+        let _ = response.write_to(stream).await;
+    }
+}
