@@ -1,1 +1,47 @@
-//! placeholder
+//! Fixtures for sockhive's integration tests: they boot the real binary and
+//! talk to it with real clients.
+//!
+//! Layout:
+//! - [`Node`]: a `sockhive serve` on port 0 with its addresses and processes.
+//! - [`http`]: one-shot HTTP requests to the public and admin ports.
+//! - [`Driver`]: the real npm clients, driven through `tests/js/driver.js`.
+//! - [`ws`]: a bare WebSocket client for deliberately bad input.
+//!
+//! Every wait here has a deadline; nothing sleeps where a signal exists.
+
+pub mod driver;
+pub mod http;
+pub mod node;
+pub mod ws;
+
+pub use driver::Driver;
+pub use node::{Node, NodeBuilder};
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sockhive_shared::http::{self, HeadError, RequestHead, Response};
 use tokio::io::AsyncWriteExt;
@@ -104,9 +104,6 @@ async fn upgrade(
     let checks = (|| {
         upgrade::check_origin(&upgraded.head, &ctx.config.server.allowed_origin)?;
         let accept = upgrade::accept_key(&upgraded.head)?;
-        if ctx.shutdown.is_cancelled() {
-            return Err(Rejection::Draining);
-        }
         let open = ctx.open_connections.fetch_add(1, Ordering::Relaxed);
         if ctx
             .config
@@ -159,6 +156,28 @@ async fn refuse(ctx: &WorkerContext, stream: &mut TcpStream, rejection: Rejectio
     ctx.metrics.reject(rejection.metric_reason());
     tracing::debug!(reason = rejection.metric_reason(), "{rejection}");
     if let Some(response) = rejection.response() {
-        let _ = response.write_to(stream).await;
+        if response.write_to(stream).await.is_ok() {
+            linger(stream).await;
+        }
     }
+}
+
+/// Closes after a refusal without losing the response: closing a socket
+/// with unread request bytes makes the kernel send RST, which can destroy the
+/// response before the client reads it (a 431 is exactly that case). So send
+/// FIN, then discard what the client still sends, briefly and boundedly.
+async fn linger(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut left: usize = 256 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
 }

@@ -35,9 +35,6 @@ pub enum Rejection {
     /// The worker is at `max_connections` (503).
     #[error("worker is at its connection limit")]
     MaxConnections,
-    /// The worker is draining for shutdown (503).
-    #[error("worker is shutting down")]
-    Draining,
 }
 
 impl Rejection {
@@ -52,7 +49,6 @@ impl Rejection {
             Rejection::NotFound(_) => "not_found",
             Rejection::Origin(_) => "origin",
             Rejection::MaxConnections => "max_connections",
-            Rejection::Draining => "draining",
         }
     }
 
@@ -70,7 +66,7 @@ impl Rejection {
                     .with_header("Sec-WebSocket-Version", "13")
             }
             Rejection::Origin(_) => Response::text(403, format!("{self}\n")),
-            Rejection::MaxConnections | Rejection::Draining => {
+            Rejection::MaxConnections => {
                 Response::text(503, format!("{self}\n")).with_header("Retry-After", "1")
             }
         };

@@ -35,6 +35,9 @@ use crate::WorkerContext;
 /// Label of this protocol in metrics and records.
 pub const PROTOCOL: &str = "socketcluster";
 
+/// How long a connection caught mid-handshake by a drain may take to finish it.
+const DRAIN_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
+
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -95,6 +98,10 @@ pub async fn serve(ctx: Arc<WorkerContext>, ws: Ws, upgraded: Upgraded) {
     ctx.metrics.connections.with_label_values(&[PROTOCOL]).dec();
 }
 
+fn going_away() -> Ending {
+    Ending::Close(close_code::GOING_AWAY, "server shutting down".into())
+}
+
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
@@ -107,6 +114,7 @@ impl Session {
         let mut ping = tokio::time::interval_at(far_future(), limits.ping_interval);
         let overflow = inbox.overflow.clone();
         let shutdown = self.ctx.shutdown.clone();
+        let mut drain_grace = false;
         loop {
             let auth_deadline = self.auth_deadline();
             tokio::select! {
@@ -115,8 +123,21 @@ impl Session {
                     self.ctx.metrics.slow_consumers.inc();
                     return Ending::Close(1008, "send queue overflow: the client is not reading".into());
                 }
-                _ = shutdown.cancelled() => return Ending::Close(close_code::GOING_AWAY, "server shutting down".into()),
+                _ = shutdown.cancelled(), if self.registered => return going_away(),
+                // A connection accepted just before the drain still completes
+                // its handshake (briefly), so a client never sees its attempt
+                // refused during a rolling restart; it then gets 1001 like all.
+                _ = shutdown.cancelled(), if !self.registered && !drain_grace => {
+                    drain_grace = true;
+                    let grace = Instant::now() + DRAIN_HANDSHAKE_GRACE;
+                    if grace < handshake_deadline.deadline() {
+                        handshake_deadline.as_mut().reset(grace);
+                    }
+                }
                 _ = &mut handshake_deadline, if !self.registered => {
+                    if drain_grace {
+                        return going_away();
+                    }
                     self.ctx.metrics.protocol_error(PROTOCOL, "handshake_timeout");
                     return Ending::Close(close_code::HANDSHAKE_TIMEOUT, String::new());
                 }
