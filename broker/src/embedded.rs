@@ -52,6 +52,11 @@ impl EmbeddedBroker {
         self.channels.get(channel).into_iter().flatten().copied()
     }
 
+    /// Number of (worker, channel) routes: one per worker per channel, however many sockets listen.
+    pub fn route_count(&self) -> usize {
+        self.channels.values().map(BTreeSet::len).sum()
+    }
+
     /// Number of channels with at least one subscribed worker.
     pub fn channel_count(&self) -> usize {
         self.channels.len()
@@ -69,6 +74,7 @@ mod tests {
         broker.subscribe(2, "news".into());
         broker.subscribe(2, "chat".into());
         assert_eq!(broker.subscribers("news").collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(broker.route_count(), 3);
         broker.unsubscribe(1, "news");
         assert_eq!(broker.subscribers("news").collect::<Vec<_>>(), vec![2]);
         broker.remove_worker(2);

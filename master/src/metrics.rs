@@ -13,6 +13,8 @@ pub struct MasterMetrics {
     pub worker_restarts: IntCounter,
     /// Workers that did not answer a scrape in time.
     pub scrape_misses: IntCounter,
+    /// Embedded-broker routes: one per worker per channel it has subscribers on.
+    pub broker_routes: IntGauge,
 }
 
 impl MasterMetrics {
@@ -34,10 +36,16 @@ impl MasterMetrics {
             "Workers that did not answer a metrics scrape in time.",
         )
         .expect("valid metric");
+        let broker_routes = IntGauge::new(
+            "sockhive_broker_routes",
+            "Channel subscriptions the broker holds: one per worker per channel, not per socket.",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(workers.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(worker_restarts.clone()),
             Box::new(scrape_misses.clone()),
+            Box::new(broker_routes.clone()),
         ] {
             registry.register(metric).expect("metric registered once");
         }
@@ -46,6 +54,7 @@ impl MasterMetrics {
             workers,
             worker_restarts,
             scrape_misses,
+            broker_routes,
         }
     }
 

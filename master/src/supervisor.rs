@@ -244,8 +244,16 @@ impl Master {
                 self.update_worker_gauge();
                 self.changed.notify_waiters();
             }
-            ToMaster::Subscribe { channel } => lock(&self.broker).subscribe(id, channel),
-            ToMaster::Unsubscribe { channel } => lock(&self.broker).unsubscribe(id, &channel),
+            ToMaster::Subscribe { channel } => {
+                let mut broker = lock(&self.broker);
+                broker.subscribe(id, channel);
+                self.metrics.broker_routes.set(broker.route_count() as i64);
+            }
+            ToMaster::Unsubscribe { channel } => {
+                let mut broker = lock(&self.broker);
+                broker.unsubscribe(id, &channel);
+                self.metrics.broker_routes.set(broker.route_count() as i64);
+            }
             ToMaster::Publish { channel, data } => self.publish(&channel, data),
             ToMaster::Metrics { request, .. } | ToMaster::Cluster { request, .. } => {
                 self.collect(request, id, message)
@@ -435,7 +443,11 @@ impl Master {
             );
         }
         drop(state);
-        lock(&self.broker).remove_worker(id);
+        {
+            let mut broker = lock(&self.broker);
+            broker.remove_worker(id);
+            self.metrics.broker_routes.set(broker.route_count() as i64);
+        }
         self.update_worker_gauge();
         self.changed.notify_waiters();
         if let Some(delay) = delay {

@@ -273,22 +273,31 @@ impl Node {
     }
 }
 
-/// Sums the samples of `series` in a Prometheus text exposition: an exact
-/// match when labels are given, every labelled variant otherwise.
+/// Splits `name{a="1",b="2"}` into the name and its label pairs.
+fn parse_series(series: &str) -> (&str, Vec<(&str, &str)>) {
+    let Some((name, rest)) = series.split_once('{') else {
+        return (series, Vec::new());
+    };
+    let labels = rest
+        .trim_end_matches('}')
+        .split("\",")
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| pair.split_once("=\""))
+        .map(|(k, v)| (k.trim_matches(','), v.trim_end_matches('"')))
+        .collect();
+    (name, labels)
+}
+
+/// Sums the samples of every series named like `series` that carries all of
+/// its labels (in any order), so `x_total{reason="origin"}` adds up the workers.
 pub fn sum_series(text: &str, series: &str) -> f64 {
-    let exact = series.contains('{');
+    let (want_name, want_labels) = parse_series(series);
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| line.rsplit_once(' '))
         .filter(|(name, _)| {
-            if exact {
-                *name == series
-            } else {
-                *name == series
-                    || name
-                        .strip_prefix(series)
-                        .is_some_and(|rest| rest.starts_with('{'))
-            }
+            let (have_name, have_labels) = parse_series(name);
+            have_name == want_name && want_labels.iter().all(|pair| have_labels.contains(pair))
         })
         .filter_map(|(_, value)| value.parse::<f64>().ok())
         .sum()
@@ -304,5 +313,17 @@ impl Drop for Node {
         for pid in workers {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn series_match_by_label_subset_in_any_order() {
+        let text = "# TYPE x counter\nx{worker=\"1\",reason=\"a\"} 2\nx{worker=\"2\",reason=\"a\"} 3\nx{worker=\"2\",reason=\"b\"} 5\nxy 7\n";
+        assert_eq!(super::sum_series(text, "x{reason=\"a\"}"), 5.0);
+        assert_eq!(super::sum_series(text, "x{reason=\"a\",worker=\"2\"}"), 3.0);
+        assert_eq!(super::sum_series(text, "x"), 10.0);
+        assert_eq!(super::sum_series(text, "xy"), 7.0);
     }
 }
