@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sockhive_shared::filter::Filter;
 use sockhive_shared::http::{self, RequestHead, Response};
-use sockhive_shared::ipc::{ClusterCommand, ClusterReply, ToMaster, ToWorker};
+use sockhive_shared::ipc::{ClusterCommand, ClusterReply, ToWorker};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::supervisor::Master;
@@ -26,8 +26,6 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_QUERY_LIMIT: usize = 1000;
 /// Queries asking for more are capped and marked truncated.
 pub const MAX_QUERY_LIMIT: usize = 10_000;
-/// How long a cluster query waits for the workers.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves the admin port until the process exits.
 pub async fn serve(master: Arc<Master>, listener: TcpListener) {
@@ -153,14 +151,23 @@ fn raw_json(value: &Value) -> Box<serde_json::value::RawValue> {
 
 async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response {
     let path = head.path.trim_end_matches('/');
-    match (head.method.as_str(), path) {
+    let socket_path = path
+        .strip_prefix("/api/sockets/")
+        .filter(|rest| !rest.is_empty() && !matches!(*rest, "query" | "emit" | "kick"));
+    match (head.method.as_str(), path, socket_path) {
+        ("GET", _, Some(id)) if !id.contains('/') => return socket_by_id(master, id).await,
+        ("PATCH", _, Some(rest)) if rest.ends_with("/session") => {
+            let id = rest.trim_end_matches("/session").trim_end_matches('/');
+            return match parse_body(body) {
+                Ok(changes) => patch_session(master, id, changes).await,
+                Err(response) => response,
+            };
+        }
         (
             "POST",
             "/api/sockets/query" | "/api/sockets/emit" | "/api/sockets/kick" | "/api/publish",
+            _,
         ) => {}
-        ("GET", p) if p.starts_with("/api/sockets/") => {
-            return socket_by_id(master, &p["/api/sockets/".len()..]).await
-        }
         _ => {
             return Response::error(
                 404,
@@ -172,19 +179,24 @@ async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response 
         Ok(body) => body,
         Err(response) => return response,
     };
-    match path {
-        "/api/publish" => {
-            let Some(channel) = body.get("channel").and_then(Value::as_str) else {
-                return Response::error(400, "`channel` must be a string");
-            };
-            master.publish(channel, raw_json(body.get("data").unwrap_or(&Value::Null)));
-            Response::json(200, &json!({"ok": true}))
-        }
+    if path == "/api/publish" {
+        let Some(channel) = body.get("channel").and_then(Value::as_str) else {
+            return Response::error(400, "`channel` must be a string");
+        };
+        return match master
+            .publish_everywhere(channel, raw_json(body.get("data").unwrap_or(&Value::Null)))
+            .await
+        {
+            Ok(()) => Response::json(200, &json!({"ok": true})),
+            Err(e) => Response::error(503, format!("published on this node only: {e}")),
+        };
+    }
+    let filter = match parse_filter(&body) {
+        Ok(filter) => filter,
+        Err(response) => return response,
+    };
+    let (command, limit, truncated_by_cap) = match path {
         "/api/sockets/query" => {
-            let filter = match parse_filter(&body) {
-                Ok(filter) => filter,
-                Err(response) => return response,
-            };
             let asked = match body.get("limit") {
                 None => DEFAULT_QUERY_LIMIT,
                 Some(limit) => match limit.as_u64() {
@@ -193,46 +205,13 @@ async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response 
                 },
             };
             let limit = asked.min(MAX_QUERY_LIMIT);
-            let (replies, expected) = master
-                .gather(
-                    |request| ToWorker::Cluster {
-                        request,
-                        command: ClusterCommand::Query { filter, limit },
-                    },
-                    QUERY_TIMEOUT,
-                )
-                .await;
-            let answered = replies.len();
-            let mut sockets: Vec<Value> = replies
-                .into_iter()
-                .filter_map(|(_, reply)| match reply {
-                    ToMaster::Cluster {
-                        reply: ClusterReply::Query { sockets },
-                        ..
-                    } => Some(sockets),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            let truncated = asked > MAX_QUERY_LIMIT || sockets.len() > limit;
-            sockets.truncate(limit);
-            let mut reply = json!({
-                "sockets": sockets,
-                "nodes_answered": u64::from(answered == expected),
-                "nodes_expected": 1,
-                "workers_answered": answered,
-                "workers_expected": expected,
-            });
-            if truncated {
-                reply["truncated"] = json!(true);
-            }
-            Response::json(200, &reply)
+            (
+                ClusterCommand::Query { filter, limit },
+                limit,
+                asked > MAX_QUERY_LIMIT,
+            )
         }
         "/api/sockets/emit" => {
-            let filter = match parse_filter(&body) {
-                Ok(filter) => filter,
-                Err(response) => return response,
-            };
             let Some(event) = body
                 .get("event")
                 .and_then(Value::as_str)
@@ -241,86 +220,82 @@ async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response 
                 return Response::error(400, "`event` must be a string");
             };
             let data = raw_json(body.get("data").unwrap_or(&Value::Null));
-            let (replies, _) = master
-                .gather(
-                    |request| ToWorker::Cluster {
-                        request,
-                        command: ClusterCommand::Emit {
-                            filter,
-                            event,
-                            data,
-                        },
-                    },
-                    QUERY_TIMEOUT,
-                )
-                .await;
-            let delivered: u64 = replies
-                .iter()
-                .map(|(_, r)| match r {
-                    ToMaster::Cluster {
-                        reply: ClusterReply::Emit { delivered },
-                        ..
-                    } => *delivered,
-                    _ => 0,
-                })
-                .sum();
-            Response::json(200, &json!({"delivered": delivered}))
+            (
+                ClusterCommand::Emit {
+                    filter,
+                    event,
+                    data,
+                },
+                0,
+                false,
+            )
         }
         _ => {
-            let filter = match parse_filter(&body) {
-                Ok(filter) => filter,
-                Err(response) => return response,
-            };
             let reason = match body.get("reason") {
                 None => "kicked by the server".to_string(),
                 Some(Value::String(reason)) => reason.clone(),
                 Some(_) => return Response::error(400, "`reason` must be a string"),
             };
-            let (replies, _) = master
-                .gather(
-                    |request| ToWorker::Cluster {
-                        request,
-                        command: ClusterCommand::Kick { filter, reason },
-                    },
-                    QUERY_TIMEOUT,
-                )
-                .await;
-            let disconnected: u64 = replies
-                .iter()
-                .map(|(_, r)| match r {
-                    ToMaster::Cluster {
-                        reply: ClusterReply::Kick { disconnected },
-                        ..
-                    } => *disconnected,
-                    _ => 0,
-                })
-                .sum();
-            Response::json(200, &json!({"disconnected": disconnected}))
+            (ClusterCommand::Kick { filter, reason }, 0, false)
         }
+    };
+    let outcome = master.cluster_command(command).await;
+    let mut reply = match outcome.reply {
+        ClusterReply::Query { mut sockets } => {
+            let truncated = truncated_by_cap || sockets.len() > limit;
+            sockets.truncate(limit);
+            let mut reply = json!({"sockets": sockets});
+            if truncated {
+                reply["truncated"] = json!(true);
+            }
+            reply
+        }
+        ClusterReply::Emit { delivered } => json!({"delivered": delivered}),
+        ClusterReply::Kick { disconnected } => json!({"disconnected": disconnected}),
+        ClusterReply::PatchSession { .. } => json!({}),
+    };
+    reply["nodes_answered"] = json!(outcome.nodes_answered);
+    reply["nodes_expected"] = json!(outcome.nodes_expected);
+    reply["workers_answered"] = json!(outcome.workers_answered);
+    reply["workers_expected"] = json!(outcome.workers_expected);
+    if let Some(error) = outcome.broker_error {
+        reply["broker_error"] = json!(error);
     }
+    Response::json(200, &reply)
 }
 
 async fn socket_by_id(master: &Arc<Master>, id: &str) -> Response {
     let id = http::percent_decode(id);
-    let filter = json!({"id": id});
-    let (replies, _) = master
-        .gather(
-            |request| ToWorker::Cluster {
-                request,
-                command: ClusterCommand::Query { filter, limit: 1 },
-            },
-            QUERY_TIMEOUT,
-        )
+    let outcome = master
+        .cluster_command(ClusterCommand::Query {
+            filter: json!({"id": id}),
+            limit: 1,
+        })
         .await;
-    let found = replies.into_iter().find_map(|(_, reply)| match reply {
-        ToMaster::Cluster {
-            reply: ClusterReply::Query { mut sockets },
-            ..
-        } => sockets.pop(),
-        _ => None,
-    });
-    match found {
-        Some(record) => Response::json(200, &record),
-        None => Response::error(404, format!("no socket with id {id:?}")),
+    match outcome.reply {
+        ClusterReply::Query { mut sockets } if !sockets.is_empty() => {
+            Response::json(200, &sockets.remove(0))
+        }
+        _ => Response::error(404, format!("no socket with id {id:?}")),
+    }
+}
+
+async fn patch_session(
+    master: &Arc<Master>,
+    id: &str,
+    changes: serde_json::Map<String, Value>,
+) -> Response {
+    let id = http::percent_decode(id);
+    let outcome = master
+        .cluster_command(ClusterCommand::PatchSession {
+            id: id.clone(),
+            changes,
+        })
+        .await;
+    match outcome.reply {
+        ClusterReply::PatchSession {
+            session: Some(session),
+        } => Response::json(200, &Value::Object(session)),
+        _ => Response::error(404, format!("no socket with id {id:?}")),
     }
 }

@@ -5,6 +5,7 @@
 //! - [`listeners`]: binding the public port before any worker exists.
 //! - [`spawn`]: fork-then-exec of a worker process.
 //! - [`supervisor`]: the workers' lifecycle (start, respawn, rolling restart, drain) and request fan-out.
+//! - [`cluster`]: cluster-wide commands over every worker of every node.
 //! - [`admin`]: the admin port (health, readiness, metrics, cluster API).
 //! - [`admin_client`]: the CLI's side of the admin API.
 //! - [`metrics`]: the master's metrics and the node-wide exposition.
@@ -12,6 +13,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod cli;
+pub mod cluster;
 pub mod listeners;
 pub mod metrics;
 pub mod spawn;

@@ -115,7 +115,20 @@ async fn run_master(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let master = Master::new(config, listeners);
+    let (requests_tx, requests) = tokio::sync::mpsc::unbounded_channel();
+    let cluster = match &config.broker.redis_url {
+        Some(url) => Some(
+            sockhive_broker::cluster::ClusterLink::start(url, &config.server.node_id, requests_tx)
+                .await
+                .context("redis broker")?,
+        ),
+        None => None,
+    };
+    let master = Master::new(config, listeners, cluster);
+    tokio::spawn(sockhive_master::cluster::serve_bus(
+        master.clone(),
+        requests,
+    ));
     tokio::spawn(sockhive_master::admin::serve(
         master.clone(),
         tokio::net::TcpListener::from_std(admin)?,

@@ -1,6 +1,6 @@
 //! The master's own metrics and the node-wide exposition.
 
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder};
 use sockhive_shared::ipc::ToMaster;
 use sockhive_shared::metrics::merge_families;
 
@@ -15,6 +15,10 @@ pub struct MasterMetrics {
     pub scrape_misses: IntCounter,
     /// Embedded-broker routes: one per worker per channel it has subscribers on.
     pub broker_routes: IntGauge,
+    /// Cluster commands run on this node, by scope (`indexed`: only the workers holding the pinned users).
+    pub cluster_queries: IntCounterVec,
+    /// Workers asked by cluster commands on this node.
+    pub query_workers: IntCounter,
 }
 
 impl MasterMetrics {
@@ -41,8 +45,23 @@ impl MasterMetrics {
             "Channel subscriptions the broker holds: one per worker per channel, not per socket.",
         )
         .expect("valid metric");
+        let cluster_queries = IntCounterVec::new(
+            prometheus::Opts::new(
+                "sockhive_cluster_queries_total",
+                "Cluster commands run on this node's workers, by scope (indexed or all).",
+            ),
+            &["scope"],
+        )
+        .expect("valid metric");
+        let query_workers = IntCounter::new(
+            "sockhive_cluster_query_workers_total",
+            "Workers asked by cluster commands on this node (the user index keeps it low).",
+        )
+        .expect("valid metric");
         for metric in [
-            Box::new(workers.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster_queries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(query_workers.clone()),
+            Box::new(workers.clone()),
             Box::new(worker_restarts.clone()),
             Box::new(scrape_misses.clone()),
             Box::new(broker_routes.clone()),
@@ -55,6 +74,8 @@ impl MasterMetrics {
             worker_restarts,
             scrape_misses,
             broker_routes,
+            cluster_queries,
+            query_workers,
         }
     }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use sockhive_broker::cluster::ClusterLink;
 use sockhive_broker::embedded::{EmbeddedBroker, WorkerId};
 use sockhive_shared::config::Config;
 use sockhive_shared::ipc::{self, ToMaster, ToWorker};
@@ -72,6 +73,9 @@ struct State {
     slots: Vec<Slot>,
     next_worker: WorkerId,
     gathers: HashMap<u64, Gather>,
+    /// Which local workers hold sockets of which user (the fast path of
+    /// "every socket of user X").
+    users: HashMap<String, HashSet<WorkerId>>,
 }
 
 /// The supervisor of one node's workers.
@@ -89,6 +93,8 @@ pub struct Master {
     restarting: AtomicBool,
     /// Cancelled when the node drains: no respawns, no new work.
     pub shutdown: CancellationToken,
+    /// The link to the other nodes, when a Redis broker is configured.
+    pub cluster: Option<Arc<ClusterLink>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,7 +105,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Master {
     /// A master over already-bound public sockets; no worker runs yet.
-    pub fn new(config: Config, listeners: PublicListeners) -> Arc<Master> {
+    pub fn new(
+        config: Config,
+        listeners: PublicListeners,
+        cluster: Option<Arc<ClusterLink>>,
+    ) -> Arc<Master> {
         let slots = (0..config.server.workers)
             .map(|_| Slot::default())
             .collect();
@@ -117,7 +127,73 @@ impl Master {
             next_request: AtomicU64::new(1),
             restarting: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            cluster,
         })
+    }
+
+    /// The local workers that hold sockets of any of `users`.
+    pub(crate) fn workers_for_users(&self, users: &[String]) -> HashSet<WorkerId> {
+        let state = lock(&self.state);
+        users
+            .iter()
+            .filter_map(|u| state.users.get(u))
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Applies a worker's user index change; node-level changes go to the cluster index.
+    fn index_users(&self, id: WorkerId, joined: Vec<String>, left: Vec<String>) {
+        let (mut node_joined, mut node_left) = (Vec::new(), Vec::new());
+        {
+            let mut state = lock(&self.state);
+            for user in joined {
+                let workers = state.users.entry(user.clone()).or_default();
+                if workers.is_empty() {
+                    node_joined.push(user);
+                }
+                workers.insert(id);
+            }
+            for user in left {
+                if let Some(workers) = state.users.get_mut(&user) {
+                    workers.remove(&id);
+                    if workers.is_empty() {
+                        state.users.remove(&user);
+                        node_left.push(user);
+                    }
+                }
+            }
+        }
+        self.publish_user_index(node_joined, node_left);
+    }
+
+    fn forget_worker_users(&self, id: WorkerId) {
+        let mut node_left = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            state.users.retain(|user, workers| {
+                workers.remove(&id);
+                if workers.is_empty() {
+                    node_left.push(user.clone());
+                }
+                !workers.is_empty()
+            });
+        }
+        self.publish_user_index(Vec::new(), node_left);
+    }
+
+    fn publish_user_index(&self, joined: Vec<String>, left: Vec<String>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Err(e) = cluster.index_users(&joined, &left).await {
+                tracing::warn!(error = %e, "user index not updated in redis");
+            }
+        });
     }
 
     /// Starts every slot's worker and waits until all report ready.
@@ -255,6 +331,7 @@ impl Master {
                 self.metrics.broker_routes.set(broker.route_count() as i64);
             }
             ToMaster::Publish { channel, data } => self.publish(&channel, data),
+            ToMaster::Users { joined, left } => self.index_users(id, joined, left),
             ToMaster::Metrics { request, .. } | ToMaster::Cluster { request, .. } => {
                 self.collect(request, id, message)
             }
@@ -308,6 +385,16 @@ impl Master {
         make: impl FnOnce(u64) -> ToWorker,
         timeout: Duration,
     ) -> (Vec<(u16, ToMaster)>, usize) {
+        self.gather_from(None, make, timeout).await
+    }
+
+    /// [`Master::gather`] restricted to `only` (worker ids), when given.
+    pub(crate) async fn gather_from(
+        &self,
+        only: Option<&HashSet<WorkerId>>,
+        make: impl FnOnce(u64) -> ToWorker,
+        timeout: Duration,
+    ) -> (Vec<(u16, ToMaster)>, usize) {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let Ok(frame) = ipc::encode(&make(request)) else {
             return (Vec::new(), 0);
@@ -319,7 +406,7 @@ impl Master {
             let targets: HashSet<WorkerId> = state
                 .workers
                 .iter()
-                .filter(|(_, w)| w.ready)
+                .filter(|(id, w)| w.ready && only.is_none_or(|only| only.contains(id)))
                 .map(|(id, _)| *id)
                 .collect();
             for id in &targets {
@@ -443,6 +530,7 @@ impl Master {
             );
         }
         drop(state);
+        self.forget_worker_users(id);
         {
             let mut broker = lock(&self.broker);
             broker.remove_worker(id);

@@ -264,6 +264,20 @@ pub struct ChannelsLayer {
     pub public_channel: Option<Vec<String>>,
 }
 
+/// `[broker]`: how channel messages and cluster queries travel between nodes.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerLayer {
+    /// redis://, rediss://, redis-cluster://host:port?node=host:port, or a comma-separated seed list host:port,host:port [default: none, embedded broker].
+    #[arg(long, env = "SOCKHIVE_REDIS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// How long a cluster query waits for the live nodes [default: 2s].
+    #[arg(long, env = "SOCKHIVE_QUERY_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_timeout: Option<HumanDuration>,
+}
+
 /// One source of settings (flags plus environment, or the TOML file), every key optional.
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -280,6 +294,9 @@ pub struct ConfigLayer {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub channels: ChannelsLayer,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub broker: BrokerLayer,
 }
 
 impl ConfigLayer {
@@ -399,7 +416,21 @@ pub struct Config {
     pub limits: Limits,
     pub auth: AuthConfig,
     pub channels: ChannelConfig,
+    pub broker: BrokerConfig,
 }
+
+/// Resolved `[broker]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct BrokerConfig {
+    /// Absent: the master's embedded broker, this node alone.
+    pub redis_url: Option<String>,
+    #[serde(with = "duration_text")]
+    pub query_timeout: Duration,
+}
+
+/// Default of `broker.query_timeout`.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn duration(value: Option<HumanDuration>, default: Duration) -> Duration {
     value.map(|d| d.0).unwrap_or(default)
@@ -465,6 +496,7 @@ impl Config {
             limits,
             auth,
             channels,
+            broker,
         } = layer;
         let default_workers = std::thread::available_parallelism()
             .map(|n| n.get().min(MAX_WORKERS as usize) as u16)
@@ -520,6 +552,10 @@ impl Config {
                 channel_auth: channels.channel_auth.unwrap_or(ChannelAuth::Open),
                 public_channel: channels.public_channel.unwrap_or_default(),
             },
+            broker: BrokerConfig {
+                redis_url: broker.redis_url.filter(|url| !url.trim().is_empty()),
+                query_timeout: duration(broker.query_timeout, DEFAULT_QUERY_TIMEOUT),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -545,6 +581,37 @@ impl Config {
         }
         if server.node_id.is_empty() || server.node_id.len() > 128 {
             return Err(invalid("server.node_id", "must be 1 to 128 characters"));
+        }
+        if server
+            .node_id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "server.node_id",
+                "must not contain spaces or control characters",
+            ));
+        }
+        if let Some(url) = &self.broker.redis_url {
+            let ok = [
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "rediss-cluster://",
+            ]
+            .iter()
+            .any(|s| url.starts_with(s))
+                || url.split(',').all(|seed| {
+                    seed.trim()
+                        .rsplit_once(':')
+                        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+                });
+            if !ok {
+                return Err(invalid("broker.redis_url", "must be redis://host:port, rediss://..., redis-cluster://host:port?node=host:port, or a seed list host:port,host:port"));
+            }
+        }
+        if self.broker.query_timeout.is_zero() {
+            return Err(invalid("broker.query_timeout", "must be above zero"));
         }
         if server.admin_token.as_deref() == Some("") {
             return Err(invalid(
@@ -657,10 +724,28 @@ impl Config {
         } else {
             "<redacted>".into()
         };
+        if let Some(url) = &self.broker.redis_url {
+            shown.broker.redis_url = Some(redact_url_password(url));
+        }
         if shown.auth.auth_private_key_pem.is_some() {
             shown.auth.auth_private_key_pem = Some("<redacted>".into());
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// `redis://user:secret@host` printed as `redis://user:<redacted>@host`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) if credentials.contains(':') => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+        None => url.to_string(),
     }
 }
 

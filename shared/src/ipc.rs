@@ -63,6 +63,13 @@ pub enum ClusterCommand {
         /// Close reason the client sees.
         reason: String,
     },
+    /// Merge `changes` into one socket's key-value session (`null` deletes a key).
+    PatchSession {
+        /// The socket.
+        id: String,
+        /// Keys to set or delete.
+        changes: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 /// A worker's answer to one [`ClusterCommand`].
@@ -84,6 +91,61 @@ pub enum ClusterReply {
         /// Count of sockets closed.
         disconnected: u64,
     },
+    /// The socket's session after the patch, if this worker holds the socket.
+    PatchSession {
+        /// The updated session.
+        session: Option<serde_json::Map<String, serde_json::Value>>,
+    },
+}
+
+impl ClusterReply {
+    /// The empty answer to `command`, what a worker or node with no match replies.
+    pub fn empty_for(command: &ClusterCommand) -> ClusterReply {
+        match command {
+            ClusterCommand::Query { .. } => ClusterReply::Query {
+                sockets: Vec::new(),
+            },
+            ClusterCommand::Emit { .. } => ClusterReply::Emit { delivered: 0 },
+            ClusterCommand::Kick { .. } => ClusterReply::Kick { disconnected: 0 },
+            ClusterCommand::PatchSession { .. } => ClusterReply::PatchSession { session: None },
+        }
+    }
+
+    /// Combines two parts of one answer (from two workers or two nodes).
+    pub fn merge(self, other: ClusterReply) -> ClusterReply {
+        match (self, other) {
+            (ClusterReply::Query { mut sockets }, ClusterReply::Query { sockets: more }) => {
+                sockets.extend(more);
+                ClusterReply::Query { sockets }
+            }
+            (ClusterReply::Emit { delivered: a }, ClusterReply::Emit { delivered: b }) => {
+                ClusterReply::Emit { delivered: a + b }
+            }
+            (ClusterReply::Kick { disconnected: a }, ClusterReply::Kick { disconnected: b }) => {
+                ClusterReply::Kick {
+                    disconnected: a + b,
+                }
+            }
+            (
+                ClusterReply::PatchSession { session: a },
+                ClusterReply::PatchSession { session: b },
+            ) => ClusterReply::PatchSession { session: a.or(b) },
+            (first, _) => first,
+        }
+    }
+}
+
+/// One node's answer to a cluster command: its workers' replies merged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeReply {
+    /// The answering node.
+    pub node: String,
+    /// The merged reply of the workers that answered.
+    pub reply: ClusterReply,
+    /// Workers that answered in time.
+    pub workers_answered: usize,
+    /// Workers that were asked.
+    pub workers_expected: usize,
 }
 
 /// Master to worker.
@@ -149,6 +211,14 @@ pub enum ToMaster {
         channel: String,
         /// The published value as JSON text.
         data: Box<RawValue>,
+    },
+    /// Users whose first socket on this worker opened, and whose last one closed:
+    /// the master's index that lets a query for one user skip the other workers.
+    Users {
+        /// User ids (as [`crate::filter::user_id_index_key`] renders them) now present.
+        joined: Vec<String>,
+        /// User ids no longer present.
+        left: Vec<String>,
     },
     /// The answer to a [`ToWorker::Cluster`].
     Cluster {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
+use sockhive_broker::pubsub::RedisChannels;
 use sockhive_shared::ipc::ToMaster;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -16,19 +17,34 @@ use crate::link::MasterLink;
 use crate::outbox::{Outbound, Outbox};
 use crate::WorkerMetrics;
 
+/// Why a publish or subscribe did not fully succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChannelError {
+    /// The master is gone (the worker is exiting): nothing was published.
+    #[error("the broker is unavailable; the message was not published")]
+    MasterGone,
+    /// Redis failed: this node's subscribers got the message, other nodes did not.
+    #[error("redis is unavailable: delivered on this node only ({0})")]
+    Redis(String),
+}
+
 /// Local subscribers by channel.
 #[derive(Debug)]
 pub struct LocalChannels {
     subscribers: Mutex<HashMap<String, HashMap<Arc<str>, Outbox>>>,
     master: MasterLink,
+    /// Other nodes, when a Redis broker is configured.
+    redis: Option<RedisChannels>,
 }
 
 impl LocalChannels {
-    /// No subscriptions yet; broker traffic goes through `master`.
-    pub fn new(master: MasterLink) -> LocalChannels {
+    /// No subscriptions yet; same-node traffic goes through `master`, the
+    /// rest of the cluster through `redis` when configured.
+    pub fn new(master: MasterLink, redis: Option<RedisChannels>) -> LocalChannels {
         LocalChannels {
             subscribers: Mutex::new(HashMap::new()),
             master,
+            redis,
         }
     }
 
@@ -39,18 +55,39 @@ impl LocalChannels {
     }
 
     /// Adds a subscriber; the worker joins the channel at the broker on the first.
-    pub fn subscribe(&self, channel: &str, socket: Arc<str>, outbox: Outbox) {
-        let mut subscribers = self.lock();
-        let first = !subscribers.contains_key(channel);
-        subscribers
-            .entry(channel.to_string())
-            .or_default()
-            .insert(socket, outbox);
-        if first {
-            self.master.send(&ToMaster::Subscribe {
-                channel: channel.to_string(),
-            });
+    ///
+    /// With Redis, the reply waits for Redis to confirm the first subscription
+    /// of the worker, so a publish from another node right after the client's
+    /// `subscribe` resolves is not missed. If Redis refuses, the socket is not
+    /// subscribed: a client must not believe it hears the whole cluster.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        socket: Arc<str>,
+        outbox: Outbox,
+    ) -> Result<(), ChannelError> {
+        let first = {
+            let mut subscribers = self.lock();
+            let first = !subscribers.contains_key(channel);
+            subscribers
+                .entry(channel.to_string())
+                .or_default()
+                .insert(socket.clone(), outbox);
+            first
+        };
+        if !first {
+            return Ok(());
         }
+        self.master.send(&ToMaster::Subscribe {
+            channel: channel.to_string(),
+        });
+        if let Some(redis) = &self.redis {
+            if let Err(e) = redis.subscribe(channel).await {
+                self.unsubscribe(channel, &socket);
+                return Err(ChannelError::Redis(e.to_string()));
+            }
+        }
+        Ok(())
     }
 
     /// Removes a subscriber; the worker leaves the channel at the broker after the last.
@@ -65,15 +102,34 @@ impl LocalChannels {
             self.master.send(&ToMaster::Unsubscribe {
                 channel: channel.to_string(),
             });
+            if let Some(redis) = self.redis.clone() {
+                let channel = channel.to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = redis.unsubscribe(&channel).await {
+                        tracing::debug!(error = %e, "redis unsubscribe failed; the subscription lapses with the connection");
+                    }
+                });
+            }
         }
     }
 
-    /// Hands a publish to the broker.
-    pub fn publish(&self, channel: &str, data: Box<RawValue>) -> bool {
-        self.master.send(&ToMaster::Publish {
+    /// Publishes to every subscriber: this node's through the master, the
+    /// others' through Redis.
+    pub async fn publish(&self, channel: &str, data: Box<RawValue>) -> Result<(), ChannelError> {
+        let redis_data = self.redis.as_ref().map(|_| data.get().to_string());
+        if !self.master.send(&ToMaster::Publish {
             channel: channel.to_string(),
             data,
-        })
+        }) {
+            return Err(ChannelError::MasterGone);
+        }
+        if let (Some(redis), Some(data)) = (&self.redis, redis_data) {
+            redis
+                .publish(channel, &data)
+                .await
+                .map_err(|e| ChannelError::Redis(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Delivers a broker message to every local subscriber of `channel`.

@@ -23,6 +23,7 @@ pub mod front_door;
 pub mod link;
 pub mod metrics;
 pub mod outbox;
+pub mod passport;
 pub mod rewind;
 pub mod socketcluster;
 pub mod sockets;
@@ -35,6 +36,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::value::RawValue;
+use sockhive_broker::pubsub::{Delivery, RedisChannels};
+use sockhive_broker::records::RecordSink;
 use sockhive_shared::config::Config;
 use sockhive_shared::filter::Filter;
 use sockhive_shared::ipc::{
@@ -124,11 +127,20 @@ async fn serve(
         }
     });
     let shutdown = CancellationToken::new();
+    let node = config.server.node_id.clone();
+    let (deliveries_tx, mut deliveries) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+    let (redis_channels, records) = match &config.broker.redis_url {
+        Some(url) => (
+            Some(RedisChannels::start(url, &node, deliveries_tx).context("redis broker")?),
+            Some(RecordSink::start(url, &node).context("redis socket records")?),
+        ),
+        None => (None, None),
+    };
     let ctx = Arc::new(WorkerContext {
         slot,
         auth: Auth::new(&config.auth).context("auth settings")?,
-        sockets: SocketRegistry::new(config.server.node_id.clone(), slot),
-        channels: LocalChannels::new(master.clone()),
+        sockets: SocketRegistry::new(node.clone(), slot, master.clone(), records.clone()),
+        channels: LocalChannels::new(master.clone(), redis_channels),
         metrics: WorkerMetrics::new(),
         config: *config,
         master,
@@ -136,6 +148,24 @@ async fn serve(
         open_connections: AtomicUsize::new(0),
     });
     spawn_signal_drain(shutdown.clone())?;
+    // Messages other nodes published reach this worker's subscribers.
+    let delivering = ctx.clone();
+    tokio::spawn(async move {
+        while let Some(Delivery { channel, data }) = deliveries.recv().await {
+            delivering
+                .channels
+                .deliver(&channel, &data, &delivering.metrics);
+        }
+    });
+    if let Some(records) = records {
+        let resync = ctx.clone();
+        let mut reconnects = records.reconnects();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                resync.sockets.resync_records();
+            }
+        });
+    }
     let orphaned = CancellationToken::new();
     tokio::spawn(read_from_master(ctx.clone(), ipc_read, orphaned.clone()));
     ctx.master.send(&ToMaster::Ready);
@@ -251,6 +281,19 @@ fn run_cluster_command(ctx: &WorkerContext, command: ClusterCommand) -> ClusterR
                     data: data.clone(),
                 });
             ClusterReply::Emit { delivered }
+        }
+        ClusterCommand::PatchSession { id, changes } => {
+            let session = ctx.sockets.update(&id, |entry| {
+                for (key, value) in changes {
+                    if value.is_null() {
+                        entry.session.remove(&key);
+                    } else {
+                        entry.session.insert(key, value);
+                    }
+                }
+                entry.session.clone()
+            });
+            ClusterReply::PatchSession { session }
         }
         ClusterCommand::Kick { filter, reason } => {
             let disconnected = ctx.sockets.push_matching(&parse(&filter), || {

@@ -675,9 +675,19 @@ impl Session {
                 .send_str(codec::encode_error_response(cid, &error))
                 .await;
         }
-        self.ctx
+        if let Err(e) = self
+            .ctx
             .channels
-            .subscribe(&channel, self.id.clone(), self.outbox.clone());
+            .subscribe(&channel, self.id.clone(), self.outbox.clone())
+            .await
+        {
+            return self
+                .send_str(codec::encode_error_response(
+                    cid,
+                    &ErrorObject::broker(e.to_string()),
+                ))
+                .await;
+        }
         self.ctx
             .sockets
             .update(&self.id, |entry| entry.channels.insert(channel.clone()));
@@ -726,16 +736,23 @@ impl Session {
         }
         let raw = serde_json::value::to_raw_value(&data.unwrap_or(Value::Null))
             .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
-        let accepted = self.ctx.channels.publish(&channel, raw);
-        match cid {
-            None => Ok(()),
-            Some(cid) if accepted => self.send_str(codec::encode_empty_success(cid)).await,
-            Some(cid) => {
+        let started = std::time::Instant::now();
+        let published = self.ctx.channels.publish(&channel, raw).await;
+        self.ctx
+            .metrics
+            .broker_roundtrip
+            .observe(started.elapsed().as_secs_f64());
+        match (cid, published) {
+            (None, Ok(())) => Ok(()),
+            (None, Err(e)) => {
+                tracing::warn!(socket = %self.id, channel, error = %e, "publish without ack not fully delivered");
+                Ok(())
+            }
+            (Some(cid), Ok(())) => self.send_str(codec::encode_empty_success(cid)).await,
+            (Some(cid), Err(e)) => {
                 self.send_str(codec::encode_error_response(
                     cid,
-                    &ErrorObject::broker(
-                        "The broker is unavailable; the message was not published",
-                    ),
+                    &ErrorObject::broker(e.to_string()),
                 ))
                 .await
             }
