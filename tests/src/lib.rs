@@ -6,12 +6,16 @@
 //! - [`http`]: one-shot HTTP requests to the public and admin ports.
 //! - [`Driver`]: the real npm clients, driven through `tests/js/driver.js`.
 //! - [`ws`]: a bare WebSocket client for deliberately bad input.
+//! - [`redis`]: real redis-server processes (single and cluster) on free ports.
+//! - [`nginx`]: a real nginx balancing over nodes.
 //!
 //! Every wait here has a deadline; nothing sleeps where a signal exists.
 
 pub mod driver;
 pub mod http;
+pub mod nginx;
 pub mod node;
+pub mod redis;
 pub mod ws;
 
 pub use driver::Driver;

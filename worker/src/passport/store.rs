@@ -1,0 +1,497 @@
+//! Reading the sessions connect-redis wrote.
+//!
+//! connect-redis (every major from 3.x to 10.x) stores `JSON.stringify(session)`
+//! as a plain string under `<prefix><sid>` and lets the key's TTL do the
+//! expiry, so a missing key is the only "expired" there is: the stored
+//! `cookie.expires` goes stale on every touch and is never consulted. This
+//! side only reads; it never writes, touches or deletes a Node session.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::config::UnresponsiveConfig;
+use serde_json::Value as Json;
+
+/// connect-redis's default key prefix.
+pub const DEFAULT_SESSION_PREFIX: &str = "sess:";
+
+/// `--session-store-timeout`: the longest a handshake waits for Redis.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Keys per `MGET` in [`SessionStore::load_many`], so one re-check of many
+/// sessions never becomes a single huge command that stalls Redis.
+pub const MGET_BATCH: usize = 500;
+
+/// Longest wait between reconnect attempts; keeps "Redis is back" to
+/// "handshakes work" well under the contract's 3 s.
+const RECONNECT_MAX_DELAY_MS: u32 = 1_000;
+/// First reconnect delay; doubles up to the maximum.
+const RECONNECT_MIN_DELAY_MS: u32 = 50;
+/// Bound on a TCP connect (and AUTH/SELECT) to a Redis that does not answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A connection with a command outstanding this long is presumed dead and
+/// replaced, so a hung (not closed) Redis is noticed too.
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(2);
+/// Commands queued while disconnected, beyond which new ones fail at once
+/// instead of piling up for a Redis that is not coming back soon.
+const MAX_QUEUED_COMMANDS: usize = 4_096;
+
+/// Boxed future returned by the object-safe store traits.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// One session as found in the store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoredSession {
+    /// The session JSON connect-redis wrote.
+    Json(Json),
+    /// The key exists but does not hold JSON (another serializer, or damage):
+    /// nobody can be logged in by it, but it is not a store outage either.
+    Unparsable {
+        /// The parser's complaint, for logs.
+        error: String,
+    },
+}
+
+impl StoredSession {
+    /// Interprets the raw bytes of a session value.
+    pub fn from_bytes(bytes: &[u8]) -> StoredSession {
+        match serde_json::from_slice(bytes) {
+            Ok(json) => StoredSession::Json(json),
+            Err(error) => StoredSession::Unparsable {
+                error: error.to_string(),
+            },
+        }
+    }
+}
+
+/// How a user record kept in Redis is shaped (for the Redis user lookup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserRecordShape {
+    /// A string holding JSON, read with `GET`.
+    Json,
+    /// A hash, read with `HGETALL`; fields become string members of an object.
+    Hash,
+}
+
+/// Why the store could not answer: always the store's fault, never the
+/// client's, so handshakes fail closed with `SessionStoreUnavailableError`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No answer within the store timeout (Redis down, reconnecting or slow).
+    #[error("session store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error, or the connection failed.
+    #[error("session store failed: {0}")]
+    Failed(String),
+    /// This store cannot do what was asked (e.g. user records).
+    #[error("session store does not support {0}")]
+    Unsupported(&'static str),
+}
+
+/// Where sessions are read from. Object-safe so the worker holds one
+/// `Arc<dyn SessionStore>` for every connection and tests can substitute one.
+pub trait SessionStore: Send + Sync {
+    /// The session stored for `sid`, `None` when there is no key.
+    /// The default Redis path is exactly one `GET` (hot path: per handshake).
+    fn load<'a>(&'a self, sid: &'a str) -> StoreFuture<'a, Option<StoredSession>>;
+
+    /// The sessions for many ids, in the same order; used by the periodic
+    /// logout re-check (batched `MGET`).
+    fn load_many<'a>(&'a self, sids: &'a [String]) -> StoreFuture<'a, Vec<Option<StoredSession>>>;
+
+    /// A user record kept next to the sessions (the Redis user lookup);
+    /// `None` when the key is absent.
+    fn load_user_record<'a>(
+        &'a self,
+        key: &'a str,
+        shape: UserRecordShape,
+    ) -> StoreFuture<'a, Option<Json>> {
+        let _ = (key, shape);
+        Box::pin(async { Err(StoreError::Unsupported("user records")) })
+    }
+}
+
+/// Settings for [`RedisSessionStore`].
+#[derive(Clone, Debug)]
+pub struct RedisStoreConfig {
+    /// `redis://[user:pass@]host:port[/db]` (also `redis-cluster://…`).
+    pub url: String,
+    /// connect-redis `prefix`; the key is `prefix + sid`.
+    pub prefix: String,
+    /// Per-command timeout (`--session-store-timeout`).
+    pub command_timeout: Duration,
+}
+
+impl RedisStoreConfig {
+    /// Defaults for everything but the URL.
+    pub fn new(url: &str) -> RedisStoreConfig {
+        RedisStoreConfig {
+            url: url.to_owned(),
+            prefix: DEFAULT_SESSION_PREFIX.to_owned(),
+            command_timeout: DEFAULT_STORE_TIMEOUT,
+        }
+    }
+}
+
+/// A bad store configuration, found before anything connects.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreSetupError {
+    /// The Redis URL does not parse.
+    #[error("invalid session store URL: {0}")]
+    BadUrl(String),
+    /// The client could not be built from it.
+    #[error("cannot build the session store client: {0}")]
+    Client(String),
+    /// Called outside a tokio runtime: the connection task has nowhere to run.
+    #[error("the session store must be started inside the worker's tokio runtime")]
+    NoRuntime,
+}
+
+/// Builds the fred configuration shared by the store and the watcher.
+pub(crate) fn fred_builder(
+    url: &str,
+    command_timeout: Duration,
+) -> Result<Builder, StoreSetupError> {
+    // fred spawns its connection task; without a runtime that would panic.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(StoreSetupError::NoRuntime);
+    }
+    let mut config = Config::from_url(url).map_err(|e| StoreSetupError::BadUrl(e.to_string()))?;
+    // A Redis that is down at start-up must not stop the worker: keep retrying.
+    config.fail_fast = false;
+    let mut builder = Builder::from_config(config);
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            RECONNECT_MIN_DELAY_MS,
+            RECONNECT_MAX_DELAY_MS,
+            2,
+        ))
+        .with_connection_config(|connection| {
+            connection.connection_timeout = CONNECT_TIMEOUT;
+            connection.internal_command_timeout = CONNECT_TIMEOUT;
+            connection.max_command_buffer_len = MAX_QUEUED_COMMANDS;
+            connection.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(UNRESPONSIVE_AFTER),
+                interval: Duration::from_millis(250),
+            };
+        })
+        .with_performance_config(|performance| {
+            performance.default_command_timeout = command_timeout;
+            // Keyspace notifications arrive in bursts; a lagging receiver
+            // forces a full re-check, so give it room.
+            performance.broadcast_channel_capacity = 4_096;
+        });
+    Ok(builder)
+}
+
+/// connect-redis sessions read with fred.
+#[derive(Clone)]
+pub struct RedisSessionStore {
+    client: Client,
+    prefix: String,
+    command_timeout: Duration,
+    /// Every command carries the timeout itself so a command that gave up
+    /// is also dropped from fred's queue instead of being sent later.
+    options: Options,
+}
+
+impl RedisSessionStore {
+    /// Builds the client and starts connecting in the background; never
+    /// waits for Redis. Must be called inside the worker's tokio runtime.
+    pub fn connect(config: &RedisStoreConfig) -> Result<RedisSessionStore, StoreSetupError> {
+        let client = fred_builder(&config.url, config.command_timeout)?
+            .build()
+            .map_err(|e| StoreSetupError::Client(e.to_string()))?;
+        // The handle is not kept: the connection task runs until the client quits.
+        let _connection = client.connect();
+        Ok(RedisSessionStore {
+            client,
+            prefix: config.prefix.clone(),
+            command_timeout: config.command_timeout,
+            options: Options {
+                timeout: Some(config.command_timeout),
+                ..Options::default()
+            },
+        })
+    }
+
+    /// The key connect-redis uses for `sid`.
+    pub fn key_for(&self, sid: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + sid.len());
+        key.push_str(&self.prefix);
+        key.push_str(sid);
+        key
+    }
+
+    /// Closes the connection (tests and shutdown).
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+
+    /// Runs one command under the store timeout; a fred timeout and an
+    /// outer guard both map to [`StoreError::Timeout`].
+    async fn bounded<T, F>(&self, command: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
+        // The guard gives fred's own timeout a moment to fire first.
+        let guard = self.command_timeout + Duration::from_millis(50);
+        match tokio::time::timeout(guard, command).await {
+            Err(_) => Err(StoreError::Timeout(self.command_timeout)),
+            Ok(Err(error)) if *error.kind() == ErrorKind::Timeout => {
+                Err(StoreError::Timeout(self.command_timeout))
+            }
+            Ok(Err(error)) => Err(StoreError::Failed(error.to_string())),
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+}
+
+fn session_from_value(value: Value) -> Option<StoredSession> {
+    match value {
+        Value::Null => None,
+        Value::Bytes(bytes) => Some(StoredSession::from_bytes(&bytes)),
+        Value::String(text) => Some(StoredSession::from_bytes(text.as_bytes())),
+        other => Some(StoredSession::Unparsable {
+            error: format!("unexpected Redis reply type {:?}", other.kind()),
+        }),
+    }
+}
+
+impl SessionStore for RedisSessionStore {
+    fn load<'a>(&'a self, sid: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
+        Box::pin(async move {
+            let key = self.key_for(sid);
+            let value: Value = self
+                .bounded(self.client.with_options(&self.options).get(key))
+                .await?;
+            Ok(session_from_value(value))
+        })
+    }
+
+    fn load_many<'a>(&'a self, sids: &'a [String]) -> StoreFuture<'a, Vec<Option<StoredSession>>> {
+        Box::pin(async move {
+            let mut sessions = Vec::with_capacity(sids.len());
+            for batch in sids.chunks(MGET_BATCH) {
+                let keys: Vec<Key> = batch
+                    .iter()
+                    .map(|sid| Key::from(self.key_for(sid)))
+                    .collect();
+                let values: Vec<Value> = self
+                    .bounded(self.client.with_options(&self.options).mget(keys))
+                    .await?;
+                if values.len() != batch.len() {
+                    return Err(StoreError::Failed(format!(
+                        "MGET answered {} values for {} keys",
+                        values.len(),
+                        batch.len()
+                    )));
+                }
+                sessions.extend(values.into_iter().map(session_from_value));
+            }
+            Ok(sessions)
+        })
+    }
+
+    fn load_user_record<'a>(
+        &'a self,
+        key: &'a str,
+        shape: UserRecordShape,
+    ) -> StoreFuture<'a, Option<Json>> {
+        Box::pin(async move {
+            let commands = self.client.with_options(&self.options);
+            match shape {
+                UserRecordShape::Json => {
+                    let value: Value = self.bounded(commands.get(key)).await?;
+                    Ok(session_from_value(value).map(|record| match record {
+                        StoredSession::Json(json) => json,
+                        // An unreadable record is reported as a JSON string so
+                        // the resolver can refuse it as bad data, not an outage.
+                        StoredSession::Unparsable { error } => Json::String(error),
+                    }))
+                }
+                UserRecordShape::Hash => {
+                    let fields: std::collections::HashMap<String, String> =
+                        self.bounded(commands.hgetall(key)).await?;
+                    if fields.is_empty() {
+                        return Ok(None);
+                    }
+                    // HGETALL's order is arbitrary; sort for a stable object.
+                    let mut sorted: Vec<(String, String)> = fields.into_iter().collect();
+                    sorted.sort();
+                    Ok(Some(Json::Object(
+                        sorted
+                            .into_iter()
+                            .map(|(k, v)| (k, Json::String(v)))
+                            .collect(),
+                    )))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::RedisFixture;
+    use super::*;
+
+    #[test]
+    fn stored_session_parses_or_reports() {
+        assert_eq!(
+            StoredSession::from_bytes(br#"{"passport":{"user":1}}"#),
+            StoredSession::Json(serde_json::json!({"passport": {"user": 1}}))
+        );
+        assert!(matches!(
+            StoredSession::from_bytes(b"{nope"),
+            StoredSession::Unparsable { .. }
+        ));
+        assert!(matches!(
+            StoredSession::from_bytes(&[0xff, 0xfe]),
+            StoredSession::Unparsable { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn load_reads_key_and_missing_is_none() {
+        let redis = RedisFixture::start(&[]).await;
+        redis
+            .set("sess:abc", r#"{"passport":{"user":42}}"#, 60)
+            .await;
+        redis.set("sess:bad", "not json", 60).await;
+        let store =
+            RedisSessionStore::connect(&RedisStoreConfig::new(&redis.url())).expect("store");
+        assert_eq!(
+            store.load("abc").await.expect("load"),
+            Some(StoredSession::Json(
+                serde_json::json!({"passport": {"user": 42}})
+            ))
+        );
+        assert_eq!(store.load("missing").await.expect("load"), None);
+        assert!(matches!(
+            store.load("bad").await.expect("load"),
+            Some(StoredSession::Unparsable { .. })
+        ));
+        let sids: Vec<String> = ["abc", "missing", "bad"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let many = store.load_many(&sids).await.expect("load_many");
+        assert_eq!(many.len(), 3);
+        assert!(matches!(many[0], Some(StoredSession::Json(_))));
+        assert_eq!(many[1], None);
+        assert!(matches!(many[2], Some(StoredSession::Unparsable { .. })));
+    }
+
+    #[tokio::test]
+    async fn load_many_batches_large_sets() {
+        let redis = RedisFixture::start(&[]).await;
+        redis.set("sess:s7", r#"{"passport":{"user":7}}"#, 60).await;
+        redis
+            .set(
+                &format!("sess:s{}", MGET_BATCH + 3),
+                r#"{"passport":{"user":9}}"#,
+                60,
+            )
+            .await;
+        let store =
+            RedisSessionStore::connect(&RedisStoreConfig::new(&redis.url())).expect("store");
+        let sids: Vec<String> = (0..MGET_BATCH * 2 + 1).map(|i| format!("s{i}")).collect();
+        redis.reset_stats().await;
+        let many = store.load_many(&sids).await.expect("load_many");
+        assert_eq!(many.len(), sids.len());
+        assert_eq!(many.iter().filter(|s| s.is_some()).count(), 2);
+        assert!(many[7].is_some() && many[MGET_BATCH + 3].is_some());
+        assert_eq!(redis.command_calls("mget").await, 3);
+    }
+
+    #[tokio::test]
+    async fn user_records_as_json_and_hash() {
+        let redis = RedisFixture::start(&[]).await;
+        redis
+            .set("user:42", r#"{"id":42,"username":"alice"}"#, 60)
+            .await;
+        redis
+            .command(&["HSET", "uh:7", "name", "bob", "role", "editor"])
+            .await;
+        let store =
+            RedisSessionStore::connect(&RedisStoreConfig::new(&redis.url())).expect("store");
+        assert_eq!(
+            store
+                .load_user_record("user:42", UserRecordShape::Json)
+                .await
+                .expect("json"),
+            Some(serde_json::json!({"id": 42, "username": "alice"}))
+        );
+        assert_eq!(
+            store
+                .load_user_record("user:1", UserRecordShape::Json)
+                .await
+                .expect("json"),
+            None
+        );
+        assert_eq!(
+            store
+                .load_user_record("uh:7", UserRecordShape::Hash)
+                .await
+                .expect("hash"),
+            Some(serde_json::json!({"name": "bob", "role": "editor"}))
+        );
+        assert_eq!(
+            store
+                .load_user_record("uh:8", UserRecordShape::Hash)
+                .await
+                .expect("hash"),
+            None
+        );
+        // Wrong type is a store error, not a panic.
+        assert!(store
+            .load_user_record("user:42", UserRecordShape::Hash)
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn down_at_start_fails_within_timeout_then_recovers() {
+        let mut redis = RedisFixture::start(&[]).await;
+        let url = redis.url();
+        redis.stop();
+        let mut config = RedisStoreConfig::new(&url);
+        config.command_timeout = Duration::from_millis(200);
+        let store =
+            RedisSessionStore::connect(&config).expect("construction never waits for Redis");
+        let started = tokio::time::Instant::now();
+        let result = store.load("abc").await;
+        assert!(
+            matches!(
+                result,
+                Err(StoreError::Timeout(_)) | Err(StoreError::Failed(_))
+            ),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+        redis.restart().await;
+        redis
+            .set("sess:abc", r#"{"passport":{"user":1}}"#, 60)
+            .await;
+        let back = tokio::time::Instant::now();
+        let deadline = back + Duration::from_secs(3);
+        loop {
+            if let Ok(Some(_)) = store.load("abc").await {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "store did not recover within 3 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
