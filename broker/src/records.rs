@@ -78,6 +78,15 @@ impl RecordSink {
                         tracing::debug!(error = %e, "record change not queued");
                     }
                 }
+                // Every batch renews the expiry too: a hash created just before
+                // its node dies (before the master's next heartbeat) must still expire.
+                let _: Result<(), _> = pipeline
+                    .pexpire(
+                        key.as_str(),
+                        crate::cluster::NODE_TTL.as_millis() as i64,
+                        None,
+                    )
+                    .await;
                 match pipeline.all::<Value>().await {
                     Ok(_) if failing => {
                         failing = false;
