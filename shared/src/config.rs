@@ -278,6 +278,66 @@ pub struct BrokerLayer {
     pub query_timeout: Option<HumanDuration>,
 }
 
+/// What a socket loses when its web session logs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLogout {
+    /// The socket stays, unauthenticated (SocketCluster `#removeAuthToken`).
+    Deauthenticate,
+    /// The socket is closed (4500).
+    Kick,
+}
+
+/// `[session]`: the web app's express-session + connect-redis + passport login.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionLayer {
+    /// express-session secret; repeat for rotation (the first signs, any verifies) [default: none, cookie auth off].
+    #[arg(
+        long = "session-secret",
+        env = "SOCKHIVE_SESSION_SECRET",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_secret: Option<Vec<String>>,
+    /// express-session cookie name [default: connect.sid].
+    #[arg(long, env = "SOCKHIVE_SESSION_COOKIE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_cookie: Option<String>,
+    /// connect-redis key prefix [default: sess:].
+    #[arg(long, env = "SOCKHIVE_SESSION_PREFIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_prefix: Option<String>,
+    /// The Redis holding the app's sessions [default: --redis-url].
+    #[arg(long, env = "SOCKHIVE_SESSION_REDIS_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_redis_url: Option<String>,
+    /// How long a handshake waits for the session store [default: 250ms].
+    #[arg(long, env = "SOCKHIVE_SESSION_STORE_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_store_timeout: Option<HumanDuration>,
+    /// Re-check interval for logouts when keyspace notifications are unavailable [default: 1s].
+    #[arg(long, env = "SOCKHIVE_SESSION_RECHECK")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_recheck: Option<HumanDuration>,
+    /// How passport.user becomes the user: `none` (as stored), `redis:user:{id}` (JSON), `redis-hash:user:{id}`, or `http://host:port/users/{id}` [default: none].
+    #[arg(long, env = "SOCKHIVE_USER_LOOKUP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_lookup: Option<String>,
+    /// Time limit of an HTTP user lookup [default: 500ms].
+    #[arg(long, env = "SOCKHIVE_USER_LOOKUP_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_lookup_timeout: Option<HumanDuration>,
+    /// What a logout does to the session's sockets [default: deauthenticate].
+    #[arg(long, env = "SOCKHIVE_ON_LOGOUT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_logout: Option<OnLogout>,
+    /// Lifetime of the tokens /negotiate hands out [default: 5m].
+    #[arg(long, env = "SOCKHIVE_NEGOTIATE_EXPIRY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negotiate_expiry: Option<HumanDuration>,
+}
+
 /// One source of settings (flags plus environment, or the TOML file), every key optional.
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -297,6 +357,9 @@ pub struct ConfigLayer {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub broker: BrokerLayer,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub session: SessionLayer,
 }
 
 impl ConfigLayer {
@@ -417,7 +480,46 @@ pub struct Config {
     pub auth: AuthConfig,
     pub channels: ChannelConfig,
     pub broker: BrokerConfig,
+    pub session: SessionConfig,
 }
+
+/// Resolved `[session]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct SessionConfig {
+    /// Empty: cookie authentication is off.
+    pub session_secret: Vec<String>,
+    pub session_cookie: String,
+    pub session_prefix: String,
+    /// The sessions' Redis (defaults to the broker's).
+    pub session_redis_url: Option<String>,
+    #[serde(with = "duration_text")]
+    pub session_store_timeout: Duration,
+    #[serde(with = "duration_text")]
+    pub session_recheck: Duration,
+    pub user_lookup: String,
+    #[serde(with = "duration_text")]
+    pub user_lookup_timeout: Duration,
+    pub on_logout: OnLogout,
+    #[serde(with = "duration_text")]
+    pub negotiate_expiry: Duration,
+}
+
+impl SessionConfig {
+    /// True when cookie authentication is configured.
+    pub fn enabled(&self) -> bool {
+        !self.session_secret.is_empty()
+    }
+}
+
+/// Default of `session.session_store_timeout`.
+pub const DEFAULT_SESSION_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default of `session.session_recheck`.
+pub const DEFAULT_SESSION_RECHECK: Duration = Duration::from_secs(1);
+/// Default of `session.user_lookup_timeout`.
+pub const DEFAULT_USER_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default of `session.negotiate_expiry`.
+pub const DEFAULT_NEGOTIATE_EXPIRY: Duration = Duration::from_secs(300);
 
 /// Resolved `[broker]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -497,6 +599,7 @@ impl Config {
             auth,
             channels,
             broker,
+            session,
         } = layer;
         let default_workers = std::thread::available_parallelism()
             .map(|n| n.get().min(MAX_WORKERS as usize) as u16)
@@ -551,6 +654,29 @@ impl Config {
             channels: ChannelConfig {
                 channel_auth: channels.channel_auth.unwrap_or(ChannelAuth::Open),
                 public_channel: channels.public_channel.unwrap_or_default(),
+            },
+            session: SessionConfig {
+                session_secret: session.session_secret.unwrap_or_default(),
+                session_cookie: session
+                    .session_cookie
+                    .unwrap_or_else(|| "connect.sid".into()),
+                session_prefix: session.session_prefix.unwrap_or_else(|| "sess:".into()),
+                session_redis_url: session
+                    .session_redis_url
+                    .or_else(|| broker.redis_url.clone())
+                    .filter(|url| !url.trim().is_empty()),
+                session_store_timeout: duration(
+                    session.session_store_timeout,
+                    DEFAULT_SESSION_STORE_TIMEOUT,
+                ),
+                session_recheck: duration(session.session_recheck, DEFAULT_SESSION_RECHECK),
+                user_lookup: session.user_lookup.unwrap_or_else(|| "none".into()),
+                user_lookup_timeout: duration(
+                    session.user_lookup_timeout,
+                    DEFAULT_USER_LOOKUP_TIMEOUT,
+                ),
+                on_logout: session.on_logout.unwrap_or(OnLogout::Deauthenticate),
+                negotiate_expiry: duration(session.negotiate_expiry, DEFAULT_NEGOTIATE_EXPIRY),
             },
             broker: BrokerConfig {
                 redis_url: broker.redis_url.filter(|url| !url.trim().is_empty()),
@@ -609,6 +735,35 @@ impl Config {
             if !ok {
                 return Err(invalid("broker.redis_url", "must be redis://host:port, rediss://..., redis-cluster://host:port?node=host:port, or a seed list host:port,host:port"));
             }
+        }
+        let session = &self.session;
+        if session.enabled() {
+            if session.session_secret.iter().any(String::is_empty) {
+                return Err(invalid(
+                    "session.session_secret",
+                    "must not contain an empty secret",
+                ));
+            }
+            if session.session_redis_url.is_none() {
+                return Err(invalid("session.session_redis_url", "cookie authentication reads the app's sessions from Redis: set --session-redis-url or --redis-url"));
+            }
+            let lookup = session.user_lookup.as_str();
+            let ok = lookup == "none"
+                || lookup.starts_with("redis:")
+                || lookup.starts_with("redis-hash:")
+                || lookup.starts_with("http://");
+            if !ok || (lookup != "none" && !lookup.contains("{id}")) {
+                return Err(invalid("session.user_lookup", "must be `none`, `redis:<key with {id}>`, `redis-hash:<key with {id}>` or `http://host:port/path/{id}`"));
+            }
+        }
+        if session.session_store_timeout.is_zero()
+            || session.session_recheck.is_zero()
+            || session.negotiate_expiry.is_zero()
+        {
+            return Err(invalid(
+                "session.session_store_timeout",
+                "session timeouts and intervals must be above zero",
+            ));
         }
         if self.broker.query_timeout.is_zero() {
             return Err(invalid("broker.query_timeout", "must be above zero"));
@@ -727,6 +882,15 @@ impl Config {
         if let Some(url) = &self.broker.redis_url {
             shown.broker.redis_url = Some(redact_url_password(url));
         }
+        if let Some(url) = &self.session.session_redis_url {
+            shown.session.session_redis_url = Some(redact_url_password(url));
+        }
+        shown.session.session_secret = self
+            .session
+            .session_secret
+            .iter()
+            .map(|_| "<redacted>".to_string())
+            .collect();
         if shown.auth.auth_private_key_pem.is_some() {
             shown.auth.auth_private_key_pem = Some("<redacted>".into());
         }

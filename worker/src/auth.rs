@@ -58,8 +58,17 @@ impl Auth {
 
     /// Signs claims with the node's default expiry (unless they carry `exp`).
     pub fn sign(&self, claims: Map<String, Value>) -> Result<String, TokenSignError> {
+        self.sign_for(claims, self.token_expiry)
+    }
+
+    /// Signs claims with a given lifetime (unless they carry `exp`).
+    pub fn sign_for(
+        &self,
+        claims: Map<String, Value>,
+        lifetime: Duration,
+    ) -> Result<String, TokenSignError> {
         match &self.signer {
-            Some(signer) => signer.sign(claims, self.token_expiry, now_unix()),
+            Some(signer) => signer.sign(claims, lifetime, now_unix()),
             None => Err(TokenSignError::NoSigningKey),
         }
     }

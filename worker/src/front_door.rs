@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::credentials::{self, Credential, PendingCredential};
 use crate::rewind::Rewind;
 use crate::upgrade::{self, Rejection};
 use crate::WorkerContext;
@@ -76,14 +77,15 @@ pub async fn serve(ctx: Arc<WorkerContext>, mut stream: TcpStream, peer: SocketA
             };
             let _ = response.write_to(&mut stream).await;
         }
+        "/negotiate" => negotiate(&ctx, &mut stream, &head).await,
         SOCKETCLUSTER_PATH => {
             let upgraded = Upgraded {
                 head,
                 peer,
                 started,
             };
-            if let Some((ws, _open)) = upgrade(&ctx, stream, rest, &upgraded).await {
-                crate::socketcluster::serve(ctx.clone(), ws, upgraded).await;
+            if let Some((ws, _open, credential)) = upgrade(&ctx, stream, rest, &upgraded).await {
+                crate::socketcluster::serve(ctx.clone(), ws, upgraded, credential).await;
             }
         }
         other => {
@@ -93,14 +95,94 @@ pub async fn serve(ctx: Arc<WorkerContext>, mut stream: TcpStream, peer: SocketA
     }
 }
 
+/// Starts deciding the upgrade's credential. With `--reject-at-upgrade` it is
+/// decided here and a connection without a valid one gets 401 (and `None`).
+/// Called after the origin check: a cross-site page never gets to touch a session.
+pub async fn credential_for_upgrade(
+    ctx: &Arc<WorkerContext>,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+) -> Option<PendingCredential> {
+    let pending = PendingCredential::start(ctx, head);
+    if !(ctx.config.auth.require_auth && ctx.config.auth.reject_at_upgrade) {
+        return Some(pending);
+    }
+    match pending.resolve().await {
+        Credential::Accepted(identity) => {
+            Some(PendingCredential::Ready(Credential::Accepted(identity)))
+        }
+        Credential::Refused(refusal) => {
+            refuse(
+                ctx,
+                stream,
+                Rejection::Unauthorized(refusal.name, refusal.message),
+            )
+            .await;
+            None
+        }
+        Credential::Absent => {
+            refuse(
+                ctx,
+                stream,
+                Rejection::Unauthorized("AuthTokenError", "a valid credential is required".into()),
+            )
+            .await;
+            None
+        }
+    }
+}
+
+/// `GET /negotiate`: a valid session cookie is traded for a short-lived access
+/// token (Azure Web PubSub for Socket.IO's flow); the client then connects
+/// with `?access_token=`.
+async fn negotiate(ctx: &Arc<WorkerContext>, stream: &mut TcpStream, head: &RequestHead) {
+    if let Err(rejection) = upgrade::check_origin(head, &ctx.config.server.allowed_origin) {
+        return refuse(ctx, stream, rejection).await;
+    }
+    let response = match credentials::negotiate(ctx, head).await {
+        Ok((token, lifetime)) => {
+            let scheme = match head.header("x-forwarded-proto") {
+                Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
+                _ => "http",
+            };
+            let host = head.header("host").unwrap_or("127.0.0.1");
+            Response::json(
+                200,
+                &serde_json::json!({
+                    "endpoint": format!("{scheme}://{host}"),
+                    "path": "/socket.io/",
+                    "token": token,
+                    "expires_in": lifetime.as_secs(),
+                }),
+            )
+        }
+        Err(refusal) => {
+            let status = if refusal.name == "SessionStoreUnavailableError" {
+                503
+            } else {
+                401
+            };
+            Response::json(
+                status,
+                &serde_json::json!({"error": refusal.name, "message": refusal.message, "reason": refusal.reason}),
+            )
+        }
+    };
+    let _ = response
+        .with_header("Cache-Control", "no-store")
+        .write_to(stream)
+        .await;
+}
+
 /// Runs the upgrade checks and, when they pass, answers 101 and wraps the stream.
-/// The returned guard keeps the connection counted until the socket ends.
+/// The returned guard keeps the connection counted until the socket ends; the
+/// credential is the upgrade's (possibly still being decided).
 async fn upgrade(
     ctx: &Arc<WorkerContext>,
     mut stream: TcpStream,
     rest: Vec<u8>,
     upgraded: &Upgraded,
-) -> Option<(Ws, OpenConnection)> {
+) -> Option<(Ws, OpenConnection, PendingCredential)> {
     let checks = (|| {
         upgrade::check_origin(&upgraded.head, &ctx.config.server.allowed_origin)?;
         let accept = upgrade::accept_key(&upgraded.head)?;
@@ -124,6 +206,7 @@ async fn upgrade(
         }
     };
     let guard = OpenConnection(ctx.clone());
+    let credential = credential_for_upgrade(ctx, &mut stream, &upgraded.head).await?;
     if stream
         .write_all(&upgrade::switching_protocols(&accept))
         .await
@@ -137,7 +220,7 @@ async fn upgrade(
         Some(websocket_config(ctx)),
     )
     .await;
-    Some((ws, guard))
+    Some((ws, guard, credential))
 }
 
 /// The WebSocket limits of every socket: frame and message capped at `max_payload`.

@@ -8,6 +8,8 @@
 //! - [`rewind`]: replays bytes read past the HTTP head.
 //! - [`socketcluster`]: the SocketCluster protocol (codec and per-socket session).
 //! - [`auth`]: verifying and signing the JWTs sockets present.
+//! - [`credentials`]: who a connection is: access token, session cookie or protocol token, in that order.
+//! - [`passport`]: the web app's express-session + connect-redis + passport logins.
 //! - [`sockets`]: the registry of this worker's sockets, which cluster queries read.
 //! - [`channels`]: local channel subscribers and the worker's broker subscriptions.
 //! - [`outbox`]: the bounded way into one socket from elsewhere in the worker.
@@ -19,6 +21,7 @@
 
 pub mod auth;
 pub mod channels;
+pub mod credentials;
 pub mod front_door;
 pub mod link;
 pub mod metrics;
@@ -73,6 +76,8 @@ pub struct WorkerContext {
     pub channels: LocalChannels,
     /// JWT verification and signing.
     pub auth: Auth,
+    /// Session-cookie logins, when configured.
+    pub sessions: Option<credentials::SessionSupport>,
     /// Sending to the master.
     pub master: MasterLink,
     /// Cancelled when the worker drains: sockets close with 1001, the accept loop ends.
@@ -136,8 +141,15 @@ async fn serve(
         ),
         None => (None, None),
     };
+    let (sessions, logouts) = match credentials::SessionSupport::start(&config, shutdown.clone())
+        .context("session logins")?
+    {
+        Some((sessions, logouts)) => (Some(sessions), Some(logouts)),
+        None => (None, None),
+    };
     let ctx = Arc::new(WorkerContext {
         slot,
+        sessions,
         auth: Auth::new(&config.auth).context("auth settings")?,
         sockets: SocketRegistry::new(node.clone(), slot, master.clone(), records.clone()),
         channels: LocalChannels::new(master.clone(), redis_channels),
@@ -157,6 +169,28 @@ async fn serve(
                 .deliver(&channel, &data, &delivering.metrics);
         }
     });
+    if let Some(mut logouts) = logouts {
+        // The app logged a session out: every socket of it loses its login.
+        let revoking = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(logout) = logouts.recv().await {
+                let kick = revoking.config.auth.require_auth
+                    || revoking.config.session.on_logout == sockhive_shared::config::OnLogout::Kick;
+                let reached = revoking.sockets.push_to_web_session(&logout.sid, || {
+                    if kick {
+                        Outbound::Close(
+                            socketcluster::codec::close_code::AUTH_REQUIRED,
+                            "SessionNotFoundError: logged out".into(),
+                        )
+                    } else {
+                        Outbound::Deauthenticate
+                    }
+                });
+                revoking.metrics.logouts.inc_by(reached);
+                tracing::info!(sockets = reached, cause = ?logout.cause, "web session logged out");
+            }
+        });
+    }
     if let Some(records) = records {
         let resync = ctx.clone();
         let mut reconnects = records.reconnects();

@@ -25,6 +25,10 @@ pub struct WorkerMetrics {
     pub rejected_connections: IntCounterVec,
     /// Malformed or over-limit client input, by protocol and reason.
     pub protocol_errors: IntCounterVec,
+    /// Session-cookie logins by result: `ok` or the refusal reason (`bad_signature`, `no_session`, `not_logged_in`, `store_unavailable`, ...).
+    pub session_logins: IntCounterVec,
+    /// Sockets deauthenticated or closed because their web session logged out.
+    pub logouts: IntCounter,
     /// Sockets closed because the client did not read fast enough.
     pub slow_consumers: IntCounter,
     /// Time for a message to go to the broker and back (publish acknowledged).
@@ -80,6 +84,19 @@ impl WorkerMetrics {
             &["protocol", "reason"],
         )
         .expect("valid metric");
+        let session_logins = IntCounterVec::new(
+            Opts::new(
+                "sockhive_session_logins_total",
+                "Session-cookie logins by result (ok or the refusal reason).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let logouts = IntCounter::new(
+            "sockhive_session_logouts_total",
+            "Sockets whose web session logged out while connected.",
+        )
+        .expect("valid metric");
         let slow_consumers = IntCounter::new(
             "sockhive_slow_consumer_disconnects_total",
             "Sockets closed because their send queue exceeded max_send_queue.",
@@ -103,6 +120,8 @@ impl WorkerMetrics {
             Box::new(rejected_connections.clone()),
             Box::new(protocol_errors.clone()),
             Box::new(slow_consumers.clone()),
+            Box::new(session_logins.clone()),
+            Box::new(logouts.clone()),
             Box::new(broker_roundtrip.clone()),
         ] {
             registry
@@ -119,6 +138,8 @@ impl WorkerMetrics {
             protocol_errors,
             slow_consumers,
             broker_roundtrip,
+            session_logins,
+            logouts,
         }
     }
 

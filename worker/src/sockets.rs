@@ -35,6 +35,8 @@ pub struct SocketEntry {
     pub channels: BTreeSet<String>,
     /// The socket's own key-value session (admin API `PATCH .../session`).
     pub session: Map<String, Value>,
+    /// The web session id the socket logged in with (never shown in records).
+    pub web_session: Option<String>,
     /// The way to reach the socket.
     pub outbox: Outbox,
 }
@@ -239,5 +241,18 @@ impl SocketRegistry {
             }
         }
         reached
+    }
+}
+
+impl SocketRegistry {
+    /// Queues `make()` on every socket logged in with web session `sid`; returns how many.
+    pub fn push_to_web_session(&self, sid: &str, mut make: impl FnMut() -> Outbound) -> u64 {
+        let inner = self.lock();
+        inner
+            .entries
+            .values()
+            .filter(|e| e.web_session.as_deref() == Some(sid))
+            .filter(|e| e.outbox.push(make()).is_ok())
+            .count() as u64
     }
 }

@@ -32,6 +32,9 @@ pub enum Rejection {
     /// A browser `Origin` not on the allow-list (403): cross-site WebSocket hijacking guard.
     #[error("origin {0:?} is not allowed")]
     Origin(String),
+    /// `--reject-at-upgrade`: no valid credential at the upgrade (401).
+    #[error("{0}: {1}")]
+    Unauthorized(&'static str, String),
     /// The worker is at `max_connections` (503).
     #[error("worker is at its connection limit")]
     MaxConnections,
@@ -49,6 +52,7 @@ impl Rejection {
             Rejection::NotFound(_) => "not_found",
             Rejection::Origin(_) => "origin",
             Rejection::MaxConnections => "max_connections",
+            Rejection::Unauthorized(..) => "auth",
         }
     }
 
@@ -66,6 +70,9 @@ impl Rejection {
                     .with_header("Sec-WebSocket-Version", "13")
             }
             Rejection::Origin(_) => Response::text(403, format!("{self}\n")),
+            Rejection::Unauthorized(name, message) => {
+                Response::json(401, &serde_json::json!({"error": name, "message": message}))
+            }
             Rejection::MaxConnections => {
                 Response::text(503, format!("{self}\n")).with_header("Retry-After", "1")
             }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use sockhive_shared::jwt::AuthTokenError;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -27,8 +26,10 @@ use super::codec::{
 };
 use crate::auth::now_unix;
 use crate::channels::channel_allowed;
+use crate::credentials::{self, Credential, Identity, Method, PendingCredential, Refusal};
 use crate::front_door::{Upgraded, Ws};
 use crate::outbox::{outbox, Inbox, Outbound, Outbox};
+use crate::passport::SessionLogin;
 use crate::sockets::SocketEntry;
 use crate::WorkerContext;
 
@@ -71,10 +72,21 @@ struct Session {
     auth: Option<Authenticated>,
     channels: BTreeSet<String>,
     last_pong: Instant,
+    /// The upgrade's credential, resolved at `#handshake`.
+    upgrade_credential: Option<PendingCredential>,
+    /// The web session this socket logged in with, watched for logout.
+    session_login: Option<SessionLogin>,
+    /// A minted token waiting for the client's next frame (see `on_handshake`).
+    pending_token: Option<String>,
 }
 
 /// Serves one upgraded SocketCluster connection to its end.
-pub async fn serve(ctx: Arc<WorkerContext>, ws: Ws, upgraded: Upgraded) {
+pub async fn serve(
+    ctx: Arc<WorkerContext>,
+    ws: Ws,
+    upgraded: Upgraded,
+    credential: PendingCredential,
+) {
     let limit = ctx.config.limits.max_send_queue as usize;
     let (outbox, inbox) = outbox(limit);
     let id: Arc<str> = codec::socket_id(
@@ -91,6 +103,9 @@ pub async fn serve(ctx: Arc<WorkerContext>, ws: Ws, upgraded: Upgraded) {
         auth: None,
         channels: BTreeSet::new(),
         last_pong: Instant::now(),
+        upgrade_credential: Some(credential),
+        session_login: None,
+        pending_token: None,
     };
     ctx.metrics.connections.with_label_values(&[PROTOCOL]).inc();
     let ending = session.run(inbox, &upgraded).await;
@@ -257,6 +272,13 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str, upgraded: &Upgraded) -> Option<Ending> {
+        if self.registered {
+            if let Some(token) = self.pending_token.take() {
+                if let Err(ending) = self.send_str(codec::encode_set_auth_token(&token)).await {
+                    return Some(ending);
+                }
+            }
+        }
         let frame = match codec::decode_frame(text, &DecodeLimits::default()) {
             Ok(frame) => frame,
             Err(e) => {
@@ -377,6 +399,7 @@ impl Session {
             }
             ClientEvent::Authenticate { token, cid } => self.on_authenticate(&token, cid).await,
             ClientEvent::RemoveAuthToken { cid } => {
+                self.unwatch_session();
                 self.auth = None;
                 self.update_entry_auth();
                 match cid {
@@ -408,29 +431,39 @@ impl Session {
         upgraded: &Upgraded,
     ) -> Option<Ending> {
         let ctx = self.ctx.clone();
-        let verdict = token.as_deref().map(|t| ctx.auth.verify(t));
-        let (method, auth_error) = match verdict {
-            None => ("none", None),
-            Some(Ok(claims)) => {
-                self.set_auth(claims);
-                ("jwt", None)
+        // The upgrade's credential (access token, cookie) decides when present;
+        // otherwise the token the client sends in #handshake.
+        let credential = match self.upgrade_credential.take() {
+            Some(pending) => pending.resolve().await,
+            None => Credential::Absent,
+        };
+        let credential = match (credential, token) {
+            (Credential::Absent, Some(token)) => {
+                credentials::from_token(&ctx, &token, Method::Token).await
             }
-            Some(Err(e)) => ("jwt", Some(e)),
+            (credential, _) => credential,
+        };
+        let (method, refusal) = match credential {
+            Credential::Absent => ("none", None),
+            Credential::Accepted(identity) => {
+                let method = identity.method.label();
+                self.accept(identity);
+                (method, None)
+            }
+            Credential::Refused(refusal) => (refusal.method.label(), Some(refusal)),
         };
         let authenticated = self.auth.is_some();
         if ctx.config.auth.require_auth && !authenticated {
-            let (name, message) = match &auth_error {
-                Some(e) => (e.name(), e.to_string()),
+            let (name, message) = match &refusal {
+                Some(r) => (r.name, r.message.clone()),
                 None => (
                     "AuthTokenError",
                     "a valid credential is required".to_string(),
                 ),
             };
-            let error = ErrorObject::handshake_rejected(
-                format!("{name}: {message}"),
-                close_code::AUTH_REQUIRED,
-            )
-            .with_field("reason", name);
+            let reason = format!("{name}: {message}");
+            let error = ErrorObject::handshake_rejected(reason.clone(), close_code::AUTH_REQUIRED)
+                .with_field("reason", name);
             ctx.metrics
                 .handshakes
                 .with_label_values(&["rejected", method])
@@ -441,10 +474,10 @@ impl Session {
                 .await;
             return Some(Ending::Close(
                 close_code::AUTH_REQUIRED,
-                format!("{name}: {message}").chars().take(120).collect(),
+                reason.chars().take(120).collect(),
             ));
         }
-        let wire_error = auth_error.as_ref().map(auth_error_object);
+        let wire_error = refusal.as_ref().map(refusal_object);
         let reply = codec::encode_handshake_reply(
             cid,
             &HandshakeStatus {
@@ -459,7 +492,7 @@ impl Session {
                 auth_error: wire_error.as_ref(),
             },
         );
-        let outcome = match (&auth_error, authenticated) {
+        let outcome = match (&refusal, authenticated) {
             (_, true) => "ok",
             (Some(_), false) => "failed",
             (None, false) => "anonymous",
@@ -476,9 +509,9 @@ impl Session {
         if let Err(ending) = self.send_str(reply).await {
             return Some(ending);
         }
-        if auth_error
+        if refusal
             .as_ref()
-            .is_some_and(AuthTokenError::is_bad_token)
+            .is_some_and(|r| r.bad_token && r.method == Method::Token)
         {
             if let Err(ending) = self
                 .send(Utf8Bytes::from_static(codec::REMOVE_AUTH_TOKEN_FRAME))
@@ -487,7 +520,34 @@ impl Session {
                 return Some(ending);
             }
         }
+        if self.pending_token.is_some() {
+            // The real client drops a #setAuthToken that arrives in the same
+            // turn as the handshake reply (protocol spec 8.6): ping now and
+            // send the token once the pong (or any later frame) is back.
+            if let Err(ending) = self.send(Utf8Bytes::from_static(codec::PING_FRAME)).await {
+                return Some(ending);
+            }
+        }
         None
+    }
+
+    /// Takes on a verified identity: claims, session watch, token to hand out.
+    fn accept(&mut self, identity: Identity) {
+        if let (Some(login), Some(sessions)) = (&identity.session, self.ctx.sessions.as_ref()) {
+            sessions.watcher.watch(&login.sid, &login.passport_user);
+        }
+        self.unwatch_session();
+        self.session_login = identity.session;
+        self.pending_token = identity.minted_token;
+        self.set_auth(identity.claims);
+    }
+
+    fn unwatch_session(&mut self) {
+        if let (Some(login), Some(sessions)) =
+            (self.session_login.take(), self.ctx.sessions.as_ref())
+        {
+            sessions.watcher.unwatch(&login.sid, &login.passport_user);
+        }
     }
 
     fn register(&mut self, upgraded: &Upgraded) {
@@ -501,6 +561,7 @@ impl Session {
             auth,
             channels: BTreeSet::new(),
             session: Map::new(),
+            web_session: self.session_login.as_ref().map(|l| l.sid.clone()),
             outbox: self.outbox.clone(),
         };
         self.ctx.sockets.insert(self.id.clone(), entry);
@@ -532,10 +593,12 @@ impl Session {
 
     fn update_entry_auth(&self) {
         let (logged_in, user, auth) = self.auth_view();
+        let web_session = self.session_login.as_ref().map(|l| l.sid.clone());
         self.ctx.sockets.update(&self.id, |entry| {
             entry.logged_in = logged_in;
             entry.user = user;
             entry.auth = auth;
+            entry.web_session = web_session;
         });
     }
 
@@ -600,6 +663,8 @@ impl Session {
     }
 
     async fn deauthenticate(&mut self) {
+        self.unwatch_session();
+        self.pending_token = None;
         self.auth = None;
         self.update_entry_auth();
         let _ = self
@@ -608,39 +673,44 @@ impl Session {
     }
 
     async fn on_authenticate(&mut self, token: &str, cid: u64) -> Result<(), Ending> {
-        match self.ctx.auth.verify(token) {
-            Ok(claims) => {
-                self.set_auth(claims);
+        let ctx = self.ctx.clone();
+        match credentials::from_token(&ctx, token, Method::Token).await {
+            Credential::Accepted(identity) => {
+                self.accept(identity);
                 self.update_entry_auth();
-                self.ctx
-                    .metrics
+                ctx.metrics
                     .handshakes
                     .with_label_values(&["ok", "authenticate"])
                     .inc();
                 self.send_str(codec::encode_authenticate_reply(cid, true, None))
                     .await
             }
-            Err(e) if e.is_bad_token() => {
-                self.ctx
-                    .metrics
+            Credential::Refused(refusal) if refusal.bad_token => {
+                ctx.metrics
                     .handshakes
                     .with_label_values(&["failed", "authenticate"])
                     .inc();
-                self.send_str(codec::encode_error_response(cid, &auth_error_object(&e)))
+                self.send_str(codec::encode_error_response(cid, &refusal_object(&refusal)))
                     .await?;
                 self.deauthenticate().await;
                 Ok(())
             }
-            Err(e) => {
-                self.ctx
-                    .metrics
+            Credential::Refused(refusal) => {
+                ctx.metrics
                     .handshakes
                     .with_label_values(&["failed", "authenticate"])
                     .inc();
                 self.send_str(codec::encode_authenticate_reply(
                     cid,
                     false,
-                    Some(&auth_error_object(&e)),
+                    Some(&refusal_object(&refusal)),
+                ))
+                .await
+            }
+            Credential::Absent => {
+                self.send_str(codec::encode_error_response(
+                    cid,
+                    &ErrorObject::auth_token_invalid("jwt must be provided"),
                 ))
                 .await
             }
@@ -761,6 +831,7 @@ impl Session {
 
     /// Leaves every channel, forgets the socket and sends the close frame.
     async fn finish(&mut self, ending: Ending) {
+        self.unwatch_session();
         for channel in std::mem::take(&mut self.channels) {
             self.ctx.channels.unsubscribe(&channel, &self.id);
         }
@@ -807,18 +878,12 @@ async fn write_raw_close<S: tokio::io::AsyncWrite + Unpin>(
     stream.shutdown().await
 }
 
-/// The wire error object of a token refusal, exactly as SocketCluster sends it.
-fn auth_error_object(error: &AuthTokenError) -> ErrorObject {
-    let wire = error.to_wire();
-    let mut object = ErrorObject::new(error.name(), error.to_string());
-    if let Value::Object(fields) = wire {
-        for (key, value) in fields {
-            if key != "message" && key != "name" {
-                object = object.with_field(key, value);
-            }
-        }
-    }
-    object
+/// The wire error object of a refused credential, exactly as SocketCluster sends it.
+fn refusal_object(refusal: &Refusal) -> ErrorObject {
+    refusal.fields.iter().fold(
+        ErrorObject::new(refusal.name, refusal.message.clone()),
+        |object, (key, value)| object.with_field(key.clone(), value.clone()),
+    )
 }
 
 fn rfc3339_now() -> String {
