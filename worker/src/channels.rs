@@ -28,10 +28,37 @@ pub enum ChannelError {
     Redis(String),
 }
 
+/// The wire format a subscriber needs its deliveries in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// `{"event":"#publish","data":{"channel","data"}}`.
+    SocketCluster,
+    /// `42["publish",{"channel","data"}]`.
+    SocketIo,
+}
+
+impl Wire {
+    fn encode(self, channel: &str, data: &RawValue) -> Utf8Bytes {
+        Utf8Bytes::from(match self {
+            Wire::SocketCluster => {
+                crate::socketcluster::codec::encode_publish(channel, Some(data.get()))
+            }
+            Wire::SocketIo => crate::socketio::codec::encode_publish_delivery(
+                crate::socketio::codec::MAIN_NAMESPACE,
+                channel,
+                Some(data.get()),
+            ),
+        })
+    }
+}
+
+/// A subscriber: how to reach it and what it speaks.
+type Subscriber = (Outbox, Wire);
+
 /// Local subscribers by channel.
 #[derive(Debug)]
 pub struct LocalChannels {
-    subscribers: Mutex<HashMap<String, HashMap<Arc<str>, Outbox>>>,
+    subscribers: Mutex<HashMap<String, HashMap<Arc<str>, Subscriber>>>,
     master: MasterLink,
     /// Other nodes, when a Redis broker is configured.
     redis: Option<RedisChannels>,
@@ -48,7 +75,7 @@ impl LocalChannels {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<Arc<str>, Outbox>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<Arc<str>, Subscriber>>> {
         self.subscribers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -65,6 +92,7 @@ impl LocalChannels {
         channel: &str,
         socket: Arc<str>,
         outbox: Outbox,
+        wire: Wire,
     ) -> Result<(), ChannelError> {
         let first = {
             let mut subscribers = self.lock();
@@ -72,7 +100,7 @@ impl LocalChannels {
             subscribers
                 .entry(channel.to_string())
                 .or_default()
-                .insert(socket.clone(), outbox);
+                .insert(socket.clone(), (outbox, wire));
             first
         };
         if !first {
@@ -140,12 +168,13 @@ impl LocalChannels {
         let Some(sockets) = subscribers.get(channel) else {
             return;
         };
-        let frame = Utf8Bytes::from(crate::socketcluster::codec::encode_publish(
-            channel,
-            Some(data.get()),
-        ));
-        for outbox in sockets.values() {
-            if outbox.push(Outbound::Frame(frame.clone())).is_err() {
+        // Encoded at most once per wire format, then shared by every subscriber.
+        let mut frames: [Option<Utf8Bytes>; 2] = [None, None];
+        for (outbox, wire) in sockets.values() {
+            let frame = frames[*wire as usize]
+                .get_or_insert_with(|| wire.encode(channel, data))
+                .clone();
+            if outbox.push(Outbound::Frame(frame)).is_err() {
                 metrics.slow_consumers.inc();
             }
         }

@@ -76,8 +76,9 @@ pub struct Refusal {
     pub message: String,
     /// The metric reason.
     pub reason: &'static str,
-    /// Extra wire fields (SocketCluster's `isBadToken`, `expiry`, ...).
-    pub fields: Map<String, Value>,
+    /// Extra wire fields (SocketCluster's `isBadToken`, `expiry`, ...); boxed
+    /// to keep refusals small on the happy path.
+    pub fields: Box<Map<String, Value>>,
     /// The client should forget its stored token.
     pub bad_token: bool,
 }
@@ -87,8 +88,8 @@ pub struct Refusal {
 pub enum Credential {
     /// Nothing was presented.
     Absent,
-    /// Logged in.
-    Accepted(Identity),
+    /// Logged in (boxed: an identity is large, absence is common).
+    Accepted(Box<Identity>),
     /// Presented and refused; never silently ignored.
     Refused(Refusal),
 }
@@ -106,7 +107,7 @@ impl Refusal {
             name: error.name(),
             message: error.to_string(),
             reason: error.reason(),
-            fields,
+            fields: Box::new(fields),
             bad_token: error.is_bad_token(),
         }
     }
@@ -117,7 +118,7 @@ impl Refusal {
             name: error.name(),
             message: error.to_string(),
             reason: error.reason(),
-            fields: Map::new(),
+            fields: Box::default(),
             bad_token: false,
         }
     }
@@ -127,7 +128,7 @@ impl Refusal {
         let mut object = Map::new();
         object.insert("message".into(), json!(self.message));
         object.insert("name".into(), json!(self.name));
-        object.extend(self.fields.clone());
+        object.extend(self.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
         Value::Object(object)
     }
 }
@@ -305,7 +306,7 @@ pub async fn from_upgrade(ctx: &Arc<WorkerContext>, head: &RequestHead) -> Crede
         SessionOutcome::Authenticated(login) => {
             ctx.metrics.session_logins.with_label_values(&["ok"]).inc();
             match mint(ctx, sessions, login, ctx.auth.token_expiry) {
-                Ok(identity) => Credential::Accepted(identity),
+                Ok(identity) => Credential::Accepted(Box::new(identity)),
                 Err(refusal) => Credential::Refused(refusal),
             }
         }
@@ -354,7 +355,7 @@ fn mint(
                 name: "AuthTokenError",
                 message: format!("the server failed to sign an auth token: {e}"),
                 reason: "sign_failed",
-                fields: Map::new(),
+                fields: Box::default(),
                 bad_token: false,
             })
         }
@@ -389,18 +390,18 @@ pub async fn from_token(ctx: &Arc<WorkerContext>, token: &str, method: Method) -
                     name: "SessionStoreUnavailableError",
                     message: format!("the session store is unavailable ({e})"),
                     reason: "store_unavailable",
-                    fields: Map::new(),
+                    fields: Box::default(),
                     bad_token: false,
                 })
             }
         }
     }
-    Credential::Accepted(Identity {
+    Credential::Accepted(Box::new(Identity {
         method,
         claims,
         session: None,
         minted_token: None,
-    })
+    }))
 }
 
 fn session_gone(method: Method, message: &str) -> Refusal {
@@ -411,7 +412,7 @@ fn session_gone(method: Method, message: &str) -> Refusal {
         name: "SessionNotFoundError",
         message: message.into(),
         reason: "logged_out",
-        fields,
+        fields: Box::new(fields),
         bad_token: true,
     }
 }
@@ -427,7 +428,7 @@ pub async fn negotiate(
             name: "SessionNotFoundError",
             message: "session logins are not configured".into(),
             reason: "no_cookie",
-            fields: Map::new(),
+            fields: Box::default(),
             bad_token: false,
         });
     };
@@ -439,7 +440,7 @@ pub async fn negotiate(
             name: "SessionNotFoundError",
             message: "no session cookie".into(),
             reason: "no_cookie",
-            fields: Map::new(),
+            fields: Box::default(),
             bad_token: false,
         }),
         SessionOutcome::Refused(error) => Err(Refusal::from_session(&error)),
@@ -456,7 +457,7 @@ pub async fn negotiate(
 #[derive(Debug)]
 pub enum PendingCredential {
     /// Already known (nothing presented, or decided before the 101).
-    Ready(Credential),
+    Ready(Box<Credential>),
     /// Being decided by a task started at the upgrade.
     Pending(tokio::task::JoinHandle<Credential>),
 }
@@ -467,7 +468,7 @@ impl PendingCredential {
         let cookie_auth = ctx.sessions.is_some()
             && (head.header("cookie").is_some() || head.query_param("session_id").is_some());
         if !cookie_auth && upgrade_token(head).is_none() {
-            return PendingCredential::Ready(Credential::Absent);
+            return PendingCredential::Ready(Box::new(Credential::Absent));
         }
         let (ctx, head) = (ctx.clone(), head.clone());
         PendingCredential::Pending(tokio::spawn(async move { from_upgrade(&ctx, &head).await }))
@@ -476,7 +477,7 @@ impl PendingCredential {
     /// The decided credential.
     pub async fn resolve(self) -> Credential {
         match self {
-            PendingCredential::Ready(credential) => credential,
+            PendingCredential::Ready(credential) => *credential,
             PendingCredential::Pending(task) => task.await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "credential task failed");
                 Credential::Refused(Refusal {
@@ -484,7 +485,7 @@ impl PendingCredential {
                     name: "SessionStoreUnavailableError",
                     message: "the credential could not be checked".into(),
                     reason: "store_unavailable",
-                    fields: Map::new(),
+                    fields: Box::default(),
                     bad_token: false,
                 })
             }),

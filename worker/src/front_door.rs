@@ -108,9 +108,9 @@ pub async fn credential_for_upgrade(
         return Some(pending);
     }
     match pending.resolve().await {
-        Credential::Accepted(identity) => {
-            Some(PendingCredential::Ready(Credential::Accepted(identity)))
-        }
+        Credential::Accepted(identity) => Some(PendingCredential::Ready(Box::new(
+            Credential::Accepted(identity),
+        ))),
         Credential::Refused(refusal) => {
             refuse(
                 ctx,

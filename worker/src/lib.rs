@@ -7,6 +7,7 @@
 //! - [`upgrade`]: the upgrade checks (headers, origin) and their HTTP refusals.
 //! - [`rewind`]: replays bytes read past the HTTP head.
 //! - [`socketcluster`]: the SocketCluster protocol (codec and per-socket session).
+//! - [`socketio`]: Socket.IO over Engine.IO (codec and per-socket session).
 //! - [`auth`]: verifying and signing the JWTs sockets present.
 //! - [`credentials`]: who a connection is: access token, session cookie or protocol token, in that order.
 //! - [`passport`]: the web app's express-session + connect-redis + passport logins.
@@ -29,6 +30,7 @@ pub mod outbox;
 pub mod passport;
 pub mod rewind;
 pub mod socketcluster;
+pub mod socketio;
 pub mod sockets;
 pub mod upgrade;
 

@@ -25,7 +25,7 @@ use super::codec::{
     Packet, ViolationOutcome,
 };
 use crate::auth::now_unix;
-use crate::channels::channel_allowed;
+use crate::channels::{channel_allowed, Wire};
 use crate::credentials::{self, Credential, Identity, Method, PendingCredential, Refusal};
 use crate::front_door::{Upgraded, Ws};
 use crate::outbox::{outbox, Inbox, Outbound, Outbox};
@@ -447,7 +447,7 @@ impl Session {
             Credential::Absent => ("none", None),
             Credential::Accepted(identity) => {
                 let method = identity.method.label();
-                self.accept(identity);
+                self.accept(*identity);
                 (method, None)
             }
             Credential::Refused(refusal) => (refusal.method.label(), Some(refusal)),
@@ -676,7 +676,7 @@ impl Session {
         let ctx = self.ctx.clone();
         match credentials::from_token(&ctx, token, Method::Token).await {
             Credential::Accepted(identity) => {
-                self.accept(identity);
+                self.accept(*identity);
                 self.update_entry_auth();
                 ctx.metrics
                     .handshakes
@@ -748,7 +748,12 @@ impl Session {
         if let Err(e) = self
             .ctx
             .channels
-            .subscribe(&channel, self.id.clone(), self.outbox.clone())
+            .subscribe(
+                &channel,
+                self.id.clone(),
+                self.outbox.clone(),
+                Wire::SocketCluster,
+            )
             .await
         {
             return self
