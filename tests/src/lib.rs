@@ -8,9 +8,11 @@
 //! - [`ws`]: a bare WebSocket client for deliberately bad input.
 //! - [`redis`]: real redis-server processes (single and cluster) on free ports.
 //! - [`nginx`]: a real nginx balancing over nodes.
+//! - [`app`]: the real express/passport web app that logs users in.
 //!
 //! Every wait here has a deadline; nothing sleeps where a signal exists.
 
+pub mod app;
 pub mod driver;
 pub mod http;
 pub mod nginx;

@@ -1,0 +1,532 @@
+//! The web app's own passport login authenticates the socket: the real
+//! express + express-session + connect-redis + passport app writes the
+//! sessions, the real `socketcluster-client@20` connects with its cookie.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sockhive_tests::app::WebApp;
+use sockhive_tests::node::ADMIN_TOKEN;
+use sockhive_tests::redis::RedisServer;
+use sockhive_tests::{eventually, http, Driver, Node, NodeBuilder};
+
+const SECRET: &str = "app-session-secret";
+
+fn node_for(redis: &RedisServer, workers: u16, extra: &[&str]) -> Node {
+    NodeBuilder::new(workers)
+        .args([
+            "--session-secret",
+            SECRET,
+            "--session-redis-url",
+            &redis.url(),
+        ])
+        .args(extra.iter().copied())
+        .start()
+}
+
+async fn connect(
+    driver: &mut Driver,
+    node: &Node,
+    client: &str,
+    cookie: Option<&str>,
+    extra: Value,
+) -> Result<Value, Value> {
+    let mut fields = json!({"client": client, "url": node.sc_url()});
+    if let Some(cookie) = cookie {
+        fields["headers"] = json!({"Cookie": cookie});
+    }
+    if let (Value::Object(fields), Value::Object(extra)) = (&mut fields, extra) {
+        fields.extend(extra);
+    }
+    driver.call("sc.connect", fields).await
+}
+
+async fn record_of(node: &Node, id: &str) -> Value {
+    let reply = http::get(
+        node.admin,
+        &format!("/api/sockets/{id}"),
+        &[&format!("Authorization: Bearer {ADMIN_TOKEN}")],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
+}
+
+#[tokio::test]
+async fn a_passport_login_authenticates_the_socket() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let node = node_for(&redis, 2, &[]);
+    let cookie = app.login("alice", "alice-password").await;
+    let mut driver = Driver::start().await;
+    let status = connect(&mut driver, &node, "alice", Some(&cookie), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status["isAuthenticated"], true, "{status}");
+    // The minted token arrives after the handshake (and survives the client's handshake handling).
+    let minted = driver
+        .wait_event(Duration::from_secs(5), "the session's token", |e| {
+            e["client"] == "alice" && e["event"] == "authenticate" && e["authToken"].is_object()
+        })
+        .await;
+    assert_eq!(minted["authToken"]["sub"], "u-alice");
+    let state = driver.ok("sc.state", json!({"client": "alice"})).await;
+    assert_eq!(state["authState"], "authenticated");
+    assert_eq!(state["authToken"]["sub"], "u-alice");
+    let record = record_of(&node, status["id"].as_str().unwrap()).await;
+    assert_eq!(record["logged_in"], true);
+    assert_eq!(record["user"]["id"], "u-alice");
+    assert_eq!(record["auth"]["sub"], "u-alice");
+    let found = node
+        .admin_post(
+            "/api/sockets/query",
+            json!({"filter": {"user.id": "u-alice"}}),
+        )
+        .await
+        .json();
+    assert_eq!(found["sockets"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        node.metric("sockhive_session_logins_total{result=\"ok\"}")
+            .await,
+        1.0
+    );
+    driver.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_user_lookup_resolves_the_whole_user() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let cookie = app.login("carol", "carol-password").await;
+    let mut driver = Driver::start().await;
+    for lookup in [
+        "redis:user:{id}".to_string(),
+        format!("http://{}/users/{{id}}", app.addr),
+    ] {
+        let node = node_for(&redis, 1, &["--user-lookup", &lookup]);
+        let status = connect(&mut driver, &node, "carol", Some(&cookie), json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status["isAuthenticated"], true, "{lookup}: {status}");
+        let record = record_of(&node, status["id"].as_str().unwrap()).await;
+        assert_eq!(record["user"]["username"], "carol", "{lookup}: {record}");
+        assert_eq!(
+            record["user"]["id"], 7,
+            "a numeric passport id stays a number"
+        );
+        assert_eq!(record["auth"]["user"]["displayName"], "Carol Numeric");
+    }
+    driver.shutdown().await;
+}
+
+/// Cookies that must not log anyone in, with the error the client must see.
+async fn bad_cookies(
+    redis: &RedisServer,
+    app: &WebApp,
+) -> Vec<(&'static str, String, &'static str)> {
+    let good = app.login("bob", "bob-password").await;
+    let (name, value) = good.split_once('=').unwrap();
+    let mut tampered = value.to_string();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let other_app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", "some-other-secret")]);
+    let wrong_secret = other_app.login("bob", "bob-password").await;
+    let sid = value
+        .trim_start_matches("s%3A")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let unsigned = format!("{name}={sid}");
+    let unknown = app.login("alice", "alice-password").await;
+    let unknown_sid = unknown
+        .split_once('=')
+        .unwrap()
+        .1
+        .trim_start_matches("s%3A")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    redis.cli(&["DEL", &format!("sess:{unknown_sid}")]);
+    let logged_out = app.login("alice", "alice-password").await;
+    assert_eq!(
+        app.post("/logout-keep-session", Some(&logged_out), &json!({}))
+            .await
+            .status,
+        200
+    );
+    vec![
+        (
+            "tampered",
+            format!("{name}={tampered}"),
+            "SessionCookieInvalidError",
+        ),
+        ("wrong-secret", wrong_secret, "SessionCookieInvalidError"),
+        ("unsigned", unsigned, "SessionCookieInvalidError"),
+        ("unknown-sid", unknown, "SessionNotFoundError"),
+        ("logged-out", logged_out, "SessionNotFoundError"),
+    ]
+}
+
+#[tokio::test]
+async fn bad_cookies_connect_unauthenticated_with_the_reason_in_soft_mode() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let node = node_for(&redis, 1, &[]);
+    let mut driver = Driver::start().await;
+    for (case, cookie, error) in bad_cookies(&redis, &app).await {
+        let status = connect(&mut driver, &node, case, Some(&cookie), json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status["isAuthenticated"], false, "{case}: {status}");
+        assert_eq!(status["authError"]["name"], error, "{case}: {status}");
+        let record = record_of(&node, status["id"].as_str().unwrap()).await;
+        assert_eq!(record["logged_in"], false);
+    }
+    let metrics = node.metrics().await;
+    for reason in ["bad_signature", "unsigned", "no_session", "not_logged_in"] {
+        let count = sockhive_tests::node::sum_series(
+            &metrics,
+            &format!("sockhive_session_logins_total{{result=\"{reason}\"}}"),
+        );
+        assert!(count >= 1.0, "{reason} counted:\n{metrics}");
+    }
+    driver.shutdown().await;
+}
+
+#[tokio::test]
+async fn require_auth_rejects_finally_and_reject_at_upgrade_answers_401() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let cases = bad_cookies(&redis, &app).await;
+    let node = node_for(&redis, 1, &["--require-auth"]);
+    let mut driver = Driver::start().await;
+    for (case, cookie, error) in &cases {
+        let refused = connect(
+            &mut driver,
+            &node,
+            case,
+            Some(cookie),
+            json!({"autoReconnect": true}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused["code"], 4500, "{case}: {refused}");
+        assert!(
+            refused["reason"].as_str().unwrap().contains(error),
+            "{case}: the reason names the error: {refused}"
+        );
+    }
+    // No anonymous socket either.
+    let refused = connect(
+        &mut driver,
+        &node,
+        "anonymous",
+        None,
+        json!({"autoReconnect": true}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused["code"], 4500);
+    // Final: none of the clients retried.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rejected = node
+        .metric("sockhive_handshakes_total{outcome=\"rejected\"}")
+        .await;
+    assert_eq!(
+        rejected,
+        cases.len() as f64 + 1.0,
+        "one attempt each, no retries"
+    );
+    assert_eq!(
+        node.metric("sockhive_connections").await,
+        0.0,
+        "no socket was registered"
+    );
+    driver.shutdown().await;
+
+    let strict = node_for(&redis, 1, &["--require-auth", "--reject-at-upgrade"]);
+    for (case, cookie, _) in &cases {
+        let request = format!("GET /socketcluster/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n");
+        let reply = http::raw(strict.public, request.as_bytes()).await;
+        assert_eq!(reply.status, 401, "{case}: {}", reply.head);
+    }
+    let good = app.login("alice", "alice-password").await;
+    let request = format!("GET /socketcluster/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {good}\r\n\r\n");
+    assert_eq!(
+        http::raw(strict.public, request.as_bytes()).await.status,
+        101
+    );
+}
+
+#[tokio::test]
+async fn a_cookie_signed_with_a_rotated_out_secret_still_works_while_listed() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", "old-secret")]);
+    let cookie = app.login("alice", "alice-password").await;
+    let node = NodeBuilder::new(1)
+        .args([
+            "--session-secret",
+            "new-secret",
+            "--session-secret",
+            "old-secret",
+            "--session-redis-url",
+            &redis.url(),
+        ])
+        .start();
+    let mut driver = Driver::start().await;
+    let status = connect(&mut driver, &node, "c", Some(&cookie), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status["isAuthenticated"], true);
+    let retired = NodeBuilder::new(1)
+        .args([
+            "--session-secret",
+            "new-secret",
+            "--session-redis-url",
+            &redis.url(),
+        ])
+        .start();
+    let status = connect(&mut driver, &retired, "d", Some(&cookie), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status["authError"]["name"], "SessionCookieInvalidError");
+    driver.shutdown().await;
+}
+
+#[tokio::test]
+async fn negotiate_trades_the_cookie_for_an_access_token() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let node = node_for(&redis, 1, &[]);
+    let cookie = app.login("bob", "bob-password").await;
+    let reply = http::get(node.public, "/negotiate", &[&format!("Cookie: {cookie}")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let negotiated = reply.json();
+    assert_eq!(negotiated["path"], "/socket.io/");
+    assert!(negotiated["endpoint"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://"));
+    assert!(negotiated["expires_in"].as_u64().unwrap() > 0);
+    let token = negotiated["token"].as_str().unwrap();
+    let mut driver = Driver::start().await;
+    let url = format!("{}?access_token={token}", node.sc_url());
+    let status = driver
+        .ok("sc.connect", json!({"client": "c", "url": url}))
+        .await;
+    assert_eq!(status["isAuthenticated"], true);
+    let record = record_of(&node, status["id"].as_str().unwrap()).await;
+    assert_eq!(
+        record["user"]["id"], "u-bob",
+        "the same user as the cookie gives"
+    );
+    let without = http::get(node.public, "/negotiate", &[]).await;
+    assert_eq!(without.status, 401);
+    assert_eq!(without.json()["error"], "SessionNotFoundError");
+    driver.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_origin_is_refused_before_the_session_is_read() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let node = node_for(&redis, 1, &["--allowed-origin", "https://app.example"]);
+    let cookie = app.login("alice", "alice-password").await;
+    let request = format!("GET /socketcluster/ HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n");
+    assert_eq!(http::raw(node.public, request.as_bytes()).await.status, 403);
+    let negotiate = http::get(
+        node.public,
+        "/negotiate",
+        &[&format!("Cookie: {cookie}"), "Origin: https://evil.example"],
+    )
+    .await;
+    assert_eq!(negotiate.status, 403);
+    assert_eq!(
+        node.metric("sockhive_session_logins_total").await,
+        0.0,
+        "the session was never touched"
+    );
+}
+
+#[tokio::test]
+async fn redis_stopping_fails_new_logins_closed_and_they_recover_without_a_restart() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let node = node_for(&redis, 1, &[]);
+    let cookie = app.login("alice", "alice-password").await;
+    let mut driver = Driver::start().await;
+    assert_eq!(
+        connect(&mut driver, &node, "before", Some(&cookie), json!({}))
+            .await
+            .unwrap()["isAuthenticated"],
+        true
+    );
+
+    redis.pause();
+    let started = Instant::now();
+    let status = connect(&mut driver, &node, "during", Some(&cookie), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status["isAuthenticated"], false);
+    assert_eq!(status["authError"]["name"], "SessionStoreUnavailableError");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        driver.ok("sc.state", json!({"client": "before"})).await["state"],
+        "open",
+        "existing sockets stay"
+    );
+
+    redis.resume();
+    let resumed = Instant::now();
+    let mut attempt = 0;
+    eventually(Duration::from_secs(5), "logins to work again", async || {
+        attempt += 1;
+        let status = connect(
+            &mut driver,
+            &node,
+            &format!("after{attempt}"),
+            Some(&cookie),
+            json!({}),
+        )
+        .await
+        .ok()?;
+        (status["isAuthenticated"] == true).then_some(())
+    })
+    .await;
+    assert!(
+        resumed.elapsed() < Duration::from_secs(3),
+        "recovered after {:?}",
+        resumed.elapsed()
+    );
+    assert!(
+        node.metric("sockhive_session_logins_total{result=\"store_unavailable\"}")
+            .await
+            >= 1.0
+    );
+    driver.shutdown().await;
+}
+
+#[tokio::test]
+async fn logging_out_deauthenticates_the_sessions_sockets_on_every_worker_within_a_second() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let node = node_for(&redis, 2, &[]);
+    let cookie = app.login("alice", "alice-password").await;
+    let bystander = app.login("bob", "bob-password").await;
+    let mut driver = Driver::start().await;
+    let mut workers = std::collections::HashSet::new();
+    for i in 0..6 {
+        let status = connect(
+            &mut driver,
+            &node,
+            &format!("a{i}"),
+            Some(&cookie),
+            json!({}),
+        )
+        .await
+        .unwrap();
+        workers.insert(record_of(&node, status["id"].as_str().unwrap()).await["worker"].clone());
+        driver
+            .wait_event(Duration::from_secs(5), "the minted token", |e| {
+                e["client"] == format!("a{i}")
+                    && e["event"] == "authenticate"
+                    && e["authToken"].is_object()
+            })
+            .await;
+    }
+    assert_eq!(workers.len(), 2, "alice's sockets sit on both workers");
+    connect(&mut driver, &node, "bob", Some(&bystander), json!({}))
+        .await
+        .unwrap();
+    let minted = driver.ok("sc.state", json!({"client": "a0"})).await["signedAuthToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let logged_out = Instant::now();
+    app.logout(&cookie).await;
+    for i in 0..6 {
+        let client = format!("a{i}");
+        driver
+            .wait_event(Duration::from_secs(2), "deauthenticate after logout", |e| {
+                e["client"] == client.as_str() && e["event"] == "deauthenticate"
+            })
+            .await;
+    }
+    let took = logged_out.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "all of alice's sockets lost their login after {took:?}"
+    );
+    assert!(
+        driver.events_of("bob", "deauthenticate").is_empty(),
+        "bob is not affected"
+    );
+    let found = node
+        .admin_post(
+            "/api/sockets/query",
+            json!({"filter": {"user.id": "u-alice"}}),
+        )
+        .await
+        .json();
+    assert_eq!(found["sockets"], json!([]));
+    // A token minted from that session is refused from now on.
+    let status = driver
+        .ok(
+            "sc.connect",
+            json!({"client": "replay", "url": node.sc_url(), "authToken": minted}),
+        )
+        .await;
+    assert_eq!(status["isAuthenticated"], false);
+    assert_eq!(status["authError"]["name"], "SessionNotFoundError");
+    driver.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_handshake_costs_one_redis_round_trip() {
+    // Sessions in their own Redis (no broker Redis), so its command counts are the handshake's alone.
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let node = node_for(&redis, 1, &[]);
+    let cookie = app.login("alice", "alice-password").await;
+    let mut driver = Driver::start().await;
+    // Let start-up traffic (the logout watcher's CONFIG and SUBSCRIBE) settle, then count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let status = connect(&mut driver, &node, "c", Some(&cookie), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status["isAuthenticated"], true);
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let calls = |command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        calls("get"),
+        1,
+        "one GET of the session, nothing else before the reply:\n{stats}"
+    );
+    for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+        let command = line
+            .trim_start_matches("cmdstat_")
+            .split([':', '|'])
+            .next()
+            .unwrap();
+        assert!(
+            ["get", "set", "info", "config"].contains(&command),
+            "unexpected command on the handshake: {line}"
+        );
+    }
+    driver.shutdown().await;
+}
