@@ -9,6 +9,9 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+# The deploy checks parse the compose and Kubernetes YAML with PyYAML.
+python3 -c 'import yaml' 2>/dev/null || /usr/bin/python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,0 +1,1453 @@
+//! The scale-out kit in `deploy/`: each file is checked by the tool that
+//! reads it in production (`nginx -t`, `haproxy -c`, `systemd-analyze`,
+//! `sockhive check-config`, a real YAML parser), the files are checked
+//! against each other (names, ports, timeouts), and nginx and haproxy, each
+//! rendered from the shipped config, run for real in front of two nodes.
+//!
+//! Tools CI installs with apt (tests/run.sh): nginx, haproxy, python3-yaml.
+//! A missing one fails its test with the package to install, never a silent
+//! pass.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use sockhive_tests::node::{children_of, sockhive_bin};
+use sockhive_tests::{eventually, http, repo_root, ws, NodeBuilder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Flags the kit already passes that the CLI is still growing (issue 5's
+/// Redis broker). They may be missing from `serve --help` until it lands;
+/// every other flag and variable must exist today.
+const NOT_YET_IN_CLI: &[&str] = &[];
+
+// ---------------------------------------------------------------- helpers
+
+fn deploy_dir() -> PathBuf {
+    repo_root().join("deploy")
+}
+
+fn read_deploy(relative: &str) -> String {
+    let path = deploy_dir().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// A scratch directory of its own per test, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "sockhive-deploy-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn write(&self, relative: &str, text: &str) -> PathBuf {
+        let path = self.0.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create dir");
+        }
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port free at the time of asking (bound to port 0, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind port 0")
+        .port()
+}
+
+/// `name` on PATH or in the sbin directories (nginx and haproxy live there).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The tool, or a failure that says which apt package CI must install.
+fn require_tool(name: &str, apt_package: &str) -> PathBuf {
+    find_tool(name).unwrap_or_else(|| {
+        panic!(
+            "`{name}` is not installed, so this check cannot run. Install it with \
+             `apt-get install {apt_package}`; CI gets it from tests/run.sh \
+             (`command -v {name} >/dev/null 2>&1 || need_apt+=({apt_package})`)"
+        )
+    })
+}
+
+/// What a finished command said.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn describe(&self) -> String {
+        format!(
+            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs a command to completion, killing it if it outlives `timeout`.
+fn run_bounded(command: Command, timeout: Duration) -> Finished {
+    let program = format!("{command:?}");
+    try_run_bounded(command, timeout).unwrap_or_else(|| panic!("cannot start {program}"))
+}
+
+/// Like [`run_bounded`], `None` when the program cannot be started at all.
+fn try_run_bounded(mut command: Command, timeout: Duration) -> Option<Finished> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Some(Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// `10s`, `20s`, `1h`, `500ms` as a duration (the kit's own spellings).
+fn parse_duration(text: &str) -> Duration {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("duration `{text}`"));
+    match unit {
+        "ms" => Duration::from_millis(number),
+        "" | "s" => Duration::from_secs(number),
+        "m" | "min" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => panic!("duration `{text}`: unknown unit"),
+    }
+}
+
+/// The value of `Key=` in a systemd unit (the last one wins, as in systemd).
+fn unit_setting<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
+    unit.lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+}
+
+// ------------------------------------------------------------------- YAML
+
+/// Loads YAML with PyYAML (libyaml-backed) and hands it over as JSON.
+const YAML_TO_JSON: &str = "import json, sys, yaml\n\
+print(json.dumps([list(yaml.safe_load_all(open(p))) for p in sys.argv[1:]], default=str))";
+
+/// A python3 that can `import yaml`: the one on PATH, else Debian's (where
+/// apt's python3-yaml installs).
+fn python_with_yaml() -> PathBuf {
+    for python in ["python3", "/usr/bin/python3"] {
+        let mut command = Command::new(python);
+        command.args(["-c", "import yaml"]);
+        if try_run_bounded(command, Duration::from_secs(20)).is_some_and(|f| f.status.success()) {
+            return PathBuf::from(python);
+        }
+    }
+    panic!(
+        "no python3 with PyYAML, so the YAML cannot be parsed. Install it with \
+         `apt-get install python3-yaml`; CI gets it from tests/run.sh \
+         (`python3 -c 'import yaml' 2>/dev/null || /usr/bin/python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)`)"
+    )
+}
+
+/// Every document of each YAML file, parsed by a real YAML parser.
+fn yaml_files(paths: &[PathBuf]) -> Vec<Vec<Value>> {
+    let mut command = Command::new(python_with_yaml());
+    command.arg("-c").arg(YAML_TO_JSON).args(paths);
+    let finished = run_bounded(command, Duration::from_secs(30));
+    assert!(
+        finished.status.success(),
+        "YAML did not parse: {}",
+        finished.describe()
+    );
+    let parsed: Vec<Vec<Value>> = serde_json::from_str(&finished.stdout)
+        .unwrap_or_else(|e| panic!("parser output is not JSON ({e}): {}", finished.stdout));
+    assert_eq!(parsed.len(), paths.len());
+    parsed
+}
+
+fn yaml_file(path: PathBuf) -> Vec<Value> {
+    yaml_files(&[path]).remove(0)
+}
+
+/// The string at a JSON pointer, or a failure naming what is missing.
+fn string_at<'a>(value: &'a Value, pointer: &str, what: &str) -> &'a str {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{what}: no string at {pointer}"))
+}
+
+// ------------------------------------------------------------------ nginx
+
+/// Runs `nginx -t` on a main config file, with every path inside `prefix`.
+fn nginx_t(prefix: &Path, conf: &Path) -> Finished {
+    let nginx = require_tool("nginx", "nginx");
+    let mut command = Command::new(nginx);
+    command
+        .arg("-t")
+        .arg("-p")
+        .arg(prefix)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .arg("-c")
+        .arg(conf);
+    run_bounded(command, Duration::from_secs(20))
+}
+
+/// The main-context lines that keep nginx's pid, logs and temp files inside
+/// the test's directory instead of /run and /var.
+fn nginx_sandbox_http_paths(prefix: &Path) -> String {
+    let p = prefix.display();
+    format!(
+        "access_log {p}/access.log;\n\
+         client_body_temp_path {p}/client_body_temp;\n\
+         proxy_temp_path {p}/proxy_temp;\n\
+         fastcgi_temp_path {p}/fastcgi_temp;\n\
+         uwsgi_temp_path {p}/uwsgi_temp;\n\
+         scgi_temp_path {p}/scgi_temp;\n"
+    )
+}
+
+/// The `server ...;` lines of the `sockhive` upstream block.
+fn upstream_servers(conf: &str) -> Vec<&str> {
+    let block = conf
+        .split_once("upstream sockhive {")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(block, _)| block)
+        .expect("an `upstream sockhive { ... }` block");
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("server "))
+        .collect()
+}
+
+/// The parameters production gives its upstream servers (`max_fails=...`),
+/// so the loopback test runs with the same passive checks.
+fn production_server_parameters() -> String {
+    let conf = read_deploy("nginx/sockhive.conf");
+    let parameters: Vec<String> = upstream_servers(&conf)
+        .iter()
+        .map(|line| {
+            let parameters: Vec<&str> = line
+                .trim_end_matches(';')
+                .split_whitespace()
+                .skip(2)
+                .collect();
+            assert!(
+                parameters.iter().any(|p| p.starts_with("max_fails="))
+                    && parameters.iter().any(|p| p.starts_with("fail_timeout=")),
+                "passive health checks (max_fails, fail_timeout) on every server: {line}"
+            );
+            parameters.join(" ")
+        })
+        .collect();
+    assert!(
+        !parameters.is_empty() && parameters.iter().all(|p| *p == parameters[0]),
+        "every server has the same parameters: {parameters:?}"
+    );
+    parameters[0].clone()
+}
+
+/// Renders test.conf.template for real loopback ports.
+fn render_nginx_test_conf(dir: &TempDir, listen: SocketAddr, upstreams: &[SocketAddr]) -> PathBuf {
+    let template = read_deploy("nginx/test.conf.template");
+    let parameters = production_server_parameters();
+    let servers: Vec<String> = upstreams
+        .iter()
+        .map(|addr| format!("server {addr} {parameters};"))
+        .collect();
+    let locations = deploy_dir().join("nginx/sockhive-locations.conf");
+    let rendered = template
+        .replace("{{PREFIX}}", &dir.path().display().to_string())
+        .replace("{{LISTEN}}", &listen.to_string())
+        .replace("{{UPSTREAM_SERVERS}}", &servers.join("\n        "))
+        .replace("{{LOCATIONS}}", &locations.display().to_string());
+    let leftover: Vec<&str> = rendered.lines().filter(|l| l.contains("{{")).collect();
+    assert!(leftover.is_empty(), "unrendered placeholders: {leftover:?}");
+    dir.write("nginx.conf", &rendered)
+}
+
+/// A non-daemon nginx started by the test; stopped by its pid on drop.
+struct Nginx {
+    child: Child,
+    listen: SocketAddr,
+    dir: TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx on `listen` in front of `upstreams` and waits until it accepts.
+    fn start(upstreams: &[SocketAddr]) -> Nginx {
+        let nginx = require_tool("nginx", "nginx");
+        let dir = TempDir::new("nginx");
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let conf = render_nginx_test_conf(&dir, listen, upstreams);
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start nginx");
+        let mut nginx = Nginx { child, listen, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!("nginx exited at start ({status}):\n{}", nginx.logs());
+            }
+            if std::net::TcpStream::connect(listen).is_ok() {
+                return nginx;
+            }
+            if Instant::now() >= deadline {
+                panic!("nginx did not listen on {listen}:\n{}", nginx.logs());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn logs(&self) -> String {
+        ["stderr.log", "error.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let master = self.child.id() as i32;
+        let workers = children_of(master);
+        // SIGTERM is nginx's fast shutdown: the master stops its workers.
+        let _ = kill(Pid::from_raw(master), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // nginx workers have no parent-death signal: make sure none is left.
+        for pid in workers {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The status line of a WebSocket upgrade sent with `Host` and `Origin`
+/// (read up to the end of the head: nginx keeps the client connection open).
+async fn upgrade_status(addr: SocketAddr, path: &str, host: &str, origin: &str) -> u16 {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&head)
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
+/// Waits until nothing listens on `addr` any more: a killed node's workers
+/// may hold its port for a few milliseconds after the kill, and a connection
+/// accepted then is reset (a 502 from the balancer, not a retried connect).
+async fn wait_until_refused(addr: SocketAddr) {
+    eventually(
+        Duration::from_secs(5),
+        "the dead node's port to refuse",
+        async || {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[test]
+fn nginx_production_config_passes_nginx_t() {
+    let dir = TempDir::new("nginx-prod");
+    let production = read_deploy("nginx/sockhive.conf");
+    // Outside Docker the node names do not resolve (nginx -t resolves
+    // upstream hosts) and port 8080 may be taken: point them at loopback.
+    let mut rendered = production.clone();
+    for node in ["node1", "node2", "node3"] {
+        let from = format!("server {node}:8000 ");
+        assert_eq!(
+            rendered.matches(&from).count(),
+            1,
+            "sockhive.conf lists `{from}` once"
+        );
+        rendered = rendered.replace(&from, &format!("server 127.0.0.1:{} ", free_port()));
+    }
+    assert_eq!(rendered.matches("listen 8080;").count(), 1);
+    let rendered = rendered.replace(
+        "listen 8080;",
+        &format!("listen 127.0.0.1:{};", free_port()),
+    );
+    dir.write("conf.d/sockhive.conf", &rendered);
+    // The relative include resolves against the main file's directory, as
+    // /etc/nginx/snippets/ does in the nginx image.
+    assert!(production.contains("include snippets/sockhive-locations.conf;"));
+    dir.write(
+        "snippets/sockhive-locations.conf",
+        &read_deploy("nginx/sockhive-locations.conf"),
+    );
+    let p = dir.path().display();
+    let main = format!(
+        "pid {p}/nginx.pid;\nerror_log {p}/error.log;\nevents {{}}\nhttp {{\n{}include {p}/conf.d/*.conf;\n}}\n",
+        nginx_sandbox_http_paths(dir.path())
+    );
+    let conf = dir.write("nginx.conf", &main);
+    let finished = nginx_t(dir.path(), &conf);
+    assert!(
+        finished.status.success(),
+        "nginx -t refused sockhive.conf: {}",
+        finished.describe()
+    );
+
+    // What the comments promise, in the directives themselves.
+    let locations = read_deploy("nginx/sockhive-locations.conf");
+    for needle in [
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header Host $http_host;",
+        "location /socketcluster/",
+        "location /socket.io/",
+        "location = /healthz",
+        "proxy_read_timeout 1h;",
+    ] {
+        assert!(locations.contains(needle), "locations lack `{needle}`");
+    }
+    for needle in [
+        "map $http_upgrade $connection_upgrade",
+        "least_conn;",
+        "zone sockhive",
+    ] {
+        assert!(
+            production.contains(needle),
+            "sockhive.conf lacks `{needle}`"
+        );
+    }
+    assert!(
+        production.contains("no active health checks"),
+        "sockhive.conf says open-source nginx only checks passively"
+    );
+}
+
+#[test]
+fn nginx_test_template_passes_nginx_t() {
+    let dir = TempDir::new("nginx-template");
+    let upstreams: Vec<SocketAddr> = (0..2)
+        .map(|_| ([127, 0, 0, 1], free_port()).into())
+        .collect();
+    let conf = render_nginx_test_conf(&dir, ([127, 0, 0, 1], free_port()).into(), &upstreams);
+    let finished = nginx_t(dir.path(), &conf);
+    assert!(
+        finished.status.success(),
+        "nginx -t refused the rendered test.conf.template: {}",
+        finished.describe()
+    );
+    // Same balancing as production, so the real test below measures it.
+    let template = read_deploy("nginx/test.conf.template");
+    assert!(template.contains("least_conn;") && template.contains("daemon off;"));
+}
+
+#[tokio::test]
+async fn nginx_in_front_of_two_nodes_spreads_sockets_and_skips_a_dead_node() {
+    let node_a = NodeBuilder::new(2).start();
+    let node_b = NodeBuilder::new(2).start();
+    let nginx = Nginx::start(&[node_a.public, node_b.public]);
+    let front = nginx.listen;
+
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        let (socket, handshake) = ws::sc_open(front, None).await;
+        assert!(
+            handshake["id"].is_string(),
+            "handshake through nginx: {handshake}"
+        );
+        sockets.push(socket);
+    }
+    let (on_a, on_b) = eventually(
+        Duration::from_secs(5),
+        "20 sockets on the two nodes",
+        async || {
+            let a = node_a.metric("sockhive_connections").await;
+            let b = node_b.metric("sockhive_connections").await;
+            (a + b == 20.0).then_some((a, b))
+        },
+    )
+    .await;
+    // least_conn: each new socket goes to the node with fewer open ones.
+    assert!(
+        (on_a - on_b).abs() <= 2.0,
+        "least_conn should split 20 sockets evenly, got {on_a} and {on_b}"
+    );
+
+    let health = http::get(front, "/healthz", &[]).await;
+    assert_eq!(
+        health.status, 200,
+        "/healthz through nginx: {}",
+        health.body
+    );
+    // The admin surface is not reachable through the balancer.
+    assert_eq!(http::get(front, "/metrics", &[]).await.status, 404);
+    assert_eq!(http::get(front, "/readyz", &[]).await.status, 404);
+
+    // A browser on the balancer's own address passes sockhive's default
+    // origin check (Host reaches the node with its port); a foreign one not.
+    let own = format!("http://{front}");
+    assert_eq!(
+        upgrade_status(front, "/socketcluster/", &front.to_string(), &own).await,
+        101,
+        "same-site Origin through nginx"
+    );
+    assert_eq!(
+        upgrade_status(
+            front,
+            "/socketcluster/",
+            &front.to_string(),
+            "http://evil.test"
+        )
+        .await,
+        403,
+        "foreign Origin through nginx"
+    );
+
+    // Node B dies: nginx retries the refused connect on node A, so every new
+    // socket still lands (passive checks then skip B for fail_timeout).
+    let dead = node_b.public;
+    drop(node_b);
+    wait_until_refused(dead).await;
+    drop(sockets);
+    eventually(
+        Duration::from_secs(5),
+        "node A back to 0 sockets",
+        async || (node_a.metric("sockhive_connections").await == 0.0).then_some(()),
+    )
+    .await;
+    let mut survivors = Vec::new();
+    for _ in 0..6 {
+        survivors.push(ws::sc_open(front, None).await.0);
+    }
+    eventually(
+        Duration::from_secs(5),
+        "6 new sockets on node A",
+        async || (node_a.metric("sockhive_connections").await == 6.0).then_some(()),
+    )
+    .await;
+    drop(survivors);
+    drop(nginx);
+}
+
+// ---------------------------------------------------------------- haproxy
+
+#[test]
+fn haproxy_config_passes_haproxy_c() {
+    let haproxy = require_tool("haproxy", "haproxy");
+    let path = deploy_dir().join("haproxy/haproxy.cfg");
+    let mut command = Command::new(haproxy);
+    command.arg("-c").arg("-f").arg(&path);
+    let finished = run_bounded(command, Duration::from_secs(20));
+    assert!(
+        finished.status.success(),
+        "haproxy -c refused haproxy.cfg: {}",
+        finished.describe()
+    );
+    // The only acceptable warnings: compose's service names do not resolve here.
+    let unexpected: Vec<&str> = finished
+        .stderr
+        .lines()
+        .chain(finished.stdout.lines())
+        .filter(|l| l.contains("[WARNING]") || l.contains("[ALERT]"))
+        .filter(|l| !l.contains("could not resolve address 'node"))
+        .collect();
+    assert!(unexpected.is_empty(), "haproxy warnings: {unexpected:#?}");
+
+    let config = read_deploy("haproxy/haproxy.cfg");
+    for needle in [
+        "balance leastconn",
+        "timeout tunnel",
+        "option httpchk",
+        "uri /readyz",
+        "http-check expect status 200",
+        "option forwardfor",
+    ] {
+        assert!(config.contains(needle), "haproxy.cfg lacks `{needle}`");
+    }
+    // Checks go to the admin port the nodes listen on.
+    let compose = yaml_file(deploy_dir().join("docker-compose.yml")).remove(0);
+    let admin = string_at(
+        &compose,
+        "/services/node1/environment/SOCKHIVE_ADMIN_LISTEN",
+        "compose",
+    );
+    let admin_port = admin.rsplit(':').next().expect("admin port");
+    assert!(
+        config.contains(&format!("check port {admin_port}")),
+        "haproxy checks the admin port {admin_port}"
+    );
+    for node in ["node1", "node2", "node3"] {
+        assert!(
+            config.contains(&format!("server {node} {node}:8000")),
+            "haproxy lists {node}"
+        );
+    }
+}
+
+/// The production haproxy.cfg pointed at loopback nodes: `(public, admin)`
+/// per node, in place of node1, node2...; the stats socket lets the test read
+/// each server's check result.
+fn render_haproxy(
+    dir: &TempDir,
+    listen: SocketAddr,
+    nodes: &[(SocketAddr, SocketAddr)],
+) -> PathBuf {
+    let production = read_deploy("haproxy/haproxy.cfg");
+    assert_eq!(production.matches("bind :8080").count(), 1);
+    assert_eq!(production.matches("\nglobal\n").count(), 1);
+    assert_eq!(production.matches("maxconn 50000").count(), 1);
+    let rendered = production
+        .replace("bind :8080", &format!("bind {listen}"))
+        .replace(
+            "\nglobal\n",
+            &format!(
+                "\nglobal\n    stats socket {}/admin.sock mode 600 level admin\n",
+                dir.path().display()
+            ),
+        )
+        // Loopback addresses need no DNS (Docker's resolver is not here).
+        .replace(" resolvers docker", "")
+        // The test's file limit, not production's.
+        .replace("maxconn 50000", "maxconn 2000");
+    let mut lines = Vec::new();
+    for line in rendered.lines() {
+        let node = (1..=3).find(|n| line.trim() == format!("server node{n} node{n}:8000"));
+        match node {
+            None => lines.push(line.to_string()),
+            // The admin port differs per node here, so each server names its own.
+            Some(n) => {
+                if let Some((public, admin)) = nodes.get(n - 1) {
+                    lines.push(format!("    server node{n} {public} port {}", admin.port()));
+                }
+            }
+        }
+    }
+    let rendered = lines.join("\n") + "\n";
+    assert_eq!(
+        rendered.matches("    server node").count(),
+        nodes.len(),
+        "every node rendered into haproxy.cfg"
+    );
+    dir.write("haproxy.cfg", &rendered)
+}
+
+/// haproxy in the foreground, started by the test; stopped by its pid on drop.
+struct Haproxy {
+    child: Child,
+    listen: SocketAddr,
+    dir: TempDir,
+}
+
+impl Haproxy {
+    fn start(nodes: &[(SocketAddr, SocketAddr)]) -> Haproxy {
+        let haproxy = require_tool("haproxy", "haproxy");
+        let dir = TempDir::new("haproxy");
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let conf = render_haproxy(&dir, listen, nodes);
+        let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log file");
+        let child = Command::new(haproxy)
+            .arg("-db")
+            .arg("-f")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start haproxy");
+        let mut haproxy = Haproxy { child, listen, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = haproxy.child.try_wait() {
+                panic!("haproxy exited at start ({status}):\n{}", haproxy.logs());
+            }
+            if std::net::TcpStream::connect(listen).is_ok() {
+                return haproxy;
+            }
+            if Instant::now() >= deadline {
+                panic!("haproxy did not listen on {listen}:\n{}", haproxy.logs());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+    }
+
+    /// `(server, status, check_status, check_code)` of each backend server.
+    fn server_checks(&self) -> Vec<(String, String, String, String)> {
+        use std::io::Write;
+        let Ok(mut socket) =
+            std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock"))
+        else {
+            return Vec::new();
+        };
+        let _ = socket.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut csv = String::new();
+        if socket.write_all(b"show stat\n").is_err() || socket.read_to_string(&mut csv).is_err() {
+            return Vec::new();
+        }
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let column = |name: &str| header.iter().position(|h| *h == name);
+        let (Some(px), Some(sv), Some(st), Some(cs), Some(cc)) = (
+            column("pxname"),
+            column("svname"),
+            column("status"),
+            column("check_status"),
+            column("check_code"),
+        ) else {
+            return Vec::new();
+        };
+        lines
+            .map(|l| l.split(',').collect::<Vec<&str>>())
+            .filter(|f| {
+                f.get(px) == Some(&"sockhive_nodes")
+                    && f.get(sv).is_some_and(|s| s.starts_with("node"))
+            })
+            .map(|f| {
+                let get = |i: usize| f.get(i).copied().unwrap_or_default().to_string();
+                (get(sv), get(st), get(cs), get(cc))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn haproxy_checks_readyz_on_the_admin_port_and_spreads_sockets() {
+    let node_a = NodeBuilder::new(2).start();
+    let node_b = NodeBuilder::new(2).start();
+    let haproxy = Haproxy::start(&[(node_a.public, node_a.admin), (node_b.public, node_b.admin)]);
+
+    // The active check really reaches /readyz and reads its 200.
+    eventually(
+        Duration::from_secs(10),
+        "both servers checked L7OK/200",
+        async || {
+            let checks = haproxy.server_checks();
+            (checks.len() == 2
+                && checks.iter().all(|(_, status, check, code)| {
+                    status == "UP" && check == "L7OK" && code == "200"
+                }))
+            .then_some(())
+        },
+    )
+    .await;
+
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        sockets.push(ws::sc_open(haproxy.listen, None).await.0);
+    }
+    let (on_a, on_b) = eventually(
+        Duration::from_secs(5),
+        "10 sockets on the two nodes",
+        async || {
+            let a = node_a.metric("sockhive_connections").await;
+            let b = node_b.metric("sockhive_connections").await;
+            (a + b == 10.0).then_some((a, b))
+        },
+    )
+    .await;
+    assert!(
+        (on_a - on_b).abs() <= 2.0,
+        "leastconn should split 10 sockets evenly, got {on_a} and {on_b}"
+    );
+
+    // Node B dies: its check fails and it goes DOWN; meanwhile a refused
+    // connect is redispatched, so new sockets still land.
+    let dead = node_b.public;
+    drop(node_b);
+    wait_until_refused(dead).await;
+    for _ in 0..4 {
+        sockets.push(ws::sc_open(haproxy.listen, None).await.0);
+    }
+    eventually(Duration::from_secs(15), "node2 marked DOWN", async || {
+        haproxy
+            .server_checks()
+            .iter()
+            .any(|(server, status, _, _)| server == "node2" && status.starts_with("DOWN"))
+            .then_some(())
+    })
+    .await;
+    drop(sockets);
+    drop(haproxy);
+}
+
+// ----------------------------------------------------------------- docker
+
+#[test]
+fn docker_compose_runs_redis_three_nodes_and_nginx() {
+    let compose = yaml_file(deploy_dir().join("docker-compose.yml")).remove(0);
+    let services = compose["services"]
+        .as_object()
+        .expect("compose has services");
+    for name in ["redis", "nginx", "node1", "node2", "node3"] {
+        assert!(services.contains_key(name), "compose lacks service {name}");
+    }
+    let nodes: Vec<(&String, &Value)> = services
+        .iter()
+        .filter(|(_, s)| s["command"].get(0).and_then(Value::as_str) == Some("serve"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "three sockhive nodes");
+
+    let mut node_ids = Vec::new();
+    for (name, node) in &nodes {
+        let command: Vec<&str> = node["command"]
+            .as_array()
+            .expect("command list")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let flag = |f: &str| {
+            command
+                .windows(2)
+                .find(|w| w[0] == f)
+                .map(|w| w[1])
+                .unwrap_or_else(|| panic!("{name}: no {f}"))
+        };
+        node_ids.push(flag("--node-id"));
+        assert_eq!(flag("--redis-url"), "redis://redis:6379", "{name}");
+        assert!(node.get("ports").is_none(), "{name} publishes no port");
+        let env = &node["environment"];
+        for secret in ["SOCKHIVE_ADMIN_TOKEN", "SOCKHIVE_AUTH_KEY"] {
+            let value = env[secret].as_str().unwrap_or_default();
+            assert!(
+                value.starts_with("${") && value.contains(":?"),
+                "{name}: {secret} comes from the environment and is required, not a literal"
+            );
+        }
+        assert_eq!(env["SOCKHIVE_LISTEN"], "0.0.0.0:8000", "{name}");
+        let drain = parse_duration(
+            env["SOCKHIVE_DRAIN_TIMEOUT"]
+                .as_str()
+                .expect("drain timeout"),
+        );
+        let grace = parse_duration(
+            node["stop_grace_period"]
+                .as_str()
+                .expect("stop_grace_period"),
+        );
+        assert!(
+            grace > drain,
+            "{name}: stop_grace_period {grace:?} > drain {drain:?}"
+        );
+        assert!(
+            node["depends_on"].get("redis").is_some(),
+            "{name} starts after redis"
+        );
+        assert_eq!(node["networks"], serde_json::json!(["backend"]), "{name}");
+        let build = &node["build"];
+        let dockerfile = deploy_dir()
+            .join(build["context"].as_str().expect("build context"))
+            .join(build["dockerfile"].as_str().expect("dockerfile"));
+        assert!(dockerfile.is_file(), "{}", dockerfile.display());
+    }
+    node_ids.sort();
+    node_ids.dedup();
+    assert_eq!(node_ids.len(), 3, "every node has its own id");
+
+    // Only the balancers publish; the nodes' network is internal.
+    assert_eq!(services["redis"].get("ports"), None);
+    assert_eq!(
+        services["nginx"]["ports"].as_array().map(Vec::len),
+        Some(1),
+        "nginx publishes one port"
+    );
+    assert_eq!(compose["networks"]["backend"]["internal"], true);
+
+    // nginx mounts the files of this directory where sockhive.conf expects them.
+    let mounts: Vec<&str> = services["nginx"]["volumes"]
+        .as_array()
+        .expect("nginx volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for (file, target) in [
+        ("./nginx/sockhive.conf", "/etc/nginx/conf.d/"),
+        (
+            "./nginx/sockhive-locations.conf",
+            "/etc/nginx/snippets/sockhive-locations.conf",
+        ),
+    ] {
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.starts_with(&format!("{file}:{target}"))),
+            "nginx mounts {file} at {target}: {mounts:?}"
+        );
+        assert!(deploy_dir().join(file).is_file(), "{file} exists");
+    }
+    // sockhive.conf's upstream is exactly the compose nodes.
+    let nginx_conf = read_deploy("nginx/sockhive.conf");
+    let mut upstream: Vec<&str> = upstream_servers(&nginx_conf)
+        .into_iter()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .collect();
+    upstream.sort();
+    let mut expected: Vec<String> = nodes.iter().map(|(n, _)| format!("{n}:8000")).collect();
+    expected.sort();
+    assert_eq!(upstream, expected, "nginx upstream = compose nodes");
+    // The haproxy profile mounts the checked config.
+    let haproxy_mounts = services["haproxy"]["volumes"].to_string();
+    assert!(haproxy_mounts.contains("./haproxy/haproxy.cfg:"));
+}
+
+#[test]
+fn dockerfile_builds_a_non_root_image_that_drains_on_sigterm() {
+    let dockerfile = read_deploy("Dockerfile");
+    let instructions: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let from: Vec<&str> = instructions
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(from.len(), 2, "two stages: {from:?}");
+    assert!(from[0].starts_with("FROM rust:") && from[0].ends_with(" AS builder"));
+    assert!(from[1].starts_with("FROM debian:") && from[1].contains("-slim"));
+    assert!(dockerfile.contains("cargo build --release --locked -p sockhive-master"));
+    assert!(dockerfile.contains("COPY --from=builder"));
+    let user = instructions
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER instruction");
+    assert!(
+        !matches!(user.split(':').next(), Some("root" | "0")),
+        "runs as a non-root user, got {user}"
+    );
+    assert!(instructions.contains(&"STOPSIGNAL SIGTERM"));
+    let healthcheck = instructions
+        .iter()
+        .position(|l| l.starts_with("HEALTHCHECK"))
+        .expect("a HEALTHCHECK");
+    let healthcheck: Vec<&str> = instructions
+        .iter()
+        .skip(healthcheck)
+        .take(2)
+        .copied()
+        .collect();
+    assert!(
+        healthcheck.join(" ").contains("/healthz"),
+        "the HEALTHCHECK probes /healthz"
+    );
+    // Every member the workspace needs is copied into the builder.
+    let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).expect("Cargo.toml");
+    let members = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("members = "))
+        .expect("workspace members");
+    for member in members.trim_matches(['[', ']']).split(',') {
+        let member = member.trim().trim_matches('"');
+        assert!(
+            dockerfile.contains(&format!("COPY {member} ./{member}")),
+            "the builder copies workspace member {member}"
+        );
+    }
+    let ignore = read_deploy("Dockerfile.dockerignore");
+    assert!(ignore.contains("**/target") && ignore.contains("**/node_modules"));
+}
+
+// ------------------------------------------------------------- kubernetes
+
+#[test]
+fn kubernetes_manifests_probe_the_right_endpoints() {
+    let dir = deploy_dir().join("k8s");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/k8s")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    let files = yaml_files(&paths);
+    let objects: Vec<(String, &Value)> = paths
+        .iter()
+        .zip(&files)
+        .flat_map(|(path, docs)| {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            docs.iter().map(move |doc| (name.clone(), doc))
+        })
+        .collect();
+    for (file, object) in &objects {
+        assert!(object["apiVersion"].is_string(), "{file}: apiVersion");
+        assert!(object["kind"].is_string(), "{file}: kind");
+        if object["kind"] != "Kustomization" {
+            assert!(
+                object["metadata"]["name"].is_string(),
+                "{file}: metadata.name"
+            );
+        }
+    }
+    let find = |kind: &str, name: &str| -> &Value {
+        objects
+            .iter()
+            .map(|(_, o)| *o)
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+
+    // kustomization.yaml applies every manifest but the secret example.
+    let kustomization = find_kustomization(&objects);
+    let mut resources: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    resources.sort();
+    let mut manifests: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n != "kustomization.yaml" && n != "secret.example.yaml")
+        .collect();
+    manifests.sort();
+    assert_eq!(resources, manifests, "kustomization lists every manifest");
+
+    let deployment = find("Deployment", "sockhive");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let pod = &deployment["spec"]["template"];
+    let pod_labels = &pod["metadata"]["labels"];
+    assert_eq!(deployment["spec"]["selector"]["matchLabels"], *pod_labels);
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["spec"]["containers"][0];
+    let port_of = |name: &str| -> u64 {
+        container["ports"]
+            .as_array()
+            .and_then(|ports| ports.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("container port {name}"))
+    };
+    let env = |name: &str| -> Option<&str> {
+        container["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)?["value"]
+            .as_str()
+    };
+    let admin_port = port_of("admin");
+    let public_port = port_of("public");
+    let admin_listen = env("SOCKHIVE_ADMIN_LISTEN").expect("SOCKHIVE_ADMIN_LISTEN");
+    assert_eq!(
+        admin_listen,
+        format!("0.0.0.0:{admin_port}"),
+        "probes reach the admin port"
+    );
+    assert_eq!(
+        env("SOCKHIVE_LISTEN"),
+        Some(format!("0.0.0.0:{public_port}").as_str())
+    );
+    assert_eq!(
+        container["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["name"] == "SOCKHIVE_NODE_ID"))
+            .map(|e| &e["valueFrom"]["fieldRef"]["fieldPath"]),
+        Some(&Value::from("metadata.name")),
+        "each pod is its own node"
+    );
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        let port = &get["port"];
+        assert!(
+            *port == "admin" || port.as_u64() == Some(admin_port),
+            "{probe} on the admin port, got {port}"
+        );
+    }
+    let drain = parse_duration(env("SOCKHIVE_DRAIN_TIMEOUT").expect("SOCKHIVE_DRAIN_TIMEOUT"));
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        Duration::from_secs(grace) > drain,
+        "grace {grace}s > drain {drain:?}"
+    );
+    // Secrets arrive from the Secret, never as literals in the Deployment.
+    let secret_ref = string_at(container, "/envFrom/0/secretRef/name", "envFrom");
+    let secret = find("Secret", secret_ref);
+    for key in ["SOCKHIVE_ADMIN_TOKEN", "SOCKHIVE_AUTH_KEY"] {
+        assert!(secret["stringData"].get(key).is_some(), "Secret has {key}");
+        assert!(
+            env(key).is_none(),
+            "{key} is not a literal in the Deployment"
+        );
+    }
+
+    // Public Service → public port; metrics Service → admin port, annotated.
+    let public = find("Service", "sockhive");
+    assert_eq!(public["spec"]["selector"], *pod_labels);
+    assert_eq!(public["spec"]["ports"][0]["targetPort"], "public");
+    let metrics = find("Service", "sockhive-metrics");
+    assert_eq!(metrics["spec"]["selector"], *pod_labels);
+    assert_eq!(metrics["spec"]["ports"][0]["targetPort"], "admin");
+    for annotations in [
+        &metrics["metadata"]["annotations"],
+        &pod["metadata"]["annotations"],
+    ] {
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], admin_port.to_string());
+        assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    }
+
+    let pdb = find("PodDisruptionBudget", "sockhive");
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], *pod_labels);
+    assert!(
+        pdb["spec"]["maxUnavailable"]
+            .as_u64()
+            .is_some_and(|n| n < 3)
+            || pdb["spec"]["minAvailable"].as_u64().is_some_and(|n| n >= 1),
+        "the PDB keeps nodes up"
+    );
+
+    // The Redis the nodes are pointed at exists as a Service.
+    let redis_url = env("SOCKHIVE_REDIS_URL").expect("SOCKHIVE_REDIS_URL");
+    let redis_host = redis_url
+        .trim_start_matches("redis://")
+        .split([':', '/'])
+        .next()
+        .unwrap_or_default();
+    find("Service", redis_host);
+    find("StatefulSet", redis_host);
+}
+
+fn find_kustomization<'a>(objects: &[(String, &'a Value)]) -> &'a Value {
+    objects
+        .iter()
+        .map(|(_, o)| *o)
+        .find(|o| o["kind"] == "Kustomization")
+        .expect("a kustomization.yaml")
+}
+
+// ---------------------------------------------------------------- systemd
+
+#[test]
+fn systemd_unit_verifies_and_stops_after_the_drain() {
+    let unit = read_deploy("systemd/sockhive.service");
+    let exec_start = unit_setting(&unit, "ExecStart").expect("ExecStart");
+    assert_eq!(
+        exec_start,
+        "/usr/local/bin/sockhive serve --config /etc/sockhive/sockhive.toml"
+    );
+    assert!(matches!(
+        unit_setting(&unit, "Type"),
+        Some("exec" | "simple")
+    ));
+    assert_eq!(
+        unit_setting(&unit, "ExecReload"),
+        Some("/bin/kill -HUP $MAINPID")
+    );
+    assert_eq!(unit_setting(&unit, "KillMode"), Some("mixed"));
+    assert_eq!(unit_setting(&unit, "LimitNOFILE"), Some("1048576"));
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+    ] {
+        assert_eq!(unit_setting(&unit, key), Some(value), "{key}");
+    }
+    let stop = parse_duration(unit_setting(&unit, "TimeoutStopSec").expect("TimeoutStopSec"));
+    let config = read_deploy("sockhive.example.toml");
+    let drain = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("drain_timeout = "))
+        .map(|v| parse_duration(v.trim_matches('"')))
+        .expect("drain_timeout in the example config");
+    assert!(
+        stop > drain,
+        "TimeoutStopSec {stop:?} > drain_timeout {drain:?}"
+    );
+
+    let Some(analyze) = find_tool("systemd-analyze") else {
+        eprintln!("systemd-analyze not installed: structural checks only");
+        return;
+    };
+    // verify checks that ExecStart's binary exists: use the one under test.
+    let dir = TempDir::new("systemd");
+    let rendered = unit.replace(
+        "/usr/local/bin/sockhive",
+        &sockhive_bin().display().to_string(),
+    );
+    let path = dir.write("sockhive.service", &rendered);
+    let mut command = Command::new(&analyze);
+    command.arg("verify").arg(&path);
+    let finished = run_bounded(command, Duration::from_secs(30));
+    assert!(
+        finished.status.success() && !finished.stderr.contains("sockhive.service:"),
+        "systemd-analyze verify: {}",
+        finished.describe()
+    );
+    // The hardening stays in place: the exposure systemd prints as 0.0 (best)
+    // to 10.0 (worst) stays at 2.5 or below (the threshold counts tenths).
+    let mut command = Command::new(&analyze);
+    command
+        .args(["security", "--offline=yes", "--threshold=25", "--no-pager"])
+        .arg(&path);
+    let finished = run_bounded(command, Duration::from_secs(30));
+    assert!(
+        finished.status.success(),
+        "systemd-analyze security: {}",
+        finished.describe()
+    );
+}
+
+// ------------------------------------------------------- sockhive itself
+
+/// `sockhive check-config` with no `SOCKHIVE_*` variable of the caller's.
+fn check_config(path: &Path) -> Finished {
+    let mut command = Command::new(sockhive_bin());
+    command.arg("check-config").arg("--config").arg(path);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SOCKHIVE_") {
+            command.env_remove(key);
+        }
+    }
+    run_bounded(command, Duration::from_secs(30))
+}
+
+#[test]
+fn the_example_config_passes_check_config() {
+    let finished = check_config(&deploy_dir().join("sockhive.example.toml"));
+    assert!(
+        finished.status.success(),
+        "check-config refused sockhive.example.toml: {}",
+        finished.describe()
+    );
+    // The effective config is the example's, not the defaults.
+    for line in [
+        "channel_auth = \"claims\"",
+        "require_auth = true",
+        "log_format = \"json\"",
+        "admin_listen = \"127.0.0.1:9000\"",
+    ] {
+        assert!(
+            finished.stdout.contains(line),
+            "effective config lacks {line}:\n{}",
+            finished.stdout
+        );
+    }
+}
+
+#[test]
+fn every_setting_the_kit_passes_is_a_real_flag() {
+    let mut command = Command::new(sockhive_bin());
+    command.args(["serve", "--help"]);
+    let help = run_bounded(command, Duration::from_secs(30));
+    assert!(help.status.success(), "{}", help.describe());
+    let known =
+        |flag: &str| help.stdout.contains(&format!("--{flag} ")) || NOT_YET_IN_CLI.contains(&flag);
+    let flag_of_env = |var: &str| {
+        var.trim_start_matches("SOCKHIVE_")
+            .to_lowercase()
+            .replace('_', "-")
+    };
+
+    // (where, flag) for every setting handed to `sockhive serve`.
+    let mut used: Vec<(String, String)> = Vec::new();
+    let mut add_args = |origin: &str, args: &[&str]| {
+        for arg in args {
+            if let Some(flag) = arg.strip_prefix("--") {
+                used.push((origin.to_string(), flag.to_string()));
+            }
+        }
+    };
+    let compose = yaml_file(deploy_dir().join("docker-compose.yml")).remove(0);
+    let deployment = yaml_file(deploy_dir().join("k8s/deployment.yaml")).remove(0);
+    let secret = yaml_file(deploy_dir().join("k8s/secret.example.yaml")).remove(0);
+    let strings = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut env_names: Vec<(String, String)> = Vec::new();
+    for (name, service) in compose["services"].as_object().expect("services") {
+        let command = strings(&service["command"]);
+        if command.first().map(String::as_str) == Some("serve") {
+            let args: Vec<&str> = command.iter().map(String::as_str).collect();
+            add_args(&format!("compose {name}"), &args);
+            for key in service["environment"]
+                .as_object()
+                .expect("environment")
+                .keys()
+            {
+                env_names.push((format!("compose {name}"), key.clone()));
+            }
+        }
+    }
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args = strings(&container["args"]);
+    add_args(
+        "k8s args",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    for env in container["env"].as_array().expect("env") {
+        env_names.push(("k8s env".into(), string_at(env, "/name", "env").into()));
+    }
+    for key in secret["stringData"].as_object().expect("stringData").keys() {
+        env_names.push(("k8s secret".into(), key.clone()));
+    }
+    let unit = read_deploy("systemd/sockhive.service");
+    let exec_start: Vec<&str> = unit_setting(&unit, "ExecStart")
+        .expect("ExecStart")
+        .split_whitespace()
+        .collect();
+    add_args("systemd ExecStart", &exec_start);
+    for (origin, text) in [
+        ("Dockerfile", read_deploy("Dockerfile")),
+        (".env.example", read_deploy(".env.example")),
+    ] {
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("SOCKHIVE_") {
+                env_names.push((origin.into(), word.into()));
+            }
+        }
+    }
+    for (origin, var) in &env_names {
+        assert!(
+            var.starts_with("SOCKHIVE_"),
+            "{origin}: {var} is not sockhive's"
+        );
+        used.push((origin.clone(), flag_of_env(var)));
+    }
+    assert!(
+        used.iter().any(|(_, f)| f == "admin-token") && used.iter().any(|(_, f)| f == "node-id"),
+        "the scan sees the kit's settings: {used:?}"
+    );
+    let unknown: Vec<&(String, String)> = used.iter().filter(|(_, flag)| !known(flag)).collect();
+    assert!(unknown.is_empty(), "not sockhive settings: {unknown:?}");
+}
