@@ -39,6 +39,11 @@ fn reply_channel(node: &str) -> String {
     format!("sockhive:reply:{node}")
 }
 
+/// What a node announces about itself: `{"pid", "workers", "workers_ready"}`.
+pub fn node_key(node: &str) -> String {
+    format!("sockhive:node:{node}")
+}
+
 fn user_key(user: &str) -> String {
     format!("sockhive:user:{user}")
 }
@@ -90,6 +95,8 @@ pub struct ClusterLink {
     redis: Client,
     _subscriber: SubscriberClient,
     healthy: AtomicBool,
+    /// What this node announces about itself (workers, pid), renewed with each heartbeat.
+    info: Mutex<String>,
     /// A Redis Cluster: channel messages use sharded pub/sub.
     sharded: bool,
     next_request: AtomicU64,
@@ -124,6 +131,7 @@ impl ClusterLink {
         let subscriber = subscriber(config)?;
         let link = Arc::new(ClusterLink {
             node: node.to_string(),
+            info: Mutex::new("{}".to_string()),
             sharded,
             redis,
             _subscriber: subscriber.clone(),
@@ -185,6 +193,11 @@ impl ClusterLink {
         Ok(link)
     }
 
+    /// Replaces what the heartbeat announces about this node and its workers.
+    pub fn set_info(&self, info: &serde_json::Value) {
+        *lock(&self.info) = info.to_string();
+    }
+
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.node
@@ -217,6 +230,16 @@ impl ClusterLink {
             .await;
         let _: Result<(), _> = pipeline
             .pexpire(records_key(&self.node), NODE_TTL.as_millis() as i64, None)
+            .await;
+        let info = lock(&self.info).clone();
+        let _: Result<(), _> = pipeline
+            .set(
+                node_key(&self.node),
+                info,
+                Some(fred::types::Expiration::PX(NODE_TTL.as_millis() as i64)),
+                None,
+                false,
+            )
             .await;
         let ok = pipeline.all::<Value>().await.is_ok();
         let was = self.healthy.swap(ok, Ordering::Relaxed);

@@ -441,7 +441,22 @@ impl Master {
     }
 
     fn update_worker_gauge(&self) {
-        self.metrics.workers.set(self.ready_workers() as i64);
+        let ready = self.ready_workers();
+        self.metrics.workers.set(ready as i64);
+        if let Some(cluster) = &self.cluster {
+            let pids: Vec<i32> = lock(&self.state)
+                .workers
+                .values()
+                .filter(|w| w.ready && !w.retiring)
+                .map(|w| w.pid.as_raw())
+                .collect();
+            cluster.set_info(&serde_json::json!({
+                "pid": std::process::id(),
+                "workers": self.config.server.workers,
+                "workers_ready": ready,
+                "worker_pids": pids,
+            }));
+        }
     }
 
     /// Reaps exited children on SIGCHLD and decides what each exit means.
