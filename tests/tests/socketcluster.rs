@@ -521,7 +521,10 @@ async fn admin_queries_find_emit_and_kick_exactly_the_matching_sockets() {
         ])
         .output()
         .unwrap();
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["disconnected"], 1);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["disconnected"],
+        1
+    );
 
     let bad = node
         .admin_post(
