@@ -7,7 +7,8 @@
 //! - [`Driver`]: the real npm clients, driven through `tests/js/driver.js`.
 //! - [`ws`]: a bare WebSocket client for deliberately bad input.
 //! - [`redis`]: real redis-server processes (single and cluster) on free ports.
-//! - [`nginx`]: a real nginx balancing over nodes.
+//! - [`nginx`]: a real nginx balancing over nodes, running the shipped config.
+//! - [`tempdir`]: scratch directories for the configs and logs of those processes.
 //! - [`app`]: the real express/passport web app that logs users in.
 //!
 //! Every wait here has a deadline; nothing sleeps where a signal exists.
@@ -18,6 +19,7 @@ pub mod http;
 pub mod nginx;
 pub mod node;
 pub mod redis;
+pub mod tempdir;
 pub mod ws;
 
 pub use driver::Driver;

@@ -1,65 +1,85 @@
 //! A real nginx in front of sockhive nodes, on loopback, stopped on drop.
+//!
+//! It runs the shipped config, not one of its own: `deploy/nginx/test.conf.template`
+//! rendered around `deploy/nginx/sockhive-locations.conf`, with the upstream
+//! parameters of `deploy/nginx/sockhive.conf`. So every test through it also
+//! tests production's proxy settings (e.g. `Host $http_host`, which keeps the
+//! port that sockhive's default same-host Origin check compares).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis::free_port;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
-/// nginx balancing WebSocket upgrades over `upstreams`.
+use crate::node::children_of;
+use crate::redis::free_port;
+use crate::repo_root;
+use crate::tempdir::TempDir;
+
+/// A non-daemon nginx started by the test; stopped by its pid on drop.
 pub struct Nginx {
     child: Child,
     /// Where clients connect.
-    pub addr: SocketAddr,
-    dir: PathBuf,
+    pub listen: SocketAddr,
+    dir: TempDir,
 }
 
 impl Nginx {
-    /// Starts nginx with a config of sockhive's shape: HTTP/1.1 upstream,
-    /// Upgrade/Connection forwarded, long read timeouts for sockets.
+    /// Starts nginx in front of `upstreams` on a free loopback port and waits
+    /// until it accepts; fails with nginx's own logs if it exits instead.
     pub fn start(upstreams: &[SocketAddr]) -> Nginx {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("sockhive-nginx-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
-        let servers: String = upstreams
-            .iter()
-            .map(|u| format!("    server {u} max_fails=1 fail_timeout=2s;\n"))
-            .collect();
-        let config = format!(
-            "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n  upstream sockhive {{\n    least_conn;\n{servers}  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://sockhive;\n      proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n      proxy_set_header Host $host;\n      proxy_read_timeout 1h;\n    }}\n  }}\n}}\n",
-            dir = dir.display()
-        );
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, config).expect("write nginx.conf");
-        let child = Command::new("nginx")
+        let dir = TempDir::new("nginx");
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let conf = render_test_conf(&dir, listen, upstreams);
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
+        let child = Command::new(program())
             .arg("-p")
-            .arg(&dir)
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
             .arg("-c")
             .arg(&conf)
-            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
-            .expect("start nginx (the test command installs it)");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            .expect("start nginx");
+        let mut nginx = Nginx { child, listen, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        loop {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!("nginx exited at start ({status}):\n{}", nginx.logs());
+            }
+            if std::net::TcpStream::connect(listen).is_ok() {
+                return nginx;
+            }
+            if Instant::now() >= deadline {
+                panic!("nginx did not listen on {listen}:\n{}", nginx.logs());
+            }
+            std::thread::sleep(Duration::from_millis(25));
         }
-        Nginx { child, addr, dir }
+    }
+
+    /// What nginx said so far (its stderr and error log), for failure messages.
+    pub fn logs(&self) -> String {
+        ["stderr.log", "error.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let master = self.child.id() as i32;
+        let workers = children_of(master);
+        // SIGTERM is nginx's fast shutdown: the master stops its workers.
+        let _ = kill(Pid::from_raw(master), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 break;
@@ -68,6 +88,98 @@ impl Drop for Nginx {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // nginx workers have no parent-death signal: make sure none is left.
+        for pid in workers {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
+}
+
+/// The nginx program. Debian installs it in /usr/sbin, which a user's PATH
+/// may lack; a missing one fails with the package to install, never a skip.
+pub fn program() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("nginx"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`nginx` is not installed, so this check cannot run. Install it with \
+                 `apt-get install nginx`; CI gets it from tests/run.sh \
+                 (`command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)`)"
+            )
+        })
+}
+
+/// Renders the shipped test.conf.template into `dir` for real loopback
+/// ports and returns the config's path; public so the deploy checks can run
+/// `nginx -t` on exactly what [`Nginx::start`] runs.
+pub fn render_test_conf(dir: &TempDir, listen: SocketAddr, upstreams: &[SocketAddr]) -> PathBuf {
+    let template = shipped("test.conf.template");
+    let parameters = production_server_parameters();
+    let servers: Vec<String> = upstreams
+        .iter()
+        .map(|addr| format!("server {addr} {parameters};"))
+        .collect();
+    let locations = shipped_path("sockhive-locations.conf");
+    let rendered = template
+        .replace("{{PREFIX}}", &dir.path().display().to_string())
+        .replace("{{LISTEN}}", &listen.to_string())
+        .replace("{{UPSTREAM_SERVERS}}", &servers.join("\n        "))
+        .replace("{{LOCATIONS}}", &locations.display().to_string());
+    let leftover: Vec<&str> = rendered.lines().filter(|l| l.contains("{{")).collect();
+    assert!(leftover.is_empty(), "unrendered placeholders: {leftover:?}");
+    dir.write("nginx.conf", &rendered)
+}
+
+/// The `server ...;` lines of the `sockhive` upstream block; public so the
+/// deploy checks compare the same lines this fixture takes parameters from.
+pub fn upstream_servers(conf: &str) -> Vec<&str> {
+    let block = conf
+        .split_once("upstream sockhive {")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(block, _)| block)
+        .expect("an `upstream sockhive { ... }` block");
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("server "))
+        .collect()
+}
+
+/// The parameters production gives its upstream servers (`max_fails=...`),
+/// so the loopback nginx runs with the same passive checks.
+fn production_server_parameters() -> String {
+    let conf = shipped("sockhive.conf");
+    let parameters: Vec<String> = upstream_servers(&conf)
+        .iter()
+        .map(|line| {
+            let parameters: Vec<&str> = line
+                .trim_end_matches(';')
+                .split_whitespace()
+                .skip(2)
+                .collect();
+            assert!(
+                parameters.iter().any(|p| p.starts_with("max_fails="))
+                    && parameters.iter().any(|p| p.starts_with("fail_timeout=")),
+                "passive health checks (max_fails, fail_timeout) on every server: {line}"
+            );
+            parameters.join(" ")
+        })
+        .collect();
+    assert!(
+        !parameters.is_empty() && parameters.iter().all(|p| *p == parameters[0]),
+        "every server has the same parameters: {parameters:?}"
+    );
+    parameters[0].clone()
+}
+
+fn shipped_path(file: &str) -> PathBuf {
+    repo_root().join("deploy/nginx").join(file)
+}
+
+fn shipped(file: &str) -> String {
+    let path = shipped_path(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }

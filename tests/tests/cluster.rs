@@ -68,7 +68,7 @@ async fn two_nodes_behind_nginx_act_as_one_server() {
     let a = node(&redis.url(), "node-a", 2);
     let b = node(&redis.url(), "node-b", 2);
     let nginx = Nginx::start(&[a.public, b.public]);
-    let url = format!("ws://{}/socketcluster/", nginx.addr);
+    let url = format!("ws://{}/socketcluster/", nginx.listen);
     let mut driver = Driver::start().await;
     let mut clients = HashMap::new();
     for i in 0..8 {
@@ -201,6 +201,18 @@ async fn a_killed_node_drops_out_within_five_seconds_with_its_records() {
     )
     .await;
 
+    // Each node announces itself and its workers, with an expiry.
+    let announced = eventually(
+        Duration::from_secs(3),
+        "node B's announcement",
+        async || {
+            let info: Value =
+                serde_json::from_str(&redis.cli(&["GET", "sockhive:node:node-b"])).ok()?;
+            (info["workers_ready"] == 2).then_some(info)
+        },
+    )
+    .await;
+    assert_eq!(announced["worker_pids"].as_array().unwrap().len(), 2);
     b.signal(Signal::SIGKILL);
     b.wait_exit(Duration::from_secs(2))
         .expect("node B's master died");
@@ -223,6 +235,12 @@ async fn a_killed_node_drops_out_within_five_seconds_with_its_records() {
     )
     .await;
     assert!(killed.elapsed() < Duration::from_secs(5));
+    eventually(
+        Duration::from_secs(5),
+        "node B's announcement expired",
+        async || (redis.cli(&["EXISTS", "sockhive:node:node-b"]) == "0").then_some(()),
+    )
+    .await;
     eventually(
         Duration::from_secs(5),
         "node B's records expired",

@@ -9,7 +9,7 @@
 //! pass.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use sockhive_tests::node::{children_of, sockhive_bin};
-use sockhive_tests::{eventually, http, repo_root, ws, NodeBuilder};
+use sockhive_tests::nginx::{self, Nginx};
+use sockhive_tests::node::sockhive_bin;
+use sockhive_tests::redis::free_port;
+use sockhive_tests::tempdir::TempDir;
+use sockhive_tests::{eventually, http, repo_root, ws, Node, NodeBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Flags the kit already passes that the CLI is still growing (issue 5's
@@ -35,51 +38,6 @@ fn deploy_dir() -> PathBuf {
 fn read_deploy(relative: &str) -> String {
     let path = deploy_dir().join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// A scratch directory of its own per test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "sockhive-deploy-{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, relative: &str, text: &str) -> PathBuf {
-        let path = self.0.join(relative);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).expect("create dir");
-        }
-        std::fs::write(&path, text).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A loopback port free at the time of asking (bound to port 0, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
 }
 
 /// `name` on PATH or in the sbin directories (nginx and haproxy live there).
@@ -242,8 +200,7 @@ fn string_at<'a>(value: &'a Value, pointer: &str, what: &str) -> &'a str {
 
 /// Runs `nginx -t` on a main config file, with every path inside `prefix`.
 fn nginx_t(prefix: &Path, conf: &Path) -> Finished {
-    let nginx = require_tool("nginx", "nginx");
-    let mut command = Command::new(nginx);
+    let mut command = Command::new(nginx::program());
     command
         .arg("-t")
         .arg("-p")
@@ -267,140 +224,6 @@ fn nginx_sandbox_http_paths(prefix: &Path) -> String {
          uwsgi_temp_path {p}/uwsgi_temp;\n\
          scgi_temp_path {p}/scgi_temp;\n"
     )
-}
-
-/// The `server ...;` lines of the `sockhive` upstream block.
-fn upstream_servers(conf: &str) -> Vec<&str> {
-    let block = conf
-        .split_once("upstream sockhive {")
-        .and_then(|(_, rest)| rest.split_once('}'))
-        .map(|(block, _)| block)
-        .expect("an `upstream sockhive { ... }` block");
-    block
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("server "))
-        .collect()
-}
-
-/// The parameters production gives its upstream servers (`max_fails=...`),
-/// so the loopback test runs with the same passive checks.
-fn production_server_parameters() -> String {
-    let conf = read_deploy("nginx/sockhive.conf");
-    let parameters: Vec<String> = upstream_servers(&conf)
-        .iter()
-        .map(|line| {
-            let parameters: Vec<&str> = line
-                .trim_end_matches(';')
-                .split_whitespace()
-                .skip(2)
-                .collect();
-            assert!(
-                parameters.iter().any(|p| p.starts_with("max_fails="))
-                    && parameters.iter().any(|p| p.starts_with("fail_timeout=")),
-                "passive health checks (max_fails, fail_timeout) on every server: {line}"
-            );
-            parameters.join(" ")
-        })
-        .collect();
-    assert!(
-        !parameters.is_empty() && parameters.iter().all(|p| *p == parameters[0]),
-        "every server has the same parameters: {parameters:?}"
-    );
-    parameters[0].clone()
-}
-
-/// Renders test.conf.template for real loopback ports.
-fn render_nginx_test_conf(dir: &TempDir, listen: SocketAddr, upstreams: &[SocketAddr]) -> PathBuf {
-    let template = read_deploy("nginx/test.conf.template");
-    let parameters = production_server_parameters();
-    let servers: Vec<String> = upstreams
-        .iter()
-        .map(|addr| format!("server {addr} {parameters};"))
-        .collect();
-    let locations = deploy_dir().join("nginx/sockhive-locations.conf");
-    let rendered = template
-        .replace("{{PREFIX}}", &dir.path().display().to_string())
-        .replace("{{LISTEN}}", &listen.to_string())
-        .replace("{{UPSTREAM_SERVERS}}", &servers.join("\n        "))
-        .replace("{{LOCATIONS}}", &locations.display().to_string());
-    let leftover: Vec<&str> = rendered.lines().filter(|l| l.contains("{{")).collect();
-    assert!(leftover.is_empty(), "unrendered placeholders: {leftover:?}");
-    dir.write("nginx.conf", &rendered)
-}
-
-/// A non-daemon nginx started by the test; stopped by its pid on drop.
-struct Nginx {
-    child: Child,
-    listen: SocketAddr,
-    dir: TempDir,
-}
-
-impl Nginx {
-    /// Starts nginx on `listen` in front of `upstreams` and waits until it accepts.
-    fn start(upstreams: &[SocketAddr]) -> Nginx {
-        let nginx = require_tool("nginx", "nginx");
-        let dir = TempDir::new("nginx");
-        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let conf = render_nginx_test_conf(&dir, listen, upstreams);
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let child = Command::new(nginx)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start nginx");
-        let mut nginx = Nginx { child, listen, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                panic!("nginx exited at start ({status}):\n{}", nginx.logs());
-            }
-            if std::net::TcpStream::connect(listen).is_ok() {
-                return nginx;
-            }
-            if Instant::now() >= deadline {
-                panic!("nginx did not listen on {listen}:\n{}", nginx.logs());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn logs(&self) -> String {
-        ["stderr.log", "error.log"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let master = self.child.id() as i32;
-        let workers = children_of(master);
-        // SIGTERM is nginx's fast shutdown: the master stops its workers.
-        let _ = kill(Pid::from_raw(master), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // nginx workers have no parent-death signal: make sure none is left.
-        for pid in workers {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
 }
 
 /// The status line of a WebSocket upgrade sent with `Host` and `Origin`
@@ -450,6 +273,21 @@ async fn wait_until_refused(addr: SocketAddr) {
         },
     )
     .await;
+}
+
+/// Waits until two nodes hold `total` sockets between them and returns each
+/// one's count, to judge how evenly the balancer in front spread them.
+async fn split_between(node_a: &Node, node_b: &Node, total: u32) -> (f64, f64) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{total} sockets on the two nodes"),
+        async || {
+            let a = node_a.metric("sockhive_connections").await;
+            let b = node_b.metric("sockhive_connections").await;
+            (a + b == f64::from(total)).then_some((a, b))
+        },
+    )
+    .await
 }
 
 #[test]
@@ -531,7 +369,7 @@ fn nginx_test_template_passes_nginx_t() {
     let upstreams: Vec<SocketAddr> = (0..2)
         .map(|_| ([127, 0, 0, 1], free_port()).into())
         .collect();
-    let conf = render_nginx_test_conf(&dir, ([127, 0, 0, 1], free_port()).into(), &upstreams);
+    let conf = nginx::render_test_conf(&dir, ([127, 0, 0, 1], free_port()).into(), &upstreams);
     let finished = nginx_t(dir.path(), &conf);
     assert!(
         finished.status.success(),
@@ -559,16 +397,7 @@ async fn nginx_in_front_of_two_nodes_spreads_sockets_and_skips_a_dead_node() {
         );
         sockets.push(socket);
     }
-    let (on_a, on_b) = eventually(
-        Duration::from_secs(5),
-        "20 sockets on the two nodes",
-        async || {
-            let a = node_a.metric("sockhive_connections").await;
-            let b = node_b.metric("sockhive_connections").await;
-            (a + b == 20.0).then_some((a, b))
-        },
-    )
-    .await;
+    let (on_a, on_b) = split_between(&node_a, &node_b, 20).await;
     // least_conn: each new socket goes to the node with fewer open ones.
     assert!(
         (on_a - on_b).abs() <= 2.0,
@@ -860,16 +689,7 @@ async fn haproxy_checks_readyz_on_the_admin_port_and_spreads_sockets() {
     for _ in 0..10 {
         sockets.push(ws::sc_open(haproxy.listen, None).await.0);
     }
-    let (on_a, on_b) = eventually(
-        Duration::from_secs(5),
-        "10 sockets on the two nodes",
-        async || {
-            let a = node_a.metric("sockhive_connections").await;
-            let b = node_b.metric("sockhive_connections").await;
-            (a + b == 10.0).then_some((a, b))
-        },
-    )
-    .await;
+    let (on_a, on_b) = split_between(&node_a, &node_b, 10).await;
     assert!(
         (on_a - on_b).abs() <= 2.0,
         "leastconn should split 10 sockets evenly, got {on_a} and {on_b}"
@@ -1001,7 +821,7 @@ fn docker_compose_runs_redis_three_nodes_and_nginx() {
     }
     // sockhive.conf's upstream is exactly the compose nodes.
     let nginx_conf = read_deploy("nginx/sockhive.conf");
-    let mut upstream: Vec<&str> = upstream_servers(&nginx_conf)
+    let mut upstream: Vec<&str> = nginx::upstream_servers(&nginx_conf)
         .into_iter()
         .filter_map(|line| line.split_whitespace().nth(1))
         .collect();
