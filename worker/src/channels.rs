@@ -43,11 +43,7 @@ impl Wire {
             Wire::SocketCluster => {
                 crate::socketcluster::codec::encode_publish(channel, Some(data.get()))
             }
-            Wire::SocketIo => crate::socketio::codec::encode_publish_delivery(
-                crate::socketio::codec::MAIN_NAMESPACE,
-                channel,
-                Some(data.get()),
-            ),
+            Wire::SocketIo => crate::socketio::encode_channel_delivery(channel, data.get()),
         })
     }
 }

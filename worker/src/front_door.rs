@@ -88,6 +88,25 @@ pub async fn serve(ctx: Arc<WorkerContext>, mut stream: TcpStream, peer: SocketA
                 crate::socketcluster::serve(ctx.clone(), ws, upgraded, credential).await;
             }
         }
+        crate::socketio::PATH => {
+            // Engine.IO's own refusals first (polling, EIO, sid), so a client
+            // asking for long-polling is told to use the websocket transport.
+            if let Err(refusal) = crate::socketio::check_request(&head) {
+                ctx.metrics.reject(refusal.metric_reason());
+                if refusal.response().write_to(&mut stream).await.is_ok() {
+                    linger(&mut stream).await;
+                }
+                return;
+            }
+            let upgraded = Upgraded {
+                head,
+                peer,
+                started,
+            };
+            if let Some((ws, _open, credential)) = upgrade(&ctx, stream, rest, &upgraded).await {
+                crate::socketio::serve(ctx.clone(), ws, upgraded, credential).await;
+            }
+        }
         other => {
             let rejection = Rejection::NotFound(other.chars().take(100).collect());
             refuse(&ctx, &mut stream, rejection).await;
