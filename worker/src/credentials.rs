@@ -146,9 +146,17 @@ pub struct SessionSupport {
 /// Keys of the minted-token index: `sockhive:minted:<session hash>` holds the session id.
 const MINTED_PREFIX: &str = "sockhive:minted:";
 
-/// Redis script: is the session a minted token names still there? One round
-/// trip on a single Redis (a cluster takes two, the keys live in other slots).
-const MINTED_SESSION_ALIVE: &str = "local sid = redis.call('GET', KEYS[1]) if not sid then return 0 end return redis.call('EXISTS', ARGV[1] .. sid)";
+/// Redis script: the filed login of a minted token, if its session still
+/// exists. One round trip on a single Redis (a cluster takes two: the keys
+/// live in other slots).
+const MINTED_SESSION_ALIVE: &str = "local v = redis.call('GET', KEYS[1]) if not v then return false end local sid = cjson.decode(v).sid if redis.call('EXISTS', ARGV[1] .. sid) == 1 then return v end return false";
+
+/// What the minted-token index files: enough to watch the session for logout.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MintedLogin {
+    sid: String,
+    passport_user: Value,
+}
 
 /// The hash a minted token uses to name its session.
 pub fn session_hash(sid: &str) -> String {
@@ -219,41 +227,56 @@ impl SessionSupport {
         )))
     }
 
-    /// True while the session a minted token names exists; an error when the store cannot say.
-    async fn minted_session_alive(&self, hash: &str, timeout: Duration) -> Result<bool, String> {
+    /// The session a minted token names, while it exists (`None` once logged
+    /// out); an error when the store cannot say.
+    async fn minted_login(
+        &self,
+        hash: &str,
+        timeout: Duration,
+    ) -> Result<Option<MintedLogin>, String> {
         let key = format!("{MINTED_PREFIX}{hash}");
         let check = async {
-            if self.sharded {
-                let sid: Option<String> = self.minted.get(key).await?;
-                let Some(sid) = sid else {
-                    return Ok::<_, fred::error::Error>(false);
-                };
-                let exists: i64 = self.minted.exists(format!("{}{sid}", self.prefix)).await?;
-                Ok(exists == 1)
+            let filed: Option<String> = if self.sharded {
+                let filed: Option<String> = self.minted.get(key).await?;
+                match filed {
+                    None => None,
+                    Some(text) => {
+                        let sid = serde_json::from_str::<MintedLogin>(&text)
+                            .map(|m| m.sid)
+                            .unwrap_or_default();
+                        let exists: i64 =
+                            self.minted.exists(format!("{}{sid}", self.prefix)).await?;
+                        (exists == 1).then_some(text)
+                    }
+                }
             } else {
-                let alive: i64 = self
-                    .minted
+                self.minted
                     .eval(MINTED_SESSION_ALIVE, vec![key], vec![self.prefix.clone()])
-                    .await?;
-                Ok(alive == 1)
-            }
+                    .await?
+            };
+            Ok::<_, fred::error::Error>(filed.and_then(|text| serde_json::from_str(&text).ok()))
         };
         match tokio::time::timeout(timeout, check).await {
-            Ok(Ok(alive)) => Ok(alive),
+            Ok(Ok(login)) => Ok(login),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".into()),
         }
     }
 
     /// Files the session behind a minted token (off the handshake's critical path).
-    fn remember_minted(&self, hash: String, sid: String, lifetime: Duration) {
+    fn remember_minted(&self, hash: String, login: &SessionLogin, lifetime: Duration) {
+        let filed = serde_json::to_string(&MintedLogin {
+            sid: login.sid.clone(),
+            passport_user: login.passport_user.clone(),
+        })
+        .unwrap_or_default();
         let minted = self.minted.clone();
         tokio::spawn(async move {
             let expire = Expiration::PX(lifetime.as_millis().min(i64::MAX as u128) as i64);
             if let Err(e) = minted
                 .set::<(), _, _>(
                     format!("{MINTED_PREFIX}{hash}"),
-                    sid,
+                    filed,
                     Some(expire),
                     None,
                     false,
@@ -283,7 +306,30 @@ pub fn upgrade_token(head: &RequestHead) -> Option<String> {
 /// Steps 1 and 2 of the pipeline, at the upgrade.
 pub async fn from_upgrade(ctx: &Arc<WorkerContext>, head: &RequestHead) -> Credential {
     if let Some(token) = upgrade_token(head) {
-        return from_token(ctx, &token, Method::AccessToken).await;
+        return match from_token(ctx, &token, Method::AccessToken).await {
+            // An access token is a ticket for the connection: the socket gets
+            // a token of its own, minted afresh from the session behind the
+            // ticket (a short `/negotiate` ticket must not end the socket), or
+            // the ticket itself when no session is behind it.
+            Credential::Accepted(mut identity) => {
+                match (identity.session.clone(), ctx.sessions.as_ref()) {
+                    (Some(login), Some(sessions)) => {
+                        match mint(ctx, sessions, login, ctx.auth.token_expiry) {
+                            Ok(fresh) => Credential::Accepted(Box::new(Identity {
+                                method: Method::AccessToken,
+                                ..fresh
+                            })),
+                            Err(refusal) => Credential::Refused(refusal),
+                        }
+                    }
+                    _ => {
+                        identity.minted_token = Some(token);
+                        Credential::Accepted(identity)
+                    }
+                }
+            }
+            other => other,
+        };
     }
     let Some(sessions) = ctx.sessions.as_ref() else {
         return Credential::Absent;
@@ -339,7 +385,7 @@ fn mint(
     let claims = session_claims(&login);
     match ctx.auth.sign_for(claims.clone(), lifetime) {
         Ok(token) => {
-            sessions.remember_minted(session_hash(&login.sid), login.sid.clone(), lifetime);
+            sessions.remember_minted(session_hash(&login.sid), &login, lifetime);
             let verified = ctx.auth.verify(&token).unwrap_or(claims);
             Ok(Identity {
                 method: Method::Session,
@@ -369,16 +415,26 @@ pub async fn from_token(ctx: &Arc<WorkerContext>, token: &str, method: Method) -
         Err(error) => return Credential::Refused(Refusal::from_token(method, &error)),
     };
     // A token minted from a session lives only as long as the session.
+    let mut session = None;
     if let Some(hash) = claims.get("sh").and_then(Value::as_str) {
         let Some(sessions) = ctx.sessions.as_ref() else {
             return Credential::Refused(session_gone(method, "this token was minted from a web session, and session logins are not configured here"));
         };
-        match sessions
-            .minted_session_alive(hash, ctx.config.session.session_store_timeout)
+        // The socket watches that session for logout, like a cookie login.
+        session = match sessions
+            .minted_login(hash, ctx.config.session.session_store_timeout)
             .await
         {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Some(MintedLogin { sid, passport_user })) => {
+                let user = claims.get("user").cloned().unwrap_or(Value::Null);
+                Some(SessionLogin {
+                    sid,
+                    passport_user,
+                    user,
+                    secret_index: 0,
+                })
+            }
+            Ok(None) => {
                 return Credential::Refused(session_gone(
                     method,
                     "the web session this token was minted from has ended",
@@ -394,12 +450,12 @@ pub async fn from_token(ctx: &Arc<WorkerContext>, token: &str, method: Method) -
                     bad_token: false,
                 })
             }
-        }
+        };
     }
     Credential::Accepted(Box::new(Identity {
         method,
         claims,
-        session: None,
+        session,
         minted_token: None,
     }))
 }
