@@ -171,6 +171,10 @@ fn announce(master: &Arc<Master>, public: std::net::SocketAddr, admin: std::net:
         master.config.server.workers, master.config.server.node_id
     );
     let _ = writeln!(out, "  SocketCluster: ws://{host}/socketcluster/");
+    let _ = writeln!(
+        out,
+        "  Socket.IO:     ws://{host}/socket.io/?EIO=4&transport=websocket"
+    );
     let _ = writeln!(out, "  health:        http://{host}/healthz");
     let _ = writeln!(
         out,

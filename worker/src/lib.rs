@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`front_door`]: one task per TCP connection up to the WebSocket handover; every pre-socket limit.
 //! - [`upgrade`]: the upgrade checks (headers, origin) and their HTTP refusals.
+//! - [`json_text`]: the JSON string escaping the hand-written encoders share.
 //! - [`rewind`]: replays bytes read past the HTTP head.
 //! - [`socketcluster`]: the SocketCluster protocol (codec and per-socket session).
 //! - [`socketio`]: Socket.IO over Engine.IO (codec and per-socket session).
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod channels;
 pub mod credentials;
 pub mod front_door;
+pub mod json_text;
 pub mod link;
 pub mod metrics;
 pub mod outbox;

@@ -21,6 +21,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 
+use crate::json_text::push_json_string;
+
 // ---------------------------------------------------------------------------------------------
 // Defaults and limits
 // ---------------------------------------------------------------------------------------------
@@ -1080,28 +1082,6 @@ pub fn encode_base64_message(bytes: &[u8]) -> String {
     out.push('b');
     push_base64(&mut out, bytes, BASE64_STANDARD, true);
     out
-}
-
-/// Appends `text` as a JSON string literal, escaping exactly what `JSON.stringify` and serde_json
-/// escape: `"`, `\`, and control characters (short forms where JSON has them).
-fn push_json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for character in text.chars() {
-        match character {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            control if u32::from(control) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(control));
-            }
-            other => out.push(other),
-        }
-    }
-    out.push('"');
 }
 
 // ---------------------------------------------------------------------------------------------
