@@ -4,7 +4,7 @@
 //! carries what a socket record shows (user, claims, channels, session) and
 //! the [`Outbox`] to reach it, so query, emit and kick are one pass over it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Map, Value};
@@ -58,8 +58,9 @@ pub struct SocketRegistry {
 #[derive(Debug, Default)]
 struct Inner {
     entries: HashMap<Arc<str>, SocketEntry>,
-    /// Sockets per user id on this worker, for the master's user index.
-    users: HashMap<String, u32>,
+    /// Socket ids per user id on this worker: the fast path of a query that
+    /// pins users, and the master's user index (first in, last out).
+    users: HashMap<String, HashSet<Arc<str>>>,
 }
 
 /// The ids a socket is indexed under: its user's id and its token's subject.
@@ -75,20 +76,43 @@ fn user_keys(entry: &SocketEntry) -> Vec<String> {
 }
 
 impl Inner {
-    fn count(&mut self, keys: &[String], up: bool, changed: &mut Vec<String>) {
+    /// Files (`up`) or unfiles socket `id` under `keys`; `changed` gets the
+    /// users that appeared on or vanished from this worker.
+    fn index(&mut self, keys: &[String], id: &Arc<str>, up: bool, changed: &mut Vec<String>) {
         for key in keys {
-            let count = self.users.entry(key.clone()).or_insert(0);
             if up {
-                *count += 1;
-                if *count == 1 {
+                let sockets = self.users.entry(key.clone()).or_default();
+                if sockets.is_empty() {
                     changed.push(key.clone());
                 }
-            } else {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
+                sockets.insert(id.clone());
+            } else if let Some(sockets) = self.users.get_mut(key) {
+                sockets.remove(id);
+                if sockets.is_empty() {
                     self.users.remove(key);
                     changed.push(key.clone());
                 }
+            }
+        }
+    }
+
+    /// The sockets a filter can match: those of its pinned users, or all.
+    fn candidates<'a>(
+        &'a self,
+        filter: &Filter,
+    ) -> Box<dyn Iterator<Item = (&'a Arc<str>, &'a SocketEntry)> + 'a> {
+        match filter.user_ids() {
+            None => Box::new(self.entries.iter()),
+            Some(users) => {
+                let ids: HashSet<&Arc<str>> = users
+                    .iter()
+                    .filter_map(|u| self.users.get(u))
+                    .flatten()
+                    .collect();
+                Box::new(
+                    ids.into_iter()
+                        .filter_map(|id| self.entries.get_key_value(id)),
+                )
             }
         }
     }
@@ -130,7 +154,7 @@ impl SocketRegistry {
         let mut joined = Vec::new();
         {
             let mut inner = self.lock();
-            inner.count(&user_keys(&entry), true, &mut joined);
+            inner.index(&user_keys(&entry), &id, true, &mut joined);
             if let Some(records) = &self.records {
                 records.put(&id, &self.record(&id, &entry));
             }
@@ -144,9 +168,9 @@ impl SocketRegistry {
         let mut left = Vec::new();
         let removed = {
             let mut inner = self.lock();
-            let removed = inner.entries.remove(id);
-            if let Some(entry) = &removed {
-                inner.count(&user_keys(entry), false, &mut left);
+            let removed = inner.entries.remove_entry(id);
+            if let Some((key, entry)) = &removed {
+                inner.index(&user_keys(entry), key, false, &mut left);
                 if let Some(records) = &self.records {
                     records.remove(id);
                 }
@@ -154,7 +178,7 @@ impl SocketRegistry {
             removed
         };
         self.announce(Vec::new(), left);
-        removed
+        removed.map(|(_, entry)| entry)
     }
 
     /// Applies a change to one socket's entry (and mirrors it).
@@ -162,6 +186,7 @@ impl SocketRegistry {
         let (mut joined, mut left) = (Vec::new(), Vec::new());
         let result = {
             let mut inner = self.lock();
+            let key = inner.entries.get_key_value(id)?.0.clone();
             let entry = inner.entries.get_mut(id)?;
             let before = user_keys(entry);
             let result = change(entry);
@@ -170,8 +195,8 @@ impl SocketRegistry {
                 records.put(id, &self.record(id, entry));
             }
             if before != after {
-                inner.count(&before, false, &mut left);
-                inner.count(&after, true, &mut joined);
+                inner.index(&before, &key, false, &mut left);
+                inner.index(&after, &key, true, &mut joined);
             }
             result
         };
@@ -219,7 +244,7 @@ impl SocketRegistry {
     pub fn query(&self, filter: &Filter, limit: usize) -> Vec<Value> {
         let inner = self.lock();
         let mut found = Vec::new();
-        for (id, entry) in inner.entries.iter() {
+        for (id, entry) in inner.candidates(filter) {
             if found.len() >= limit {
                 break;
             }
@@ -235,7 +260,7 @@ impl SocketRegistry {
     pub fn push_matching(&self, filter: &Filter, mut make: impl FnMut() -> Outbound) -> u64 {
         let inner = self.lock();
         let mut reached = 0;
-        for (id, entry) in inner.entries.iter() {
+        for (id, entry) in inner.candidates(filter) {
             if filter.matches(&self.record(id, entry)) && entry.outbox.push(make()).is_ok() {
                 reached += 1;
             }
@@ -254,5 +279,97 @@ impl SocketRegistry {
             .filter(|e| e.web_session.as_deref() == Some(sid))
             .filter(|e| e.outbox.push(make()).is_ok())
             .count() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(user: Value) -> SocketEntry {
+        SocketEntry {
+            protocol: "socketcluster",
+            remote_addr: "127.0.0.1:1".into(),
+            connected_at: String::new(),
+            logged_in: !user.is_null(),
+            auth: user
+                .get("id")
+                .map(|id| json!({"sub": id}))
+                .unwrap_or(Value::Null),
+            user,
+            channels: BTreeSet::new(),
+            session: Map::new(),
+            web_session: None,
+            outbox: crate::outbox::outbox(1024).0,
+        }
+    }
+
+    #[test]
+    fn a_query_pinning_a_user_reads_only_that_users_sockets_and_the_index_follows_changes() {
+        let (master, mut to_master) = MasterLink::new();
+        let registry = SocketRegistry::new("n".into(), 1, master, None);
+        registry.insert("s1".into(), entry(json!({"id": "alice"})));
+        registry.insert("s2".into(), entry(json!({"id": "alice"})));
+        registry.insert("s3".into(), entry(json!({"id": "bob"})));
+        registry.insert("s4".into(), entry(Value::Null));
+        let filter = |f: Value| Filter::parse(&f).unwrap();
+        assert_eq!(
+            registry
+                .query(&filter(json!({"user.id": "alice"})), 10)
+                .len(),
+            2
+        );
+        assert_eq!(
+            registry
+                .query(&filter(json!({"user.id": {"$in": ["bob", "carol"]}})), 10)
+                .len(),
+            1
+        );
+        assert_eq!(registry.query(&filter(json!({})), 10).len(), 4);
+        // A login change moves the socket in the index.
+        registry.update("s3", |e| {
+            e.user = json!({"id": "carol"});
+            e.auth = json!({"sub": "carol"});
+        });
+        assert_eq!(
+            registry.query(&filter(json!({"user.id": "bob"})), 10).len(),
+            0
+        );
+        assert_eq!(
+            registry
+                .query(&filter(json!({"user.id": "carol"})), 10)
+                .len(),
+            1
+        );
+        registry.remove("s1");
+        registry.remove("s2");
+        assert_eq!(
+            registry
+                .query(&filter(json!({"user.id": "alice"})), 10)
+                .len(),
+            0
+        );
+        // The master heard alice arrive once and leave once.
+        let mut announced = Vec::new();
+        while let Ok(frame) = to_master.try_recv() {
+            announced.push(String::from_utf8_lossy(&frame[4..]).into_owned());
+        }
+        assert_eq!(
+            announced
+                .iter()
+                .filter(|m| m.contains("\"joined\":[\"alice\"]"))
+                .count(),
+            1,
+            "{announced:?}"
+        );
+        assert_eq!(
+            announced
+                .iter()
+                .filter(|m| m.contains("\"left\":[\"alice\"]"))
+                .count(),
+            1,
+            "{announced:?}"
+        );
     }
 }
