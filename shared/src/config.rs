@@ -288,6 +288,16 @@ pub enum OnLogout {
     Kick,
 }
 
+/// What to do with a request carrying the session cookie's name twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicateCookie {
+    /// The first occurrence wins, as express-session decides.
+    First,
+    /// Refuse it (`SessionCookieInvalidError`): a shadowing cookie cannot log anyone in.
+    Refuse,
+}
+
 /// `[session]`: the web app's express-session + connect-redis + passport login.
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -332,6 +342,10 @@ pub struct SessionLayer {
     #[arg(long, env = "SOCKHIVE_ON_LOGOUT", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_logout: Option<OnLogout>,
+    /// A cookie name sent twice: `first` wins (as express decides) or `refuse` [default: first].
+    #[arg(long, env = "SOCKHIVE_DUPLICATE_COOKIE", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_cookie: Option<DuplicateCookie>,
     /// Lifetime of the tokens /negotiate hands out [default: 5m].
     #[arg(long, env = "SOCKHIVE_NEGOTIATE_EXPIRY")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -501,6 +515,7 @@ pub struct SessionConfig {
     #[serde(with = "duration_text")]
     pub user_lookup_timeout: Duration,
     pub on_logout: OnLogout,
+    pub duplicate_cookie: DuplicateCookie,
     #[serde(with = "duration_text")]
     pub negotiate_expiry: Duration,
 }
@@ -676,6 +691,7 @@ impl Config {
                     DEFAULT_USER_LOOKUP_TIMEOUT,
                 ),
                 on_logout: session.on_logout.unwrap_or(OnLogout::Deauthenticate),
+                duplicate_cookie: session.duplicate_cookie.unwrap_or(DuplicateCookie::First),
                 negotiate_expiry: duration(session.negotiate_expiry, DEFAULT_NEGOTIATE_EXPIRY),
             },
             broker: BrokerConfig {

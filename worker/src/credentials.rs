@@ -25,8 +25,9 @@ use sockhive_shared::http::RequestHead;
 use sockhive_shared::jwt::AuthTokenError;
 
 use crate::passport::{
-    watch::WatcherConfig, LoggedOut, SessionAuthConfig, SessionAuthError, SessionAuthenticator,
-    SessionLogin, SessionOutcome, SessionWatcher, UserRecordShape, UserResolver,
+    watch::WatcherConfig, DuplicateCookiePolicy, LoggedOut, SessionAuthConfig, SessionAuthError,
+    SessionAuthenticator, SessionLogin, SessionOutcome, SessionWatcher, UserRecordShape,
+    UserResolver,
 };
 use crate::WorkerContext;
 
@@ -206,6 +207,10 @@ impl SessionSupport {
         auth_config.prefix = session.session_prefix.clone();
         auth_config.store_timeout = session.session_store_timeout;
         auth_config.resolver = resolver(config);
+        auth_config.duplicate_cookie = match session.duplicate_cookie {
+            sockhive_shared::config::DuplicateCookie::First => DuplicateCookiePolicy::FirstWins,
+            sockhive_shared::config::DuplicateCookie::Refuse => DuplicateCookiePolicy::Reject,
+        };
         let authenticator = SessionAuthenticator::connect(auth_config, url)?;
         let mut watch = WatcherConfig::new(url);
         watch.prefix = session.session_prefix.clone();

@@ -22,15 +22,17 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// What to do when the session cookie's name appears more than once.
 ///
-/// Browsers order cookies with longer paths first, so a cookie planted on a
-/// deeper path or a parent domain can shadow the real one; the contract calls
-/// "cookie sent twice" a `SessionCookieInvalidError`.
+/// The default is the app's own rule (cookie@0.7 / express-session: the first
+/// occurrence wins), so a socket is logged in as exactly the user the app sees
+/// on the same request; this is what the vectors expect. Browsers order
+/// cookies with longer paths first, so a cookie planted on a deeper path can
+/// shadow the real one: deployments that fear that refuse duplicates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DuplicateCookiePolicy {
     /// Refuse the request (`SessionCookieInvalidError`, reason `duplicate_cookie`).
-    #[default]
     Reject,
     /// Behave exactly like cookie@0.7 / express-session: the first occurrence wins.
+    #[default]
     FirstWins,
 }
 
@@ -498,16 +500,16 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_name_is_rejected_by_default_and_first_wins_on_request() {
+    fn duplicate_name_first_wins_by_default_and_is_rejected_on_request() {
         let good = format!("s:{}", sign("abc", "k"));
         let header = format!("connect.sid={good}; connect.sid=s:abc.forged");
-        let strict = SessionCookieVerifier::new(DEFAULT_COOKIE_NAME, &["k".to_owned()]);
+        let strict = SessionCookieVerifier::new(DEFAULT_COOKIE_NAME, &["k".to_owned()])
+            .with_duplicate_policy(DuplicateCookiePolicy::Reject);
         assert_eq!(
             strict.verify_request([header.as_str()], None),
             CookieVerdict::Rejected(CookieRejection::Duplicate)
         );
-        let node_like = SessionCookieVerifier::new(DEFAULT_COOKIE_NAME, &["k".to_owned()])
-            .with_duplicate_policy(DuplicateCookiePolicy::FirstWins);
+        let node_like = SessionCookieVerifier::new(DEFAULT_COOKIE_NAME, &["k".to_owned()]);
         assert!(matches!(
             node_like.verify_request([header.as_str()], None),
             CookieVerdict::Verified(_)

@@ -770,9 +770,9 @@ mod tests {
         server.abort();
     }
 
-    /// Variants are checked twice: with Node's first-wins rule the verdicts
-    /// are exactly the vectors'; with the default (refuse duplicates) the one
-    /// deliberate difference is the "valid first" duplicate.
+    /// Variants are checked twice: with Node's first-wins rule (the default)
+    /// the verdicts are exactly the vectors'; with `--duplicate-cookie refuse`
+    /// the one deliberate difference is the "valid first" duplicate.
     async fn check_variant(redis: &RedisFixture, case: &Json, variant: &Json) {
         let label = variant["label"].as_str().expect("label");
         let headers: Vec<&str> = variant["cookie_header"].as_str().into_iter().collect();
