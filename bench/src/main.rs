@@ -1,0 +1,288 @@
+//! `sockhive-bench`: the load generator and comparison harness of issue 7.
+//!
+//! `sockhive-bench suite` starts each server (sockhive, the bare
+//! tokio-tungstenite ceiling, socketcluster-server 20, socket.io 4), runs every
+//! scenario against it several times, and writes raw JSON plus a Markdown
+//! table. `bench/run.sh` installs what this needs and calls it.
+
+mod client;
+mod credentials;
+mod fleet;
+mod histogram;
+mod http;
+mod procstat;
+mod redis_seed;
+mod report;
+mod scenario_handshake;
+mod scenario_query;
+mod scenario_sockets;
+mod servers;
+mod suite;
+mod target;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::servers::{Environment, ServerKind, SockhiveCaps};
+use crate::suite::SuiteParams;
+
+/// Load generator and comparison harness for sockhive.
+#[derive(Debug, Parser)]
+#[command(name = "sockhive-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run every scenario on every server and write bench/results.
+    Suite(Box<SuiteArgs>),
+    /// Re-render the Markdown table from a suite's JSON.
+    Report {
+        /// The JSON a suite wrote.
+        json: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct SuiteArgs {
+    /// The sockhive binary.
+    #[arg(long)]
+    sockhive: PathBuf,
+    /// The bare-ws binary.
+    #[arg(long)]
+    bare: PathBuf,
+    /// bench/peers, with `npm ci` done.
+    #[arg(long)]
+    peers: PathBuf,
+    /// The Redis every server shares (loopback).
+    #[arg(long)]
+    redis: SocketAddr,
+    /// Directory for the results (JSON, Markdown, latest.md).
+    #[arg(long)]
+    out: PathBuf,
+    /// Directory for server logs.
+    #[arg(long)]
+    logs: PathBuf,
+    /// Tiny sizes, strict checks, one run: for CI.
+    #[arg(long)]
+    smoke: bool,
+    /// Runs per server.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Sockets for idle, fan-out and query.
+    #[arg(long, default_value_t = 10_000)]
+    sockets: usize,
+    /// Closed-loop handshake clients.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Measured handshake seconds.
+    #[arg(long)]
+    handshake_seconds: Option<f64>,
+    /// Scenario groups to run: sockets (idle + fan-out), handshake (closed + paced), reject, query [default: all].
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Servers to measure (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    servers: Option<Vec<ServerKind>>,
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn package_version(peers: &std::path::Path, package: &str) -> String {
+    std::fs::read_to_string(
+        peers
+            .join("node_modules")
+            .join(package)
+            .join("package.json"),
+    )
+    .ok()
+    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    .and_then(|v| v["version"].as_str().map(str::to_string))
+    .unwrap_or_else(|| "?".into())
+}
+
+fn machine_meta(args: &SuiteArgs, caps: &SockhiveCaps) -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".to_string(), |(_, m)| m.trim().to_string());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kib: f64 = m.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.0} GiB RAM", kib / 1048576.0))
+        })
+        .unwrap_or_default();
+    let sockhive_dir = args
+        .sockhive
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ".".into());
+    // run.sh names the source (and whether it had uncommitted edits).
+    let commit = std::env::var("BENCH_SOCKHIVE_COMMIT").unwrap_or_else(|_| {
+        command_output(
+            "git",
+            &["-C", &sockhive_dir, "rev-parse", "--short", "HEAD"],
+        )
+    });
+    let redis = command_output("redis-server", &["--version"]);
+    let redis = redis
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))
+        .unwrap_or("?")
+        .to_string();
+    let versions = format!(
+        "{} (commit {commit}), node {}, socketcluster-server {}, socket.io {}, express-session {}, connect-redis {}, passport {}, redis-server {redis}, sockhive-bench {}",
+        caps.version,
+        command_output("node", &["--version"]),
+        package_version(&args.peers, "socketcluster-server"),
+        package_version(&args.peers, "socket.io"),
+        package_version(&args.peers, "express-session"),
+        package_version(&args.peers, "connect-redis"),
+        package_version(&args.peers, "passport"),
+        env!("CARGO_PKG_VERSION"),
+    );
+    serde_json::json!({
+        "date": command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu": cpu,
+        "memory": memory,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "versions": versions,
+        "sockhive_caps": serde_json::to_value(caps).unwrap_or(Value::Null),
+    })
+}
+
+fn run_suite(args: SuiteArgs) -> ExitCode {
+    let fd_limit = procstat::raise_fd_limit();
+    let mut params = if args.smoke {
+        SuiteParams::smoke()
+    } else {
+        SuiteParams::full(args.runs, args.sockets)
+    };
+    params.only = args.only.clone();
+    if let Some(c) = args.concurrency {
+        params.concurrency = c;
+    }
+    if let Some(s) = args.handshake_seconds {
+        params.handshake_duration = std::time::Duration::from_secs_f64(s);
+    }
+    if fd_limit < (params.sockets.sockets as u64) + 512 {
+        eprintln!(
+            "[bench] open-file limit {fd_limit} is too low for {} sockets",
+            params.sockets.sockets
+        );
+        return ExitCode::FAILURE;
+    }
+    let caps = SockhiveCaps::probe(&args.sockhive);
+    eprintln!("[bench] sockhive: {caps:?}");
+    let _ = std::fs::create_dir_all(&args.out);
+    let _ = std::fs::create_dir_all(&args.logs);
+    let env = Environment {
+        sockhive: args.sockhive.clone(),
+        bare: args.bare.clone(),
+        peers: args.peers.clone(),
+        logs: args.logs.clone(),
+        redis: args.redis,
+        session_secret: "bench keyboard cat".into(),
+        jwt_key: "bench-jwt-key".into(),
+        admin_token: "bench-admin-token".into(),
+        caps: caps.clone(),
+    };
+    let servers = args
+        .servers
+        .clone()
+        .unwrap_or_else(|| ServerKind::ALL.to_vec());
+    let meta = machine_meta(&args, &caps);
+    // One thread: the generator must leave the cores to the servers it measures.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("[bench] no runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let output = match runtime.block_on(suite::run(&env, &servers, &params, meta, args.redis)) {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("[bench] {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stamp = command_output("date", &["-u", "+%Y-%m-%dT%H%M%SZ"]);
+    let stem = if args.smoke {
+        format!("smoke-{stamp}")
+    } else {
+        stamp
+    };
+    let json = serde_json::to_string_pretty(&output).unwrap_or_default();
+    let md = report::markdown(&output);
+    let writes = [
+        (args.out.join(format!("{stem}.json")), &json),
+        (args.out.join(format!("{stem}.md")), &md),
+        (
+            args.out.join(if args.smoke {
+                "smoke-latest.md"
+            } else {
+                "latest.md"
+            }),
+            &md,
+        ),
+    ];
+    for (path, text) in writes {
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("[bench] cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("[bench] wrote {}", path.display());
+    }
+    println!("{md}");
+    if suite::all_ran(&output) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("[bench] some scenarios failed (see the table's notes)");
+        ExitCode::FAILURE
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Suite(args) => run_suite(*args),
+        Cmd::Report { json } => {
+            let parsed = std::fs::read_to_string(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    serde_json::from_str::<suite::SuiteOutput>(&t).map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok(output) => {
+                    println!("{}", report::markdown(&output));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot read {}: {e}", json.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

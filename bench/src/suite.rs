@@ -1,0 +1,518 @@
+//! The whole comparison: every scenario, every server, several runs, one
+//! machine; raw records out as JSON, the table made by `report`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::credentials::Login;
+use crate::redis_seed::seed_sessions;
+use crate::scenario_handshake::{self, HandshakeParams, HandshakeResult, Load};
+use crate::scenario_query::{self, QueryParams};
+use crate::scenario_sockets::{self, SocketsParams};
+use crate::servers::{Environment, LaunchError, Layout, Running, ServerKind};
+use crate::target::{AuthMode, CredentialBook, Target};
+
+/// Every knob of a suite run; all of it goes into the JSON so a reader sees
+/// exactly what was run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteParams {
+    /// Runs per server.
+    pub runs: usize,
+    /// Tiny sizes and strict checks, for CI.
+    pub smoke: bool,
+    /// Clients in the closed-loop handshake.
+    pub concurrency: usize,
+    /// Unmeasured handshake warm-up.
+    pub warmup: Duration,
+    /// Measured handshake time.
+    pub handshake_duration: Duration,
+    /// The paced handshake runs at this fraction of the server's own peak.
+    pub paced_fraction: f64,
+    /// Measured paced time.
+    pub paced_duration: Duration,
+    /// Measured reject time.
+    pub reject_duration: Duration,
+    /// Idle and fan-out.
+    pub sockets: SocketsParams,
+    /// Query.
+    pub query: QueryParams,
+    /// Scenario groups to run (`sockets` = idle + fan-out, `handshake` = closed + paced,
+    /// `reject`, `query`); all when empty.
+    #[serde(default)]
+    pub only: Vec<String>,
+}
+
+impl SuiteParams {
+    /// The committed run's sizes (the issue's).
+    pub fn full(runs: usize, sockets: usize) -> SuiteParams {
+        let timeout = Duration::from_secs(10);
+        SuiteParams {
+            runs,
+            smoke: false,
+            concurrency: 50,
+            warmup: Duration::from_secs(2),
+            handshake_duration: Duration::from_secs(10),
+            paced_fraction: 0.5,
+            paced_duration: Duration::from_secs(8),
+            reject_duration: Duration::from_secs(6),
+            sockets: SocketsParams {
+                sockets,
+                connect_concurrency: 100,
+                hold: Duration::from_secs(10),
+                burst_messages: 20,
+                paced_rate: 1.0,
+                paced_duration: Duration::from_secs(8),
+                delivery_timeout: Duration::from_secs(30),
+                timeout,
+            },
+            query: QueryParams {
+                sockets,
+                connect_concurrency: 100,
+                queries: 200,
+                timeout,
+            },
+            only: Vec::new(),
+        }
+    }
+
+    /// Seconds in total: a few connections per scenario, every code path.
+    pub fn smoke() -> SuiteParams {
+        let timeout = Duration::from_secs(5);
+        SuiteParams {
+            runs: 1,
+            smoke: true,
+            concurrency: 5,
+            warmup: Duration::from_millis(200),
+            handshake_duration: Duration::from_millis(700),
+            paced_fraction: 0.5,
+            paced_duration: Duration::from_millis(500),
+            reject_duration: Duration::from_millis(500),
+            sockets: SocketsParams {
+                sockets: 50,
+                connect_concurrency: 10,
+                hold: Duration::from_millis(300),
+                burst_messages: 3,
+                paced_rate: 10.0,
+                paced_duration: Duration::from_millis(500),
+                delivery_timeout: Duration::from_secs(5),
+                timeout,
+            },
+            query: QueryParams {
+                sockets: 50,
+                connect_concurrency: 10,
+                queries: 10,
+                timeout,
+            },
+            only: Vec::new(),
+        }
+    }
+
+    /// Whether scenario group `group` is to run.
+    pub fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+
+    fn logins_needed(&self) -> usize {
+        self.sockets.sockets.max(self.query.sockets) + 16
+    }
+}
+
+/// How a scenario run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// It ran and its figures count.
+    Ok,
+    /// It did not run or produced nothing usable.
+    Failed,
+    /// Not applicable or not available (with a reason).
+    Skipped,
+}
+
+/// One scenario of one run of one server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// `ServerKind::key`.
+    pub server: String,
+    /// 1-based run number.
+    pub run: usize,
+    /// Scenario name.
+    pub scenario: String,
+    /// How it ended.
+    pub status: Status,
+    /// Why it failed or was skipped.
+    pub reason: Option<String>,
+    /// The scenario's measured figures.
+    pub result: Value,
+}
+
+/// What the suite writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteOutput {
+    /// Date, machine, versions.
+    pub meta: Value,
+    /// Parameters.
+    pub params: SuiteParams,
+    /// How each server was deployed and authenticated.
+    pub servers: Vec<Value>,
+    /// Every record.
+    pub records: Vec<Record>,
+}
+
+fn to_value<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn handshake_status(result: &HandshakeResult, smoke: bool) -> (Status, Option<String>) {
+    if result.ok == 0 {
+        return (
+            Status::Failed,
+            Some(
+                result
+                    .first_problem
+                    .clone()
+                    .unwrap_or_else(|| "no attempt completed".into()),
+            ),
+        );
+    }
+    if smoke && (result.wrong > 0 || result.errors > 0) {
+        return (Status::Failed, result.first_problem.clone());
+    }
+    (Status::Ok, None)
+}
+
+struct Runner<'a> {
+    env: &'a Environment,
+    book: Arc<CredentialBook>,
+    params: &'a SuiteParams,
+    records: Vec<Record>,
+    descriptions: Vec<Value>,
+}
+
+impl Runner<'_> {
+    fn push(
+        &mut self,
+        kind: ServerKind,
+        run: usize,
+        scenario: &str,
+        status: Status,
+        reason: Option<String>,
+        result: Value,
+    ) {
+        let line = match (&status, &reason) {
+            (Status::Ok, _) => String::from("ok"),
+            (_, Some(r)) => format!("{status:?}: {r}"),
+            (_, None) => format!("{status:?}"),
+        };
+        eprintln!("[bench] {} run {run} {scenario}: {line}", kind.key());
+        self.records.push(Record {
+            server: kind.key().to_string(),
+            run,
+            scenario: scenario.to_string(),
+            status,
+            reason,
+            result,
+        });
+    }
+
+    fn skip_all(
+        &mut self,
+        kind: ServerKind,
+        run: usize,
+        scenarios: &[&str],
+        status: Status,
+        reason: &str,
+    ) {
+        for scenario in scenarios {
+            self.push(
+                kind,
+                run,
+                scenario,
+                status,
+                Some(reason.to_string()),
+                Value::Null,
+            );
+        }
+    }
+
+    async fn serving_scenarios(&mut self, kind: ServerKind, run: usize, running: &Running) {
+        let target = running.target.clone();
+        let params = self.params;
+        if params.wants("sockets") {
+            self.sockets_scenarios(kind, run, &target).await;
+        }
+        if params.wants("handshake") || params.wants("reject") {
+            self.handshake_scenarios(kind, run, &target).await;
+        }
+    }
+
+    async fn sockets_scenarios(&mut self, kind: ServerKind, run: usize, target: &Arc<Target>) {
+        let params = self.params;
+        let sockets =
+            scenario_sockets::run(target.clone(), self.book.clone(), params.sockets).await;
+        let idle_ok = sockets.idle.connected > 0
+            && (!params.smoke || sockets.idle.connected == params.sockets.sockets);
+        let reason = |ok: bool| {
+            (!ok).then(|| {
+                sockets
+                    .first_problem
+                    .clone()
+                    .unwrap_or_else(|| "incomplete".into())
+            })
+        };
+        self.push(
+            kind,
+            run,
+            "idle",
+            if idle_ok { Status::Ok } else { Status::Failed },
+            reason(idle_ok),
+            to_value(&sockets.idle),
+        );
+        for (name, phase) in [
+            ("fanout_burst", &sockets.burst),
+            ("fanout_paced", &sockets.paced),
+        ] {
+            let ok = phase.delivered > 0 && (!params.smoke || phase.delivered == phase.expected);
+            self.push(
+                kind,
+                run,
+                name,
+                if ok { Status::Ok } else { Status::Failed },
+                reason(ok),
+                to_value(phase),
+            );
+        }
+    }
+
+    async fn handshake_scenarios(&mut self, kind: ServerKind, run: usize, target: &Arc<Target>) {
+        let params = self.params;
+        let target: &Target = target;
+        let closed = HandshakeParams {
+            load: Load::Closed {
+                concurrency: params.concurrency,
+            },
+            warmup: params.warmup,
+            duration: params.handshake_duration,
+            forged: false,
+            timeout: Duration::from_secs(10),
+        };
+        if !params.wants("handshake") {
+            self.reject_scenario(kind, run, target, closed).await;
+            return;
+        }
+        let peak = scenario_handshake::run(target, &self.book, closed).await;
+        let (status, reason) = handshake_status(&peak, params.smoke);
+        let mut value = to_value(&peak);
+        value["concurrency"] = Value::from(params.concurrency);
+        self.push(kind, run, "handshake", status, reason, value);
+
+        if peak.rate_per_s > 0.0 {
+            let rate = peak.rate_per_s * params.paced_fraction;
+            let paced = HandshakeParams {
+                load: Load::Paced {
+                    rate,
+                    max_in_flight: 1000,
+                },
+                warmup: Duration::ZERO,
+                duration: params.paced_duration,
+                ..closed
+            };
+            let result = scenario_handshake::run(target, &self.book, paced).await;
+            let (status, reason) = handshake_status(&result, params.smoke);
+            let mut value = to_value(&result);
+            value["offered_rate_per_s"] = Value::from(rate);
+            self.push(kind, run, "handshake_paced", status, reason, value);
+        } else {
+            self.push(
+                kind,
+                run,
+                "handshake_paced",
+                Status::Failed,
+                Some("no peak to pace at".into()),
+                Value::Null,
+            );
+        }
+
+        if params.wants("reject") {
+            self.reject_scenario(kind, run, target, closed).await;
+        }
+    }
+
+    async fn reject_scenario(
+        &mut self,
+        kind: ServerKind,
+        run: usize,
+        target: &Target,
+        closed: HandshakeParams,
+    ) {
+        let params = self.params;
+        if target.auth == AuthMode::None {
+            self.push(
+                kind,
+                run,
+                "reject",
+                Status::Skipped,
+                Some("n/a: the bare server authenticates nobody".into()),
+                Value::Null,
+            );
+        } else {
+            let reject = HandshakeParams {
+                forged: true,
+                warmup: params.warmup / 4,
+                duration: params.reject_duration,
+                ..closed
+            };
+            let result = scenario_handshake::run(target, &self.book, reject).await;
+            let (status, reason) = handshake_status(&result, params.smoke);
+            self.push(kind, run, "reject", status, reason, to_value(&result));
+        }
+    }
+
+    async fn one_run(&mut self, kind: ServerKind, run: usize) {
+        let serving = [
+            "idle",
+            "fanout_burst",
+            "fanout_paced",
+            "handshake",
+            "handshake_paced",
+            "reject",
+        ];
+        let serving_wanted = ["sockets", "handshake", "reject"]
+            .iter()
+            .any(|g| self.params.wants(g));
+        let started = if serving_wanted {
+            Some(self.env.start(kind, Layout::Serving, &self.book).await)
+        } else {
+            None
+        };
+        match started {
+            None => {}
+            Some(Ok(running)) => {
+                if run == 1 {
+                    self.descriptions.push(serde_json::json!({
+                        "server": kind.key(), "title": kind.title(), "layout": running.description,
+                        "auth": running.target.auth, "protocol": kind.protocol().label(),
+                    }));
+                }
+                self.serving_scenarios(kind, run, &running).await;
+            }
+            Some(Err(LaunchError::NotReady(name, why))) if kind == ServerKind::SockhiveSio => {
+                let reason = format!(
+                    "not available in this build: {name} did not accept a Socket.IO login ({why})"
+                );
+                self.skip_all(kind, run, &serving, Status::Skipped, &reason);
+                self.skip_all(kind, run, &["query"], Status::Skipped, &reason);
+                return;
+            }
+            Some(Err(e)) => {
+                self.skip_all(kind, run, &serving, Status::Failed, &e.to_string());
+            }
+        }
+        if !self.params.wants("query") {
+            return;
+        }
+        match self.env.start(kind, Layout::TwoNodes, &self.book).await {
+            Ok(running) => {
+                if run == 1 {
+                    self.descriptions.push(serde_json::json!({
+                        "server": kind.key(), "scenario": "query", "layout": running.description,
+                    }));
+                }
+                let result = scenario_query::run(
+                    running.target.clone(),
+                    self.book.clone(),
+                    self.params.query,
+                )
+                .await;
+                let ok = result.ok > 0 && (!self.params.smoke || result.wrong == 0);
+                let reason = (!ok).then(|| {
+                    result
+                        .first_problem
+                        .clone()
+                        .unwrap_or_else(|| "no query answered".into())
+                });
+                self.push(
+                    kind,
+                    run,
+                    "query",
+                    if ok { Status::Ok } else { Status::Failed },
+                    reason,
+                    to_value(&result),
+                );
+            }
+            Err(LaunchError::NotApplicable(why)) => {
+                self.push(kind, run, "query", Status::Skipped, Some(why), Value::Null);
+            }
+            Err(e) => self.push(
+                kind,
+                run,
+                "query",
+                Status::Failed,
+                Some(e.to_string()),
+                Value::Null,
+            ),
+        }
+    }
+}
+
+/// Why the suite could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    /// Seeding Redis failed.
+    #[error("seeding sessions: {0}")]
+    Seed(#[from] crate::redis_seed::SeedError),
+}
+
+/// Seeds the sessions and runs every scenario on every server `params.runs` times.
+pub async fn run(
+    env: &Environment,
+    servers: &[ServerKind],
+    params: &SuiteParams,
+    meta: Value,
+    redis: SocketAddr,
+) -> Result<SuiteOutput, SuiteError> {
+    let started = Instant::now();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let salt = format!("sockhive-bench-{now}");
+    let logins: Vec<Login> = (0..params.logins_needed())
+        .map(|i| Login::derive(&salt, i))
+        .collect();
+    seed_sessions(redis, &logins).await?;
+    let book = Arc::new(CredentialBook::new(
+        &logins,
+        &env.session_secret,
+        &env.jwt_key,
+        now,
+    ));
+    let mut runner = Runner {
+        env,
+        book,
+        params,
+        records: Vec::new(),
+        descriptions: Vec::new(),
+    };
+    for run in 1..=params.runs {
+        for &kind in servers {
+            runner.one_run(kind, run).await;
+        }
+    }
+    let mut meta = meta;
+    meta["suite_seconds"] = Value::from(started.elapsed().as_secs_f64());
+    Ok(SuiteOutput {
+        meta,
+        params: params.clone(),
+        servers: runner.descriptions,
+        records: runner.records,
+    })
+}
+
+/// Whether every scenario that should have run did.
+pub fn all_ran(output: &SuiteOutput) -> bool {
+    output.records.iter().all(|r| r.status != Status::Failed)
+}
