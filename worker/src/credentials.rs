@@ -365,7 +365,7 @@ pub async fn from_upgrade(ctx: &Arc<WorkerContext>, head: &RequestHead) -> Crede
 }
 
 /// The claims of a token minted from a session login.
-fn session_claims(login: &SessionLogin) -> Map<String, Value> {
+fn session_claims(login: &SessionLogin, hash: &str) -> Map<String, Value> {
     let sub = match &login.passport_user {
         Value::String(_) | Value::Number(_) => login.passport_user.clone(),
         Value::Object(user) => user
@@ -377,7 +377,7 @@ fn session_claims(login: &SessionLogin) -> Map<String, Value> {
     let mut claims = Map::new();
     claims.insert("sub".into(), sub);
     claims.insert("user".into(), login.user.clone());
-    claims.insert("sh".into(), json!(session_hash(&login.sid)));
+    claims.insert("sh".into(), json!(hash));
     claims
 }
 
@@ -387,14 +387,20 @@ fn mint(
     login: SessionLogin,
     lifetime: Duration,
 ) -> Result<Identity, Refusal> {
-    let claims = session_claims(&login);
+    // Hot path (every cookie login): one hash, one signature; the claims the
+    // socket carries are the signed ones, built here rather than by
+    // verifying the token just made.
+    let hash = session_hash(&login.sid);
+    let mut claims = session_claims(&login, &hash);
+    let now = crate::auth::now_unix();
+    claims.insert("iat".into(), json!(now));
+    claims.insert("exp".into(), json!(now + lifetime.as_secs()));
     match ctx.auth.sign_for(claims.clone(), lifetime) {
         Ok(token) => {
-            sessions.remember_minted(session_hash(&login.sid), &login, lifetime);
-            let verified = ctx.auth.verify(&token).unwrap_or(claims);
+            sessions.remember_minted(hash, &login, lifetime);
             Ok(Identity {
                 method: Method::Session,
-                claims: verified,
+                claims,
                 session: Some(login),
                 minted_token: Some(token),
             })

@@ -109,7 +109,9 @@ pub async fn serve(
     };
     ctx.metrics.connections.with_label_values(&[PROTOCOL]).inc();
     let ending = session.run(inbox, &upgraded).await;
-    session.finish(ending).await;
+    // Boxed like the other rare states: the close handshake should not
+    // enlarge every idle socket.
+    Box::pin(session.finish(ending)).await;
     ctx.metrics.connections.with_label_values(&[PROTOCOL]).dec();
 }
 
@@ -157,7 +159,7 @@ impl Session {
                     return Ending::Close(close_code::HANDSHAKE_TIMEOUT, String::new());
                 }
                 _ = sleep_until(auth_deadline), if self.auth.as_ref().is_some_and(|a| a.expires_at.is_some()) => {
-                    if let Some(ending) = self.on_auth_deadline().await {
+                    if let Some(ending) = Box::pin(self.on_auth_deadline()).await {
                         return ending;
                     }
                 }
@@ -193,7 +195,10 @@ impl Session {
                     };
                     self.ctx.metrics.messages.with_label_values(&["in"]).inc();
                     let was_registered = self.registered;
-                    if let Some(ending) = self.on_text(&text, upgraded).await {
+                    // Boxed: message handling (the handshake above all) is the
+                    // largest state of the session; an idle socket, which only
+                    // waits here, should not carry it.
+                    if let Some(ending) = Box::pin(self.on_text(&text, upgraded)).await {
                         return ending;
                     }
                     if self.registered && !was_registered {

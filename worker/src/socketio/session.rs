@@ -215,7 +215,9 @@ pub async fn serve(
     };
     ctx.metrics.connections.with_label_values(&[PROTOCOL]).inc();
     let ending = session.run(inbox, &upgraded).await;
-    session.finish(ending).await;
+    // Boxed like the other rare states: the close handshake should not
+    // enlarge every idle socket.
+    Box::pin(session.finish(ending)).await;
     ctx.metrics.connections.with_label_values(&[PROTOCOL]).dec();
 }
 
@@ -320,11 +322,13 @@ impl Session {
                         None => return Ending::Gone,
                         Some(Ok(Message::Text(text))) => {
                             self.ctx.metrics.messages.with_label_values(&["in"]).inc();
-                            self.on_text(&text, upgraded).await
+                                                        // Boxed, as in the SocketCluster session: an idle
+                            // socket should not carry the handling state.
+                            Box::pin(self.on_text(&text, upgraded)).await
                         }
                         Some(Ok(Message::Binary(bytes))) => {
                             self.ctx.metrics.messages.with_label_values(&["in"]).inc();
-                            self.on_attachment(bytes.to_vec()).await
+                                                        Box::pin(self.on_attachment(bytes.to_vec())).await
                         }
                         Some(Ok(_)) => None,
                         Some(Err(e)) => return self.on_read_error(e),
