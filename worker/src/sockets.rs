@@ -63,6 +63,25 @@ struct Inner {
     users: HashMap<String, HashSet<Arc<str>>>,
 }
 
+/// `logged_in`, `user` and `auth` as records show them, from a socket's
+/// verified claims (the same for every protocol): `user` is `{"id": sub}`
+/// plus the claims' `user` object.
+pub fn login_view(claims: Option<&Map<String, Value>>) -> (bool, Value, Value) {
+    let Some(claims) = claims else {
+        return (false, Value::Null, Value::Null);
+    };
+    let mut user = Map::new();
+    if let Some(sub) = claims.get("sub") {
+        user.insert("id".into(), sub.clone());
+    }
+    if let Some(Value::Object(extra)) = claims.get("user") {
+        for (k, v) in extra {
+            user.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    (true, Value::Object(user), Value::Object(claims.clone()))
+}
+
 /// The ids a socket is indexed under: its user's id and its token's subject.
 fn user_keys(entry: &SocketEntry) -> Vec<String> {
     let mut keys: Vec<String> = [entry.user.get("id"), entry.auth.get("sub")]
@@ -202,6 +221,22 @@ impl SocketRegistry {
         };
         self.announce(joined, left);
         Some(result)
+    }
+
+    /// Records a socket's new login state (or its loss).
+    pub fn set_login(
+        &self,
+        id: &str,
+        claims: Option<&Map<String, Value>>,
+        web_session: Option<String>,
+    ) {
+        let (logged_in, user, auth) = login_view(claims);
+        self.update(id, |entry| {
+            entry.logged_in = logged_in;
+            entry.user = user;
+            entry.auth = auth;
+            entry.web_session = web_session;
+        });
     }
 
     /// Writes every record again (after Redis came back, possibly empty).

@@ -575,36 +575,14 @@ impl Session {
 
     /// `logged_in`, `user` and `auth` as records show them.
     fn auth_view(&self) -> (bool, Value, Value) {
-        match &self.auth {
-            None => (false, Value::Null, Value::Null),
-            Some(auth) => {
-                let mut user = Map::new();
-                if let Some(sub) = auth.claims.get("sub") {
-                    user.insert("id".into(), sub.clone());
-                }
-                if let Some(Value::Object(extra)) = auth.claims.get("user") {
-                    for (k, v) in extra {
-                        user.entry(k.clone()).or_insert_with(|| v.clone());
-                    }
-                }
-                (
-                    true,
-                    Value::Object(user),
-                    Value::Object(auth.claims.clone()),
-                )
-            }
-        }
+        crate::sockets::login_view(self.claims())
     }
 
     fn update_entry_auth(&self) {
-        let (logged_in, user, auth) = self.auth_view();
         let web_session = self.session_login.as_ref().map(|l| l.sid.clone());
-        self.ctx.sockets.update(&self.id, |entry| {
-            entry.logged_in = logged_in;
-            entry.user = user;
-            entry.auth = auth;
-            entry.web_session = web_session;
-        });
+        self.ctx
+            .sockets
+            .set_login(&self.id, self.claims(), web_session);
     }
 
     fn set_auth(&mut self, claims: Map<String, Value>) {

@@ -769,37 +769,16 @@ impl Session {
         self.registered = true;
     }
 
-    /// `logged_in`, `user` and `auth` as records show them: `user` is
-    /// `{"id": sub}` plus the claims' `user` object, as on SocketCluster.
+    /// `logged_in`, `user` and `auth` as records show them.
     fn auth_view(&self) -> (bool, Value, Value) {
-        let Some(auth) = &self.auth else {
-            return (false, Value::Null, Value::Null);
-        };
-        let mut user = Map::new();
-        if let Some(sub) = auth.claims.get("sub") {
-            user.insert("id".into(), sub.clone());
-        }
-        if let Some(Value::Object(extra)) = auth.claims.get("user") {
-            for (k, v) in extra {
-                user.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
-        (
-            true,
-            Value::Object(user),
-            Value::Object(auth.claims.clone()),
-        )
+        crate::sockets::login_view(self.claims())
     }
 
     fn update_entry_auth(&self) {
-        let (logged_in, user, auth) = self.auth_view();
         let web_session = self.session_login.as_ref().map(|l| l.sid.clone());
-        self.ctx.sockets.update(&self.id, |entry| {
-            entry.logged_in = logged_in;
-            entry.user = user;
-            entry.auth = auth;
-            entry.web_session = web_session;
-        });
+        self.ctx
+            .sockets
+            .set_login(&self.id, self.claims(), web_session);
     }
 
     fn claims(&self) -> Option<&Map<String, Value>> {
