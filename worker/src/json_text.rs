@@ -1,8 +1,9 @@
-//! JSON text written by hand on the hot path.
+//! JSON text handled by hand on the hot path, shared by both protocol codecs.
 //!
-//! The protocol encoders build each frame as one `String` in the exact key
-//! order the real Node servers emit, without a `serde_json::Value` detour;
-//! this is the one string-escaping routine they all share.
+//! The encoders build each frame as one `String` in the exact key order the
+//! real Node servers emit, without a `serde_json::Value` detour
+//! ([`push_json_string`]); the decoders check a frame's shape in one pass
+//! before serde_json allocates anything ([`check_json_shape`]).
 
 use std::fmt::Write as _;
 
@@ -26,6 +27,68 @@ pub fn push_json_string(out: &mut String, text: &str) {
         }
     }
     out.push('"');
+}
+
+/// The deepest nesting serde_json parses (it refuses 128 levels itself).
+pub const SERDE_JSON_DEPTH_CEILING: usize = 127;
+
+/// What the pre-parse scan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShapeViolation {
+    /// Nesting beyond the limit (the effective limit is given).
+    TooDeep(usize),
+    /// A top-level array with too many elements.
+    TooManyElements,
+}
+
+/// Rejects too-deep nesting (and, when `max_top_commas` is given, a top-level
+/// array with that many separators) before serde_json builds anything, so a
+/// 1 MiB frame of `[[[[...` or `[0,0,0,...` costs one pass and no allocation.
+///
+/// For valid JSON the bracket count outside strings is the true nesting; for
+/// invalid JSON it is at least what serde_json would reach before failing, so
+/// the check never lets deeper input through.
+pub fn check_json_shape(
+    json: &str,
+    max_depth: usize,
+    max_top_commas: Option<usize>,
+) -> Result<(), ShapeViolation> {
+    let max_depth = max_depth.min(SERDE_JSON_DEPTH_CEILING);
+    let count_commas = max_top_commas.is_some() && json.starts_with('[');
+    let mut depth = 0usize;
+    let mut top_level_commas = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for byte in json.bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(ShapeViolation::TooDeep(max_depth));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 && count_commas => {
+                top_level_commas += 1;
+                if max_top_commas.is_some_and(|max| top_level_commas >= max) {
+                    return Err(ShapeViolation::TooManyElements);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

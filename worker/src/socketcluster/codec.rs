@@ -15,7 +15,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Number, Value};
 use std::fmt::Write as _;
 
-use crate::json_text::push_json_string;
+use crate::json_text::{check_json_shape, push_json_string, ShapeViolation};
 
 // ---------------------------------------------------------------------------------------------
 // Limits
@@ -28,10 +28,6 @@ pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
 /// Default most packets accepted in one batch frame: the client batches only on request, so a
 /// large array is more likely an attack than traffic.
 pub const DEFAULT_MAX_BATCH_PACKETS: usize = 100;
-
-/// serde_json itself refuses the 128th nested level; capping our own check below it keeps
-/// "too deep" reported as [`DecodeError::TooDeep`] whatever limit the config asks for.
-const SERDE_JSON_DEPTH_CEILING: usize = 127;
 
 /// The largest integer JavaScript numbers hold exactly; a float call id above it cannot be a
 /// counter value the client produced.
@@ -206,50 +202,16 @@ pub fn decode_frame<'a>(
     }
 }
 
-/// Rejects too-deep nesting and too-long batches before serde_json builds anything, so a 1 MiB
-/// frame of `[[[[...` or `[0,0,0,...` costs one pass over its bytes and no allocation.
-///
-/// For valid JSON the bracket count outside strings is the true nesting; for invalid JSON it is at
-/// least what serde_json would reach before failing, so the check never lets deeper input through.
+/// Rejects too-deep nesting and too-long batches before serde_json builds anything.
 fn check_shape(json: &str, limits: &DecodeLimits) -> Result<(), DecodeError> {
-    let max_depth = limits.max_json_depth.min(SERDE_JSON_DEPTH_CEILING);
-    let top_level_is_batch = json.starts_with('[');
-    let mut depth = 0usize;
-    let mut top_level_commas = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for byte in json.bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max_depth {
-                    return Err(DecodeError::TooDeep { limit: max_depth });
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            b',' if depth == 1 && top_level_is_batch => {
-                top_level_commas += 1;
-                if top_level_commas >= limits.max_batch_packets {
-                    return Err(DecodeError::BatchTooLarge {
-                        limit: limits.max_batch_packets,
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    check_json_shape(json, limits.max_json_depth, Some(limits.max_batch_packets)).map_err(
+        |violation| match violation {
+            ShapeViolation::TooDeep(limit) => DecodeError::TooDeep { limit },
+            ShapeViolation::TooManyElements => DecodeError::BatchTooLarge {
+                limit: limits.max_batch_packets,
+            },
+        },
+    )
 }
 
 /// Applies the spec's classification (section 2) to one decoded JSON value.

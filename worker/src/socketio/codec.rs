@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 
-use crate::json_text::push_json_string;
+use crate::json_text::{check_json_shape, push_json_string, ShapeViolation};
 
 // ---------------------------------------------------------------------------------------------
 // Defaults and limits
@@ -64,10 +64,6 @@ pub const ENGINE_IO_VERSION: &str = "4";
 /// What the real server answers (as CONNECT_ERROR `message`) to a CONNECT for a namespace it
 /// does not serve.
 pub const INVALID_NAMESPACE_MESSAGE: &str = "Invalid namespace";
-
-/// serde_json refuses the 128th nested level itself; capping our own check below it keeps
-/// "too deep" reported as [`PacketError::TooDeep`] whatever limit the config asks for.
-const SERDE_JSON_DEPTH_CEILING: usize = 127;
 
 /// The largest integer a JavaScript number holds exactly; a larger ack id cannot come from the
 /// client's counter and would not survive its way back into the client's ack table.
@@ -667,38 +663,12 @@ fn parse_event(json: &str, packet_type: PacketType) -> Result<(String, Vec<&str>
     Ok((name, elements))
 }
 
-/// Rejects too-deep nesting before serde_json builds anything, so `[[[[...` costs one pass over
-/// its bytes and no allocation. For valid JSON the bracket count outside strings is the true
-/// nesting; for invalid JSON it is at least what serde_json would reach before failing.
+/// Rejects too-deep nesting before serde_json builds anything.
 fn check_depth(json: &str, limit: usize) -> Result<(), PacketError> {
-    let limit = limit.min(SERDE_JSON_DEPTH_CEILING);
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for byte in json.bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > limit {
-                    return Err(PacketError::TooDeep { limit });
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
+    check_json_shape(json, limit, None).map_err(|violation| match violation {
+        ShapeViolation::TooDeep(limit) => PacketError::TooDeep { limit },
+        ShapeViolation::TooManyElements => PacketError::TooDeep { limit },
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
