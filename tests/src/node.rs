@@ -35,6 +35,27 @@ pub fn sockhive_bin() -> std::path::PathBuf {
     target.join("debug").join("sockhive")
 }
 
+/// A token from `sockhive token sign` with the test key: the code path operators use.
+pub fn sign_token(claims: &serde_json::Value) -> String {
+    let out = Command::new(sockhive_bin())
+        .args([
+            "token",
+            "sign",
+            "--auth-key",
+            AUTH_KEY,
+            "--claims",
+            &claims.to_string(),
+        ])
+        .output()
+        .expect("run sockhive token sign");
+    assert!(
+        out.status.success(),
+        "token sign failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Options of a node to start.
 #[derive(Debug, Clone, Default)]
 pub struct NodeBuilder {
@@ -265,6 +286,18 @@ impl Node {
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         sum_series(&text, series)
+    }
+
+    /// A socket's record and session from `GET /api/sockets/{id}` (panics unless 200).
+    pub async fn record(&self, id: &str) -> serde_json::Value {
+        let reply = http::get(
+            self.admin,
+            &format!("/api/sockets/{id}"),
+            &[&format!("Authorization: Bearer {ADMIN_TOKEN}")],
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{id}: {}", reply.body);
+        reply.json()
     }
 
     /// A call to the admin API with the test token.

@@ -6,23 +6,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use sockhive_tests::nginx::Nginx;
-use sockhive_tests::node::{sockhive_bin, AUTH_KEY};
 use sockhive_tests::redis::{RedisCluster, RedisServer};
 use sockhive_tests::{eventually, Driver, Node, NodeBuilder};
 
 fn token(sub: &str) -> String {
-    let out = std::process::Command::new(sockhive_bin())
-        .args([
-            "token",
-            "sign",
-            "--auth-key",
-            AUTH_KEY,
-            "--claims",
-            &json!({"sub": sub, "user": {"name": sub}}).to_string(),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    sockhive_tests::node::sign_token(&json!({"sub": sub, "user": {"name": sub}}))
 }
 
 fn node(redis_url: &str, id: &str, workers: u16) -> Node {

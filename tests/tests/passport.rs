@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sockhive_tests::app::WebApp;
-use sockhive_tests::node::ADMIN_TOKEN;
 use sockhive_tests::redis::RedisServer;
 use sockhive_tests::{eventually, http, Driver, Node, NodeBuilder};
 
@@ -42,14 +41,7 @@ async fn connect(
 }
 
 async fn record_of(node: &Node, id: &str) -> Value {
-    let reply = http::get(
-        node.admin,
-        &format!("/api/sockets/{id}"),
-        &[&format!("Authorization: Bearer {ADMIN_TOKEN}")],
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()
+    node.record(id).await
 }
 
 #[tokio::test]

@@ -18,23 +18,7 @@ fn now() -> u64 {
 
 /// A token from `sockhive token sign`, the CLI operators use.
 fn cli_token(claims: Value) -> String {
-    let out = std::process::Command::new(sockhive_bin())
-        .args([
-            "token",
-            "sign",
-            "--auth-key",
-            AUTH_KEY,
-            "--claims",
-            &claims.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    sockhive_tests::node::sign_token(&claims)
 }
 
 /// A token from the npm `jsonwebtoken` package (what Node apps mint).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sockhive_tests::app::WebApp;
-use sockhive_tests::node::{sockhive_bin, sum_series, ADMIN_TOKEN, AUTH_KEY};
+use sockhive_tests::node::{sum_series, AUTH_KEY};
 use sockhive_tests::redis::RedisServer;
 use sockhive_tests::ws::{self, RawWs};
 use sockhive_tests::{http, Driver, Node, NodeBuilder};
@@ -17,25 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 const SECRET: &str = "app-session-secret";
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A token from `sockhive token sign`.
 fn token(claims: Value) -> String {
-    let out = std::process::Command::new(sockhive_bin())
-        .args([
-            "token",
-            "sign",
-            "--auth-key",
-            AUTH_KEY,
-            "--claims",
-            &claims.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    sockhive_tests::node::sign_token(&claims)
 }
 
 fn io_url(node: &Node) -> String {
@@ -66,14 +49,7 @@ async fn emit_ack(driver: &mut Driver, client: &str, event: &str, args: Value) -
 }
 
 async fn record_of(node: &Node, id: &str) -> Value {
-    let reply = http::get(
-        node.admin,
-        &format!("/api/sockets/{id}"),
-        &[&format!("Authorization: Bearer {ADMIN_TOKEN}")],
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{id}: {}", reply.body);
-    reply.json()
+    node.record(id).await
 }
 
 fn metric_of(metrics: &str, reason: &str) -> f64 {
