@@ -82,6 +82,33 @@ pub fn login_view(claims: Option<&Map<String, Value>>) -> (bool, Value, Value) {
     (true, Value::Object(user), Value::Object(claims.clone()))
 }
 
+impl SocketEntry {
+    /// The entry of a socket that just completed its protocol handshake.
+    pub fn new(
+        protocol: &'static str,
+        peer: std::net::SocketAddr,
+        outbox: Outbox,
+        claims: Option<&Map<String, Value>>,
+        web_session: Option<String>,
+    ) -> SocketEntry {
+        let (logged_in, user, auth) = login_view(claims);
+        SocketEntry {
+            protocol,
+            remote_addr: peer.to_string(),
+            connected_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            logged_in,
+            user,
+            auth,
+            channels: BTreeSet::new(),
+            session: Map::new(),
+            web_session,
+            outbox,
+        }
+    }
+}
+
 /// The ids a socket is indexed under: its user's id and its token's subject.
 fn user_keys(entry: &SocketEntry) -> Vec<String> {
     let mut keys: Vec<String> = [entry.user.get("id"), entry.auth.get("sub")]

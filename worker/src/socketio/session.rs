@@ -752,26 +752,16 @@ impl Session {
     }
 
     fn register(&mut self, upgraded: &Upgraded) {
-        let (logged_in, user, auth) = self.auth_view();
-        let entry = SocketEntry {
-            protocol: PROTOCOL,
-            remote_addr: upgraded.peer.to_string(),
-            connected_at: rfc3339_now(),
-            logged_in,
-            user,
-            auth,
-            channels: BTreeSet::new(),
-            session: Map::new(),
-            web_session: self.session_login.as_ref().map(|l| l.sid.clone()),
-            outbox: self.outbox.clone(),
-        };
+        let web_session = self.session_login.as_ref().map(|l| l.sid.clone());
+        let entry = SocketEntry::new(
+            PROTOCOL,
+            upgraded.peer,
+            self.outbox.clone(),
+            self.claims(),
+            web_session,
+        );
         self.ctx.sockets.insert(self.id.clone(), entry);
         self.registered = true;
-    }
-
-    /// `logged_in`, `user` and `auth` as records show them.
-    fn auth_view(&self) -> (bool, Value, Value) {
-        crate::sockets::login_view(self.claims())
     }
 
     fn update_entry_auth(&self) {
@@ -929,12 +919,6 @@ fn malformed_token() -> Refusal {
         fields: Box::new(fields),
         bad_token: true,
     }
-}
-
-fn rfc3339_now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// The start of a delivery frame that carries attachments (see [`encode_channel_delivery`]);
