@@ -43,6 +43,16 @@ pub const DEFAULT_MAX_SEND_QUEUE: u64 = 8 << 20;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(8);
 /// SocketCluster's own ping timeout, advertised in the `#handshake` reply.
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Engine.IO's own ping interval (`pingInterval` in the open packet).
+pub const DEFAULT_SOCKETIO_PING_INTERVAL: Duration = Duration::from_millis(25_000);
+/// Engine.IO's own ping timeout (`pingTimeout` in the open packet).
+pub const DEFAULT_SOCKETIO_PING_TIMEOUT: Duration = Duration::from_millis(20_000);
+/// Longest channel name a client may use, in bytes.
+pub const DEFAULT_MAX_CHANNEL_LENGTH: u32 = 256;
+/// Longest event or procedure name a client may use, in bytes.
+pub const DEFAULT_MAX_EVENT_LENGTH: u32 = 256;
+/// Longest lifetime (`exp - iat`) of a JWT a client may present.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 86_400);
 /// Lifetime of tokens sockhive signs (SocketCluster's `authDefaultExpiry`).
 pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(86_400);
 /// Upper bound on `--workers`: more processes than this is a typo, not a plan.
@@ -198,10 +208,26 @@ pub struct LimitsLayer {
     #[arg(long, env = "SOCKHIVE_PING_INTERVAL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ping_interval: Option<HumanDuration>,
-    /// Time without a pong before a SocketCluster socket is closed with 4001 [default: 30s].
+    /// Time without a pong before a SocketCluster socket is closed with 4001; also how long a write to a client that does not read may block [default: 30s].
     #[arg(long, env = "SOCKHIVE_PING_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ping_timeout: Option<HumanDuration>,
+    /// Engine.IO pingInterval of Socket.IO sockets [default: 25s].
+    #[arg(long, env = "SOCKHIVE_SOCKETIO_PING_INTERVAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socketio_ping_interval: Option<HumanDuration>,
+    /// Engine.IO pingTimeout of Socket.IO sockets: a ping unanswered this long closes the socket [default: 20s].
+    #[arg(long, env = "SOCKHIVE_SOCKETIO_PING_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socketio_ping_timeout: Option<HumanDuration>,
+    /// Longest channel name, in bytes; longer ones get InvalidArgumentsError [default: 256].
+    #[arg(long, env = "SOCKHIVE_MAX_CHANNEL_LENGTH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_channel_length: Option<u32>,
+    /// Longest event or procedure name, in bytes; longer ones get InvalidArgumentsError [default: 256].
+    #[arg(long, env = "SOCKHIVE_MAX_EVENT_LENGTH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_event_length: Option<u32>,
 }
 
 /// `[auth]`: JWTs and what a connection needs to become a socket.
@@ -236,6 +262,10 @@ pub struct AuthLayer {
     #[arg(long, env = "SOCKHIVE_TOKEN_RENEW_BEFORE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_renew_before: Option<HumanDuration>,
+    /// Longest lifetime (exp - iat, or exp - now without iat) of a presented JWT; longer ones are AuthTokenInvalidError [default: 7d].
+    #[arg(long, env = "SOCKHIVE_MAX_TOKEN_LIFETIME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime: Option<HumanDuration>,
     /// A connection without a valid credential never becomes a socket [default: off].
     #[arg(long, env = "SOCKHIVE_REQUIRE_AUTH", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -350,6 +380,10 @@ pub struct SessionLayer {
     #[arg(long, env = "SOCKHIVE_NEGOTIATE_EXPIRY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negotiate_expiry: Option<HumanDuration>,
+    /// Accept passport.socketio's `session_id` query parameter, signed values (`s:...`) only [default: off].
+    #[arg(long, env = "SOCKHIVE_ACCEPT_QUERY_SESSION_ID", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_query_session_id: Option<bool>,
 }
 
 /// One source of settings (flags plus environment, or the TOML file), every key optional.
@@ -452,6 +486,12 @@ pub struct Limits {
     pub ping_interval: Duration,
     #[serde(with = "duration_text")]
     pub ping_timeout: Duration,
+    #[serde(with = "duration_text")]
+    pub socketio_ping_interval: Duration,
+    #[serde(with = "duration_text")]
+    pub socketio_ping_timeout: Duration,
+    pub max_channel_length: u32,
+    pub max_event_length: u32,
 }
 
 /// Resolved `[auth]`.
@@ -473,6 +513,8 @@ pub struct AuthConfig {
     pub token_expiry: Duration,
     #[serde(with = "optional_duration_text")]
     pub token_renew_before: Option<Duration>,
+    #[serde(with = "duration_text")]
+    pub max_token_lifetime: Duration,
     pub require_auth: bool,
     pub reject_at_upgrade: bool,
 }
@@ -518,6 +560,8 @@ pub struct SessionConfig {
     pub duplicate_cookie: DuplicateCookie,
     #[serde(with = "duration_text")]
     pub negotiate_expiry: Duration,
+    /// passport.socketio's `session_id` query parameter (signed values only).
+    pub accept_query_session_id: bool,
 }
 
 impl SessionConfig {
@@ -653,6 +697,18 @@ impl Config {
                     .map_or(DEFAULT_MAX_SEND_QUEUE, |b| b.0),
                 ping_interval: duration(limits.ping_interval, DEFAULT_PING_INTERVAL),
                 ping_timeout: duration(limits.ping_timeout, DEFAULT_PING_TIMEOUT),
+                socketio_ping_interval: duration(
+                    limits.socketio_ping_interval,
+                    DEFAULT_SOCKETIO_PING_INTERVAL,
+                ),
+                socketio_ping_timeout: duration(
+                    limits.socketio_ping_timeout,
+                    DEFAULT_SOCKETIO_PING_TIMEOUT,
+                ),
+                max_channel_length: limits
+                    .max_channel_length
+                    .unwrap_or(DEFAULT_MAX_CHANNEL_LENGTH),
+                max_event_length: limits.max_event_length.unwrap_or(DEFAULT_MAX_EVENT_LENGTH),
             },
             auth: AuthConfig {
                 auth_key_is_random: auth.auth_key.is_none(),
@@ -663,6 +719,7 @@ impl Config {
                 jwt_leeway: duration(auth.jwt_leeway, DEFAULT_JWT_LEEWAY),
                 token_expiry: duration(auth.token_expiry, DEFAULT_TOKEN_EXPIRY),
                 token_renew_before: auth.token_renew_before.map(|d| d.0),
+                max_token_lifetime: duration(auth.max_token_lifetime, DEFAULT_MAX_TOKEN_LIFETIME),
                 require_auth: auth.require_auth.unwrap_or(false),
                 reject_at_upgrade: auth.reject_at_upgrade.unwrap_or(false),
             },
@@ -693,6 +750,7 @@ impl Config {
                 on_logout: session.on_logout.unwrap_or(OnLogout::Deauthenticate),
                 duplicate_cookie: session.duplicate_cookie.unwrap_or(DuplicateCookie::First),
                 negotiate_expiry: duration(session.negotiate_expiry, DEFAULT_NEGOTIATE_EXPIRY),
+                accept_query_session_id: session.accept_query_session_id.unwrap_or(false),
             },
             broker: BrokerConfig {
                 redis_url: broker.redis_url.filter(|url| !url.trim().is_empty()),
@@ -801,6 +859,12 @@ impl Config {
             ("limits.handshake_timeout", limits.handshake_timeout),
             ("limits.ping_interval", limits.ping_interval),
             ("limits.ping_timeout", limits.ping_timeout),
+            (
+                "limits.socketio_ping_interval",
+                limits.socketio_ping_interval,
+            ),
+            ("limits.socketio_ping_timeout", limits.socketio_ping_timeout),
+            ("auth.max_token_lifetime", auth.max_token_lifetime),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be above zero"));
@@ -816,6 +880,31 @@ impl Config {
             return Err(invalid(
                 "limits.ping_timeout",
                 "must stay below 2^31 ms (the client's timer limit)",
+            ));
+        }
+        if limits.socketio_ping_interval + limits.socketio_ping_timeout
+            > Duration::from_millis(i32::MAX as u64)
+        {
+            return Err(invalid(
+                "limits.socketio_ping_interval",
+                "socketio_ping_interval + socketio_ping_timeout must stay below 2^31 ms (the client's timer limit)",
+            ));
+        }
+        for (key, value) in [
+            ("limits.max_channel_length", limits.max_channel_length),
+            ("limits.max_event_length", limits.max_event_length),
+        ] {
+            if value == 0 || value as u64 > limits.max_payload {
+                return Err(invalid(
+                    key,
+                    "must be above zero and at most limits.max_payload",
+                ));
+            }
+        }
+        if auth.token_expiry > auth.max_token_lifetime {
+            return Err(invalid(
+                "auth.token_expiry",
+                "must not exceed auth.max_token_lifetime, or sockhive would refuse its own tokens",
             ));
         }
         if limits.max_header_bytes < 1024 {

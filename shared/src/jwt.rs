@@ -398,7 +398,8 @@ fn private_key_matching(
 /// Decides whether a presented token authenticates a socket: the `alg` header must equal the
 /// configured algorithm exactly, the signature must verify, `exp` must be present and not passed,
 /// `nbf` (when present) must have arrived, both with the configured leeway, and `aud` must match
-/// when an audience is configured.
+/// when an audience is configured, and the token's lifetime must stay within the maximum when one
+/// is configured.
 #[derive(Clone)]
 pub struct TokenVerifier {
     algorithm: JwtAlgorithm,
@@ -407,6 +408,8 @@ pub struct TokenVerifier {
     leeway: Duration,
     /// When set, the token's `aud` (a string or an array of strings) must contain it.
     audience: Option<String>,
+    /// When set, `exp - iat` (or `exp - now` without `iat`) must not exceed it.
+    max_lifetime: Option<Duration>,
 }
 
 impl TokenVerifier {
@@ -422,6 +425,7 @@ impl TokenVerifier {
             keys_by_kid: keys.verifying_keys_by_kid.clone(),
             leeway: DEFAULT_JWT_LEEWAY,
             audience: None,
+            max_lifetime: None,
         })
     }
 
@@ -440,6 +444,14 @@ impl TokenVerifier {
         self
     }
 
+    /// Refuses tokens that live longer than `max` (`--max-token-lifetime`): a leaked token with
+    /// a far-off `exp`, signed by a tool or a careless app, must not open the door for months.
+    /// The lifetime is `exp - iat`, or `exp - now` for a token without `iat`; exactly `max` passes.
+    pub fn with_max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = Some(max);
+        self
+    }
+
     /// The algorithm tokens must name.
     pub fn algorithm(&self) -> JwtAlgorithm {
         self.algorithm
@@ -448,6 +460,11 @@ impl TokenVerifier {
     /// The clock tolerance in force.
     pub fn leeway(&self) -> Duration {
         self.leeway
+    }
+
+    /// The longest token lifetime accepted, when limited (see [`TokenVerifier::with_max_lifetime`]).
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        self.max_lifetime
     }
 
     /// Verifies `token` at `now_unix_secs` and returns its claims in token order. Checks run in
@@ -479,6 +496,9 @@ impl TokenVerifier {
             Err(_) => return Err(TokenFailure::KeyUnusable.into()),
         }
         check_time_claims(&decoded.claims, now_unix_secs, self.leeway)?;
+        if let Some(max) = self.max_lifetime {
+            check_lifetime(&decoded.claims, now_unix_secs, max)?;
+        }
         self.check_audience(&decoded.claims)?;
         Ok(decoded.claims)
     }
@@ -525,6 +545,7 @@ impl fmt::Debug for TokenVerifier {
             .field("kids", &kids)
             .field("leeway", &self.leeway)
             .field("audience", &self.audience)
+            .field("max_lifetime", &self.max_lifetime)
             .finish()
     }
 }
@@ -608,6 +629,42 @@ fn check_time_claims(
         });
     }
     Ok(())
+}
+
+/// `--max-token-lifetime`: `exp - iat` (or `exp - now` without `iat`) must not exceed `max`.
+/// Runs after [`check_time_claims`], so `exp` is known to be a number; an expired token is
+/// reported as expired, not as too long-lived.
+fn check_lifetime(
+    claims: &Map<String, Value>,
+    now_unix_secs: u64,
+    max: Duration,
+) -> Result<(), AuthTokenError> {
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .ok_or(InvalidTokenReason::InvalidExpValue)?;
+    let start = match claims.get("iat") {
+        Some(iat) => iat.as_f64().ok_or(InvalidTokenReason::InvalidIatValue)?,
+        None => now_unix_secs as f64,
+    };
+    if exp - start > max.as_secs_f64() {
+        return Err(InvalidTokenReason::LifetimeTooLong { max }.into());
+    }
+    Ok(())
+}
+
+/// A lifetime limit as an operator wrote it (`7d`, `12h`, `90m`, `45s`), for refusal messages.
+fn duration_text(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    if duration.subsec_nanos() != 0 || seconds == 0 {
+        return format!("{}s", duration.as_secs_f64());
+    }
+    match seconds {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// What `JSON.stringify(new Date(seconds * 1000))` gives in Node, which is how SocketCluster
@@ -870,6 +927,19 @@ pub enum InvalidTokenReason {
     /// `exp` is present but not a number.
     #[error("invalid exp value")]
     InvalidExpValue,
+    /// `iat` is present but not a number, so the token's lifetime cannot be measured against
+    /// `--max-token-lifetime`.
+    #[error("invalid iat value")]
+    InvalidIatValue,
+    /// `exp - iat` (or `exp - now` without `iat`) exceeds `--max-token-lifetime`.
+    #[error(
+        "jwt lifetime exceeds the maximum token lifetime of {} (--max-token-lifetime)",
+        duration_text(*.max)
+    )]
+    LifetimeTooLong {
+        /// The configured limit (ours, so safe to echo).
+        max: Duration,
+    },
     /// The `kid` header names no configured key, or a key set needs a `kid` and there is none.
     /// The kid itself is not echoed: it is attacker-chosen text.
     #[error("unknown kid")]
@@ -1436,6 +1506,125 @@ Z2uhghfb0QvmAw==
             r#"{"message":"jwt exp claim is required","name":"AuthTokenError","isBadToken":true}"#
         );
         assert_eq!(error.reason(), "error");
+    }
+
+    const WEEK: u64 = 7 * 86_400;
+
+    fn week_limited_verifier() -> TokenVerifier {
+        hs256_verifier(30).with_max_lifetime(Duration::from_secs(WEEK))
+    }
+
+    #[test]
+    fn max_lifetime_measures_exp_minus_iat() {
+        let verifier = week_limited_verifier();
+        let issued = NOW - 100;
+        for (lifetime, accepted) in [(WEEK - 1, true), (WEEK, true), (WEEK + 1, false)] {
+            let token = hs256_token(&format!(
+                r#"{{"sub":"42","iat":{issued},"exp":{}}}"#,
+                issued + lifetime
+            ));
+            let result = verifier.verify(&token, NOW);
+            assert_eq!(result.is_ok(), accepted, "lifetime {lifetime}: {result:?}");
+        }
+        // Fractional time claims are compared like the others: a hair over is over.
+        let token = hs256_token(&format!(r#"{{"iat":{NOW},"exp":{}.5}}"#, NOW + WEEK));
+        assert!(verifier.verify(&token, NOW).is_err());
+        // Without a limit (the verifier's own default) the same token is fine.
+        assert!(hs256_verifier(30).verify(&token, NOW).is_ok());
+    }
+
+    #[test]
+    fn max_lifetime_without_iat_counts_from_now() {
+        let verifier = week_limited_verifier();
+        for (remaining, accepted) in [(WEEK - 1, true), (WEEK, true), (WEEK + 1, false)] {
+            let token = hs256_token(&format!(r#"{{"sub":"42","exp":{}}}"#, NOW + remaining));
+            let result = verifier.verify(&token, NOW);
+            assert_eq!(
+                result.is_ok(),
+                accepted,
+                "remaining {remaining}: {result:?}"
+            );
+        }
+        // The same token passes once enough of it has run out.
+        let token = hs256_token(&format!(r#"{{"exp":{}}}"#, NOW + WEEK + 60));
+        assert!(verifier.verify(&token, NOW).is_err());
+        assert!(verifier.verify(&token, NOW + 60).is_ok());
+    }
+
+    #[test]
+    fn a_too_long_lived_token_is_a_bad_invalid_token_naming_the_limit() {
+        let verifier = week_limited_verifier();
+        let token = hs256_token(&format!(
+            r#"{{"sub":"42","iat":{NOW},"exp":{}}}"#,
+            NOW + 365 * 86_400
+        ));
+        let error = verifier
+            .verify(&token, NOW)
+            .expect_err("a year is too long");
+        assert_eq!(
+            error,
+            AuthTokenError::Invalid(InvalidTokenReason::LifetimeTooLong {
+                max: Duration::from_secs(WEEK)
+            })
+        );
+        assert_eq!(error.name(), "AuthTokenInvalidError");
+        assert_eq!(error.reason(), "invalid");
+        assert!(error.is_bad_token());
+        assert_eq!(
+            serde_json::to_string(&error.to_wire()).expect("json"),
+            r#"{"message":"jwt lifetime exceeds the maximum token lifetime of 7d (--max-token-lifetime)","name":"AuthTokenInvalidError","isBadToken":true}"#
+        );
+        // Other limits are written the way an operator would write them.
+        for (limit, text) in [(90 * 60, "90m"), (12 * 3_600, "12h"), (45, "45s")] {
+            let error = hs256_verifier(30)
+                .with_max_lifetime(Duration::from_secs(limit))
+                .verify(&token, NOW)
+                .expect_err("too long");
+            assert!(error.to_string().contains(&format!(" {text} ")), "{error}");
+        }
+    }
+
+    #[test]
+    fn max_lifetime_comes_after_expiry_and_needs_a_numeric_iat() {
+        let verifier = week_limited_verifier();
+        // Expired and too long: the client hears "expired", as without the limit.
+        let token = hs256_token(&format!(r#"{{"iat":0,"exp":{}}}"#, NOW - 3_600));
+        assert_eq!(
+            verifier.verify(&token, NOW).expect_err("expired").name(),
+            "AuthTokenExpiredError"
+        );
+        let text_iat = hs256_token(&format!(r#"{{"iat":"today","exp":{}}}"#, NOW + 60));
+        assert_eq!(
+            verifier.verify(&text_iat, NOW),
+            Err(InvalidTokenReason::InvalidIatValue.into())
+        );
+        // Without a limit iat is not looked at, as before.
+        assert!(hs256_verifier(30).verify(&text_iat, NOW).is_ok());
+    }
+
+    #[test]
+    fn tokens_sockhive_signs_itself_pass_the_default_limit() {
+        let keys = JwtKeys::hs256(SECRET).expect("keys");
+        let signer = TokenSigner::new(&keys).expect("signer");
+        let verifier = TokenVerifier::new(&keys)
+            .expect("verifier")
+            .with_max_lifetime(Duration::from_secs(WEEK));
+        assert_eq!(verifier.max_lifetime(), Some(Duration::from_secs(WEEK)));
+        // --token-expiry 1d, /negotiate's 5m, and a token expiry raised to the limit itself.
+        for lifetime in [86_400, 300, WEEK] {
+            let token = signer
+                .sign(
+                    object(json!({"sub": "alice"})),
+                    Duration::from_secs(lifetime),
+                    NOW,
+                )
+                .expect("sign");
+            assert!(verifier.verify(&token, NOW).is_ok(), "{lifetime}");
+            assert!(
+                verifier.verify(&token, NOW + lifetime / 2).is_ok(),
+                "{lifetime}"
+            );
+        }
     }
 
     #[test]

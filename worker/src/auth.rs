@@ -37,7 +37,9 @@ impl Auth {
             JwtAlgorithm::Rs256 => JwtKeys::rs256_pem(public, private)?,
             JwtAlgorithm::Es256 => JwtKeys::es256_pem(public, private)?,
         };
-        let verifier = TokenVerifier::new(&keys)?.with_leeway(config.jwt_leeway)?;
+        let verifier = TokenVerifier::new(&keys)?
+            .with_leeway(config.jwt_leeway)?
+            .with_max_lifetime(config.max_token_lifetime);
         let signer = if keys.can_sign() {
             Some(TokenSigner::new(&keys)?)
         } else {
@@ -71,5 +73,56 @@ impl Auth {
             Some(signer) => signer.sign(claims, lifetime, now_unix()),
             None => Err(TokenSignError::NoSigningKey),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(max_token_lifetime: Duration) -> AuthConfig {
+        AuthConfig {
+            auth_key: "auth-test-key".into(),
+            auth_key_is_random: false,
+            auth_algorithm: JwtAlgorithm::Hs256,
+            auth_private_key_pem: None,
+            auth_public_key_pem: None,
+            jwt_leeway: Duration::from_secs(30),
+            token_expiry: Duration::from_secs(86_400),
+            token_renew_before: None,
+            max_token_lifetime,
+            require_auth: false,
+            reject_at_upgrade: false,
+        }
+    }
+
+    fn claims(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_configured_max_token_lifetime_is_enforced() {
+        let auth = Auth::new(&config(Duration::from_secs(2 * 86_400))).expect("auth");
+        // Its own tokens (token_expiry 1d) pass.
+        let own = auth.sign(claims(json!({"sub": "alice"}))).expect("sign");
+        assert!(auth.verify(&own).is_ok());
+        // A token someone signed with the same key for three days does not.
+        let long = auth
+            .sign_for(
+                claims(json!({"sub": "alice"})),
+                Duration::from_secs(3 * 86_400),
+            )
+            .expect("sign");
+        let error = auth.verify(&long).expect_err("over the limit");
+        assert_eq!(error.name(), "AuthTokenInvalidError");
+        assert!(error.is_bad_token());
+        assert!(error.to_string().contains("2d"), "{error}");
+        // Under a looser limit the same token is fine.
+        let loose = Auth::new(&config(Duration::from_secs(7 * 86_400))).expect("auth");
+        assert!(loose.verify(&long).is_ok());
     }
 }

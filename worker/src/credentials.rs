@@ -10,14 +10,15 @@
 //! A socket logged in by its session gets a JWT minted from it. Such a token
 //! names its session only by a hash (`sh`), never by the session id itself
 //! (the token is readable by page scripts; the cookie is not), and is honoured
-//! only while that session still exists, so logging out in the app also ends
-//! the tokens minted from it.
+//! only while that session still logs in the same `passport.user`, so logging
+//! out in the app (or logging in as someone else) also ends the tokens minted
+//! from it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::Expiration;
+use fred::types::{Expiration, Value as RedisValue};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use sockhive_shared::config::Config;
@@ -25,9 +26,9 @@ use sockhive_shared::http::RequestHead;
 use sockhive_shared::jwt::AuthTokenError;
 
 use crate::passport::{
-    watch::WatcherConfig, DuplicateCookiePolicy, LoggedOut, SessionAuthConfig, SessionAuthError,
-    SessionAuthenticator, SessionLogin, SessionOutcome, SessionWatcher, UserRecordShape,
-    UserResolver,
+    cookie::CookieRejection, watch::WatcherConfig, DuplicateCookiePolicy, LoggedOut,
+    SessionAuthConfig, SessionAuthError, SessionAuthenticator, SessionLogin, SessionOutcome,
+    SessionWatcher, StoredSession, UserRecordShape, UserResolver,
 };
 use crate::WorkerContext;
 
@@ -95,7 +96,32 @@ pub enum Credential {
     Refused(Refusal),
 }
 
+/// Metric reasons of refusals that are the server's fault, not the credential's.
+const SERVER_FAULT_REASONS: [&str; 3] = [
+    "store_unavailable",
+    "user_lookup_unavailable",
+    "sign_failed",
+];
+
 impl Refusal {
+    /// Whether the server, not the credential, is at fault (the session store or
+    /// user lookup is down or slow, or signing failed): such refusals are outages
+    /// to alert on and to retry later, never a reason to drop a stored credential.
+    pub fn server_fault(&self) -> bool {
+        SERVER_FAULT_REASONS.contains(&self.reason)
+    }
+
+    /// The HTTP status for refusing before the upgrade (`/negotiate`,
+    /// `--reject-at-upgrade`): 503 for a server fault, so clients and load
+    /// balancers retry, and 401 for a credential that is simply not good.
+    pub fn status(&self) -> u16 {
+        if self.server_fault() {
+            503
+        } else {
+            401
+        }
+    }
+
     fn from_token(method: Method, error: &AuthTokenError) -> Refusal {
         let mut fields = match error.to_wire() {
             Value::Object(map) => map,
@@ -142,21 +168,58 @@ pub struct SessionSupport {
     minted: Client,
     prefix: String,
     sharded: bool,
+    /// `--accept-query-session-id`: a signed `session_id` query parameter may log in.
+    accept_query_session_id: bool,
 }
 
 /// Keys of the minted-token index: `sockhive:minted:<session hash>` holds the session id.
 const MINTED_PREFIX: &str = "sockhive:minted:";
 
-/// Redis script: the filed login of a minted token, if its session still
-/// exists. One round trip on a single Redis (a cluster takes two: the keys
-/// live in other slots).
-const MINTED_SESSION_ALIVE: &str = "local v = redis.call('GET', KEYS[1]) if not v then return false end local sid = cjson.decode(v).sid if redis.call('EXISTS', ARGV[1] .. sid) == 1 then return v end return false";
+/// Redis script: the filed login of a minted token and the current value of
+/// its session, as `[filed, session or nil]`; nil when nothing is filed. One
+/// round trip on a single Redis (a cluster takes two: the keys live in other
+/// slots). The comparison of `passport.user` is done in Rust, with the same
+/// session parsing as a cookie login.
+const MINTED_SESSION_READ: &str = "local v = redis.call('GET', KEYS[1]) if not v then return false end local ok, m = pcall(cjson.decode, v) if not ok or type(m) ~= 'table' or type(m.sid) ~= 'string' then return {v, false} end return {v, redis.call('GET', ARGV[1] .. m.sid)}";
 
 /// What the minted-token index files: enough to watch the session for logout.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct MintedLogin {
     sid: String,
     passport_user: Value,
+}
+
+/// Whether a minted token's session still stands behind it.
+enum MintedCheck {
+    /// The session still logs in the `passport.user` filed at mint time.
+    Alive(MintedLogin),
+    /// It does not; the text says why (for the client's `SessionNotFoundError`).
+    Ended(&'static str),
+}
+
+impl MintedCheck {
+    /// Decides from the filed login and the session's current value (both as
+    /// read from Redis): alive only while `passport.user` is still the user
+    /// the token was minted for. Logging out and logging in as someone else
+    /// on the same session both end the token.
+    fn decide(filed: Option<&[u8]>, session: Option<&[u8]>) -> MintedCheck {
+        let Some(login) = filed.and_then(|text| serde_json::from_slice::<MintedLogin>(text).ok())
+        else {
+            return MintedCheck::Ended("the web session this token was minted from is unknown");
+        };
+        let Some(session) = session else {
+            return MintedCheck::Ended("the web session this token was minted from has ended");
+        };
+        match crate::passport::user::passport_user(&StoredSession::from_bytes(session)) {
+            Ok(user) if *user == login.passport_user => MintedCheck::Alive(login),
+            Ok(_) => MintedCheck::Ended(
+                "the web session this token was minted from is now logged in as another user",
+            ),
+            Err(_) => MintedCheck::Ended(
+                "the web session this token was minted from is no longer logged in",
+            ),
+        }
+    }
 }
 
 /// The hash a minted token uses to name its session.
@@ -211,6 +274,7 @@ impl SessionSupport {
             sockhive_shared::config::DuplicateCookie::First => DuplicateCookiePolicy::FirstWins,
             sockhive_shared::config::DuplicateCookie::Refuse => DuplicateCookiePolicy::Reject,
         };
+        auth_config.accept_signed_query_session_id = session.accept_query_session_id;
         let authenticator = SessionAuthenticator::connect(auth_config, url)?;
         let mut watch = WatcherConfig::new(url);
         watch.prefix = session.session_prefix.clone();
@@ -227,42 +291,43 @@ impl SessionSupport {
                 minted,
                 prefix: session.session_prefix.clone(),
                 sharded,
+                accept_query_session_id: session.accept_query_session_id,
             },
             logouts,
         )))
     }
 
-    /// The session a minted token names, while it exists (`None` once logged
-    /// out); an error when the store cannot say.
-    async fn minted_login(
-        &self,
-        hash: &str,
-        timeout: Duration,
-    ) -> Result<Option<MintedLogin>, String> {
+    /// The session a minted token names, while it still logs in the user the
+    /// token was minted for; an error when the store cannot say.
+    async fn minted_login(&self, hash: &str, timeout: Duration) -> Result<MintedCheck, String> {
         let key = format!("{MINTED_PREFIX}{hash}");
         let check = async {
-            let filed: Option<String> = if self.sharded {
-                let filed: Option<String> = self.minted.get(key).await?;
-                match filed {
-                    None => None,
-                    Some(text) => {
-                        let sid = serde_json::from_str::<MintedLogin>(&text)
-                            .map(|m| m.sid)
-                            .unwrap_or_default();
-                        let exists: i64 =
-                            self.minted.exists(format!("{}{sid}", self.prefix)).await?;
-                        (exists == 1).then_some(text)
-                    }
-                }
+            let (filed, session): (RedisValue, RedisValue) = if self.sharded {
+                let filed: RedisValue = self.minted.get(key).await?;
+                let sid = filed
+                    .as_bytes()
+                    .and_then(|text| serde_json::from_slice::<MintedLogin>(text).ok())
+                    .map(|login| login.sid);
+                let session = match sid {
+                    Some(sid) => self.minted.get(format!("{}{sid}", self.prefix)).await?,
+                    None => RedisValue::Null,
+                };
+                (filed, session)
             } else {
-                self.minted
-                    .eval(MINTED_SESSION_ALIVE, vec![key], vec![self.prefix.clone()])
-                    .await?
+                let reply: RedisValue = self
+                    .minted
+                    .eval(MINTED_SESSION_READ, vec![key], vec![self.prefix.clone()])
+                    .await?;
+                let mut pair = reply.into_array().into_iter();
+                (
+                    pair.next().unwrap_or(RedisValue::Null),
+                    pair.next().unwrap_or(RedisValue::Null),
+                )
             };
-            Ok::<_, fred::error::Error>(filed.and_then(|text| serde_json::from_str(&text).ok()))
+            Ok::<_, fred::error::Error>(MintedCheck::decide(filed.as_bytes(), session.as_bytes()))
         };
         match tokio::time::timeout(timeout, check).await {
-            Ok(Ok(login)) => Ok(login),
+            Ok(Ok(verdict)) => Ok(verdict),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".into()),
         }
@@ -347,13 +412,7 @@ pub async fn from_upgrade(ctx: &Arc<WorkerContext>, head: &RequestHead) -> Crede
         .await
     {
         SessionOutcome::Anonymous => Credential::Absent,
-        SessionOutcome::Refused(error) => {
-            ctx.metrics
-                .session_logins
-                .with_label_values(&[error.reason()])
-                .inc();
-            Credential::Refused(Refusal::from_session(&error))
-        }
+        SessionOutcome::Refused(error) => session_refused(ctx, &error),
         SessionOutcome::Authenticated(login) => {
             ctx.metrics.session_logins.with_label_values(&["ok"]).inc();
             match mint(ctx, sessions, login, ctx.auth.token_expiry) {
@@ -364,7 +423,19 @@ pub async fn from_upgrade(ctx: &Arc<WorkerContext>, head: &RequestHead) -> Crede
     }
 }
 
-/// The claims of a token minted from a session login.
+/// Counts and converts a refused session credential.
+fn session_refused(ctx: &WorkerContext, error: &SessionAuthError) -> Credential {
+    ctx.metrics
+        .session_logins
+        .with_label_values(&[error.reason()])
+        .inc();
+    Credential::Refused(Refusal::from_session(error))
+}
+
+/// The claims of a token minted from a session login. When the resolved user
+/// carries a `channels` array of strings (the app's user record lists the
+/// user's channels), it becomes the token's `channels` claim, so
+/// `--channel-auth claims` gives cookie logins the channels their record lists.
 fn session_claims(login: &SessionLogin, hash: &str) -> Map<String, Value> {
     let sub = match &login.passport_user {
         Value::String(_) | Value::Number(_) => login.passport_user.clone(),
@@ -378,6 +449,11 @@ fn session_claims(login: &SessionLogin, hash: &str) -> Map<String, Value> {
     claims.insert("sub".into(), sub);
     claims.insert("user".into(), login.user.clone());
     claims.insert("sh".into(), json!(hash));
+    if let Some(channels) = login.user.get("channels").and_then(Value::as_array) {
+        if channels.iter().all(Value::is_string) {
+            claims.insert("channels".into(), Value::Array(channels.clone()));
+        }
+    }
     claims
 }
 
@@ -436,7 +512,7 @@ pub async fn from_token(ctx: &Arc<WorkerContext>, token: &str, method: Method) -
             .minted_login(hash, ctx.config.session.session_store_timeout)
             .await
         {
-            Ok(Some(MintedLogin { sid, passport_user })) => {
+            Ok(MintedCheck::Alive(MintedLogin { sid, passport_user })) => {
                 let user = claims.get("user").cloned().unwrap_or(Value::Null);
                 Some(SessionLogin {
                     sid,
@@ -445,12 +521,7 @@ pub async fn from_token(ctx: &Arc<WorkerContext>, token: &str, method: Method) -
                     secret_index: 0,
                 })
             }
-            Ok(None) => {
-                return Credential::Refused(session_gone(
-                    method,
-                    "the web session this token was minted from has ended",
-                ))
-            }
+            Ok(MintedCheck::Ended(why)) => return Credential::Refused(session_gone(method, why)),
             Err(e) => {
                 return Credential::Refused(Refusal {
                     method,
@@ -531,10 +602,24 @@ pub enum PendingCredential {
 
 impl PendingCredential {
     /// Starts the pipeline for an upgrade; cheap when nothing is presented.
+    /// A `session_id` query parameter starts the session lookup only when it
+    /// can log someone in (`--accept-query-session-id`, no token, no cookie);
+    /// otherwise it is refused on the spot, with no task and no store access.
     pub fn start(ctx: &Arc<WorkerContext>, head: &RequestHead) -> PendingCredential {
-        let cookie_auth = ctx.sessions.is_some()
-            && (head.header("cookie").is_some() || head.query_param("session_id").is_some());
-        if !cookie_auth && upgrade_token(head).is_none() {
+        let has_token = upgrade_token(head).is_some();
+        let mut cookie_auth = false;
+        if let (Some(sessions), false) = (ctx.sessions.as_ref(), has_token) {
+            if head.header("cookie").is_some() {
+                cookie_auth = true;
+            } else if head.query_param("session_id").is_some() {
+                if !sessions.accept_query_session_id {
+                    let error = SessionAuthError::CookieInvalid(CookieRejection::QuerySessionId);
+                    return PendingCredential::Ready(Box::new(session_refused(ctx, &error)));
+                }
+                cookie_auth = true;
+            }
+        }
+        if !cookie_auth && !has_token {
             return PendingCredential::Ready(Box::new(Credential::Absent));
         }
         let (ctx, head) = (ctx.clone(), head.clone());
@@ -557,5 +642,128 @@ impl PendingCredential {
                 })
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login(passport_user: Value, user: Value) -> SessionLogin {
+        SessionLogin {
+            sid: "sid-1".into(),
+            passport_user,
+            user,
+            secret_index: 0,
+        }
+    }
+
+    fn filed(passport_user: Value) -> String {
+        json!({"sid": "sid-1", "passport_user": passport_user}).to_string()
+    }
+
+    fn ended(check: MintedCheck) -> &'static str {
+        match check {
+            MintedCheck::Alive(login) => panic!("alive as {}", login.passport_user),
+            MintedCheck::Ended(why) => why,
+        }
+    }
+
+    #[test]
+    fn a_minted_token_lives_only_while_its_session_logs_in_the_same_user() {
+        let alice = filed(json!("u-alice"));
+        let session = |user: Value| json!({"cookie": {}, "passport": {"user": user}}).to_string();
+        let check = |filed: Option<&str>, session: Option<&str>| {
+            MintedCheck::decide(filed.map(str::as_bytes), session.map(str::as_bytes))
+        };
+        let MintedCheck::Alive(found) = check(Some(&alice), Some(&session(json!("u-alice"))))
+        else {
+            panic!("the same user must pass");
+        };
+        assert_eq!(
+            (found.sid.as_str(), found.passport_user),
+            ("sid-1", json!("u-alice"))
+        );
+        assert!(ended(check(Some(&alice), Some(&session(json!("u-bob"))))).contains("another"));
+        assert!(ended(check(Some(&alice), None)).contains("ended"));
+        assert!(ended(check(None, None)).contains("unknown"));
+        assert!(
+            ended(check(Some("{damaged"), Some(&session(json!("u-alice"))))).contains("unknown")
+        );
+        for logged_out in [
+            json!({"passport": {}}).to_string(),
+            json!({"cookie": {}}).to_string(),
+            "not json".to_owned(),
+        ] {
+            assert!(
+                ended(check(Some(&alice), Some(&logged_out))).contains("no longer"),
+                "{logged_out}"
+            );
+        }
+        // Whole serialized users compare as JSON values: key order does not matter,
+        // any changed field does; a number id is not its string.
+        let object = filed(json!({"id": 7, "name": "Carol"}));
+        let reordered = session(json!({"name": "Carol", "id": 7}));
+        assert!(matches!(
+            check(Some(&object), Some(&reordered)),
+            MintedCheck::Alive(_)
+        ));
+        let renamed = session(json!({"id": 7, "name": "Carl"}));
+        ended(check(Some(&object), Some(&renamed)));
+        ended(check(Some(&filed(json!(7))), Some(&session(json!("7")))));
+    }
+
+    #[test]
+    fn the_users_channels_become_the_channels_claim() {
+        let user = json!({"id": "u-dana", "channels": ["room:1", "team:*"]});
+        let claims = session_claims(&login(user.clone(), user), "h");
+        assert_eq!(claims["sub"], "u-dana");
+        assert_eq!(claims["channels"], json!(["room:1", "team:*"]));
+        assert_eq!(claims["sh"], "h");
+        for user in [
+            json!({"id": "u-erin"}),
+            json!({"id": "u-erin", "channels": "room:1"}),
+            json!({"id": "u-erin", "channels": ["room:1", 2]}),
+        ] {
+            let claims = session_claims(&login(json!("u-erin"), user.clone()), "h");
+            assert!(!claims.contains_key("channels"), "{user}");
+        }
+    }
+
+    #[test]
+    fn server_faults_are_503_and_credential_faults_401() {
+        let refusal = |reason: &'static str| Refusal {
+            method: Method::Session,
+            name: "SessionNotFoundError",
+            message: String::new(),
+            reason,
+            fields: Box::default(),
+            bad_token: false,
+        };
+        for reason in [
+            "store_unavailable",
+            "user_lookup_unavailable",
+            "sign_failed",
+        ] {
+            assert!(refusal(reason).server_fault(), "{reason}");
+            assert_eq!(refusal(reason).status(), 503, "{reason}");
+        }
+        for reason in [
+            "no_cookie",
+            "no_session",
+            "bad_signature",
+            "logged_out",
+            "invalid",
+        ] {
+            assert!(!refusal(reason).server_fault(), "{reason}");
+            assert_eq!(refusal(reason).status(), 401, "{reason}");
+        }
+        // Every session error the store or lookup can cause is a server fault here too.
+        let down = SessionAuthError::UserLookupUnavailable("down".into());
+        assert!(Refusal::from_session(&down).server_fault());
+        assert_eq!(
+            Refusal::from_session(&down).server_fault(),
+            down.is_server_fault()
+        );
     }
 }

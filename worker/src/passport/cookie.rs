@@ -4,8 +4,10 @@
 //! cookie-signature unsigning), so a cookie the web app accepts is accepted
 //! here and a cookie it ignores is refused here. Two deliberate deviations,
 //! both from the outside contract: a session id taken from the query string
-//! is refused by default, and the cookie name appearing twice is refused by
-//! default (cookie shadowing) instead of letting the first one win.
+//! is refused unless `--accept-query-session-id` is on (and then only a
+//! signed one), and the cookie name appearing twice can be refused on request
+//! (`--duplicate-cookie refuse`, against cookie shadowing) instead of letting
+//! the first one win.
 
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;

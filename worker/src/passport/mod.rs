@@ -51,9 +51,10 @@ pub struct SessionAuthConfig {
     pub resolver: UserResolver,
     /// A repeated cookie name: refused by default (cookie shadowing).
     pub duplicate_cookie: DuplicateCookiePolicy,
-    /// Accept an `s:`-signed value in the `session_id` query parameter.
-    /// Off by default: passport.socketio's raw query id is an open door, and
-    /// the vectors expect even a signed query value to be refused.
+    /// `--accept-query-session-id`: accept an `s:`-signed value (the cookie's
+    /// own) in the `session_id` query parameter, never a raw id. Off by
+    /// default: passport.socketio's raw query id is an open door, and the
+    /// vectors expect even a signed query value to be refused.
     pub accept_signed_query_session_id: bool,
 }
 
@@ -203,7 +204,10 @@ impl SessionAuthError {
     /// Whether the fault is ours (store, lookup) rather than the client's:
     /// such refusals are outages to alert on, not bad credentials.
     pub fn is_server_fault(&self) -> bool {
-        self.name() == "SessionStoreUnavailableError"
+        matches!(
+            self,
+            SessionAuthError::StoreUnavailable(_) | SessionAuthError::UserLookupUnavailable(_)
+        )
     }
 }
 

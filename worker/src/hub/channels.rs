@@ -13,8 +13,8 @@ use sockhive_broker::pubsub::RedisChannels;
 use sockhive_shared::ipc::ToMaster;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::link::MasterLink;
-use crate::outbox::{Outbound, Outbox};
+use super::outbox::{Outbound, Outbox};
+use crate::master_link::MasterLink;
 use crate::WorkerMetrics;
 
 /// Why a publish or subscribe did not fully succeed.
@@ -28,28 +28,22 @@ pub enum ChannelError {
     Redis(String),
 }
 
-/// The wire format a subscriber needs its deliveries in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    /// `{"event":"#publish","data":{"channel","data"}}`.
-    SocketCluster,
-    /// `42["publish",{"channel","data"}]`.
-    SocketIo,
+/// How a protocol encodes a channel message for its sockets. The hub calls it
+/// at most once per message and protocol, then shares the frame; it never
+/// names a protocol itself (the protocols hand it their encoder).
+#[derive(Debug)]
+pub struct DeliveryEncoder {
+    /// Which cached frame this encoder fills; unique per protocol, below [`MAX_ENCODERS`].
+    pub slot: usize,
+    /// The frame for `(channel, data JSON)`.
+    pub encode: fn(&str, &str) -> String,
 }
 
-impl Wire {
-    fn encode(self, channel: &str, data: &RawValue) -> Utf8Bytes {
-        Utf8Bytes::from(match self {
-            Wire::SocketCluster => {
-                crate::socketcluster::codec::encode_publish(channel, Some(data.get()))
-            }
-            Wire::SocketIo => crate::socketio::encode_channel_delivery(channel, data.get()),
-        })
-    }
-}
+/// How many wire formats one delivery can be encoded in.
+pub const MAX_ENCODERS: usize = 4;
 
 /// A subscriber: how to reach it and what it speaks.
-type Subscriber = (Outbox, Wire);
+type Subscriber = (Outbox, &'static DeliveryEncoder);
 
 /// Local subscribers by channel.
 #[derive(Debug)]
@@ -88,7 +82,7 @@ impl LocalChannels {
         channel: &str,
         socket: Arc<str>,
         outbox: Outbox,
-        wire: Wire,
+        encoder: &'static DeliveryEncoder,
     ) -> Result<(), ChannelError> {
         let first = {
             let mut subscribers = self.lock();
@@ -96,7 +90,7 @@ impl LocalChannels {
             subscribers
                 .entry(channel.to_string())
                 .or_default()
-                .insert(socket.clone(), (outbox, wire));
+                .insert(socket.clone(), (outbox, encoder));
             first
         };
         if !first {
@@ -165,10 +159,10 @@ impl LocalChannels {
             return;
         };
         // Encoded at most once per wire format, then shared by every subscriber.
-        let mut frames: [Option<Utf8Bytes>; 2] = [None, None];
-        for (outbox, wire) in sockets.values() {
-            let frame = frames[*wire as usize]
-                .get_or_insert_with(|| wire.encode(channel, data))
+        let mut frames: [Option<Utf8Bytes>; MAX_ENCODERS] = Default::default();
+        for (outbox, encoder) in sockets.values() {
+            let frame = frames[encoder.slot]
+                .get_or_insert_with(|| Utf8Bytes::from((encoder.encode)(channel, data.get())))
                 .clone();
             if outbox.push(Outbound::Frame(frame)).is_err() {
                 metrics.slow_consumers.inc();
@@ -183,66 +177,5 @@ impl LocalChannels {
     /// Number of channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
         self.lock().len()
-    }
-}
-
-/// Whether `pattern` (a channel name, or a prefix ending in `*`) covers `channel`.
-fn pattern_covers(pattern: &str, channel: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => channel.starts_with(prefix),
-        None => pattern == channel,
-    }
-}
-
-/// The `--channel-auth claims` rule: a channel is usable when it is public or
-/// listed in the token's `channels` claim. Under `open` everything is allowed.
-pub fn channel_allowed(
-    config: &sockhive_shared::config::ChannelConfig,
-    claims: Option<&serde_json::Map<String, serde_json::Value>>,
-    channel: &str,
-) -> bool {
-    use sockhive_shared::config::ChannelAuth;
-    if config.channel_auth == ChannelAuth::Open
-        || config
-            .public_channel
-            .iter()
-            .any(|p| pattern_covers(p, channel))
-    {
-        return true;
-    }
-    let listed = claims
-        .and_then(|c| c.get("channels"))
-        .and_then(serde_json::Value::as_array);
-    listed.is_some_and(|entries| {
-        entries
-            .iter()
-            .filter_map(serde_json::Value::as_str)
-            .any(|p| pattern_covers(p, channel))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sockhive_shared::config::{ChannelAuth, ChannelConfig};
-
-    #[test]
-    fn claims_and_public_patterns_decide() {
-        let config = ChannelConfig {
-            channel_auth: ChannelAuth::Claims,
-            public_channel: vec!["public:*".into()],
-        };
-        let claims: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(r#"{"channels":["room:1","team:*"]}"#).unwrap();
-        assert!(channel_allowed(&config, Some(&claims), "room:1"));
-        assert!(channel_allowed(&config, Some(&claims), "team:red"));
-        assert!(channel_allowed(&config, None, "public:news"));
-        assert!(!channel_allowed(&config, Some(&claims), "room:2"));
-        assert!(!channel_allowed(&config, None, "room:1"));
-        let open = ChannelConfig {
-            channel_auth: ChannelAuth::Open,
-            public_channel: vec![],
-        };
-        assert!(channel_allowed(&open, None, "anything"));
     }
 }

@@ -10,36 +10,27 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sockhive_shared::http::{self, HeadError, RequestHead, Response};
+use sockhive_shared::http::{self, HeadError, RequestHead};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::credentials::{self, Credential, PendingCredential};
-use crate::rewind::Rewind;
-use crate::upgrade::{self, Rejection};
-use crate::WorkerContext;
+pub mod http_routes;
+pub mod upgrade;
 
-/// The WebSocket of an accepted socket, whatever the protocol.
-pub type Ws = WebSocketStream<Rewind<TcpStream>>;
+use crate::credentials::{Credential, PendingCredential};
+use crate::protocol::{socketcluster, socketio};
+use crate::socket::run_socket;
+use crate::transport::{linger, Rewind, Upgraded, Ws};
+use crate::Worker;
+use upgrade::Rejection;
 
-/// The path SocketCluster clients connect to (the trailing slash matters to the real server).
-pub const SOCKETCLUSTER_PATH: &str = "/socketcluster/";
-
-/// What a protocol needs to know about the upgrade it was handed.
-#[derive(Debug)]
-pub struct Upgraded {
-    /// The request that asked for the upgrade.
-    pub head: RequestHead,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// When the first byte of the request was awaited, for handshake latency.
-    pub started: Instant,
-}
+/// How long a refused connection is given to read its HTTP refusal.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 /// Counts a connection against `max_connections` for as long as it lives.
-struct OpenConnection(Arc<WorkerContext>);
+struct OpenConnection(Arc<Worker>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -47,10 +38,16 @@ impl Drop for OpenConnection {
     }
 }
 
-/// A connection that became a WebSocket, handed to its protocol.
+/// A connection that became a WebSocket, with the protocol adapter its route chose.
 enum Handover {
     SocketCluster(Ws, Upgraded, OpenConnection, PendingCredential),
-    SocketIo(Ws, Upgraded, OpenConnection, PendingCredential),
+    SocketIo(
+        Ws,
+        Upgraded,
+        OpenConnection,
+        PendingCredential,
+        socketio::SocketIo,
+    ),
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -59,25 +56,22 @@ enum Handover {
 /// lifetime: everything before the 101 runs in a boxed future that is freed
 /// once the upgrade is done (its state, head buffers and parser included, is
 /// several KiB), then the protocol session runs in this task's own state.
-pub async fn serve(ctx: Arc<WorkerContext>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(ctx: Arc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let handover = Box::pin(front(ctx.clone(), stream, peer)).await;
     match handover {
         None => {}
         Some(Handover::SocketCluster(ws, upgraded, _open, credential)) => {
-            crate::socketcluster::serve(ctx, ws, upgraded, credential).await
+            let protocol = socketcluster::SocketCluster::new(&ctx.config.limits);
+            run_socket(ctx, ws, upgraded, credential, protocol).await
         }
-        Some(Handover::SocketIo(ws, upgraded, _open, credential)) => {
-            crate::socketio::serve(ctx, ws, upgraded, credential).await
+        Some(Handover::SocketIo(ws, upgraded, _open, credential, protocol)) => {
+            run_socket(ctx, ws, upgraded, credential, protocol).await
         }
     }
 }
 
 /// Everything up to the WebSocket handover: the head, plain HTTP answers, the upgrade.
-async fn front(
-    ctx: Arc<WorkerContext>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-) -> Option<Handover> {
+async fn front(ctx: Arc<Worker>, mut stream: TcpStream, peer: SocketAddr) -> Option<Handover> {
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
     let limits = &ctx.config.limits;
@@ -101,22 +95,22 @@ async fn front(
     };
     match head.path.as_str() {
         "/healthz" => {
-            let response = if ctx.shutdown.is_cancelled() {
-                Response::json(503, &serde_json::json!({"status": "draining"}))
-            } else {
-                Response::json(
-                    200,
-                    &serde_json::json!({"status": "ok", "worker": ctx.slot}),
-                )
-            };
-            let _ = response.write_to(&mut stream).await;
+            let _ = http_routes::healthz(&ctx).write_to(&mut stream).await;
             None
         }
         "/negotiate" => {
-            negotiate(&ctx, &mut stream, &head).await;
+            if let Err(rejection) = upgrade::check_origin(&head, &ctx.config.server.allowed_origin)
+            {
+                refuse(&ctx, &mut stream, rejection).await;
+                return None;
+            }
+            let _ = http_routes::negotiate(&ctx, &head)
+                .await
+                .write_to(&mut stream)
+                .await;
             None
         }
-        SOCKETCLUSTER_PATH => {
+        socketcluster::PATH => {
             let upgraded = Upgraded {
                 head,
                 peer,
@@ -125,28 +119,35 @@ async fn front(
             let (ws, open, credential) = upgrade(&ctx, stream, rest, &upgraded).await?;
             Some(Handover::SocketCluster(
                 ws,
-                upgraded.slimmed(),
+                slimmed(upgraded),
                 open,
                 credential,
             ))
         }
-        crate::socketio::PATH => {
+        socketio::PATH => {
             // Engine.IO's own refusals first (polling, EIO, sid), so a client
             // asking for long-polling is told to use the websocket transport.
-            if let Err(refusal) = crate::socketio::check_request(&head) {
+            if let Err(refusal) = socketio::check_request(&head) {
                 ctx.metrics.reject(refusal.metric_reason());
                 if refusal.response().write_to(&mut stream).await.is_ok() {
-                    linger(&mut stream).await;
+                    linger(&mut stream, REFUSAL_LINGER).await;
                 }
                 return None;
             }
+            let protocol = socketio::SocketIo::new(&head, &ctx.config.limits);
             let upgraded = Upgraded {
                 head,
                 peer,
                 started,
             };
             let (ws, open, credential) = upgrade(&ctx, stream, rest, &upgraded).await?;
-            Some(Handover::SocketIo(ws, upgraded.slimmed(), open, credential))
+            Some(Handover::SocketIo(
+                ws,
+                slimmed(upgraded),
+                open,
+                credential,
+                protocol,
+            ))
         }
         other => {
             let rejection = Rejection::NotFound(other.chars().take(100).collect());
@@ -156,20 +157,18 @@ async fn front(
     }
 }
 
-impl Upgraded {
-    /// The upgrade without its headers: the credential task has its own copy,
-    /// and a socket should not keep kilobytes of request headers for its lifetime.
-    fn slimmed(mut self) -> Upgraded {
-        self.head.headers = Vec::new();
-        self
-    }
+/// The upgrade without its headers: the credential task has its own copy,
+/// and a socket should not keep kilobytes of request headers for its lifetime.
+fn slimmed(mut upgraded: Upgraded) -> Upgraded {
+    upgraded.head.headers = Vec::new();
+    upgraded
 }
 
 /// Starts deciding the upgrade's credential. With `--reject-at-upgrade` it is
 /// decided here and a connection without a valid one gets 401 (and `None`).
 /// Called after the origin check: a cross-site page never gets to touch a session.
 pub async fn credential_for_upgrade(
-    ctx: &Arc<WorkerContext>,
+    ctx: &Arc<Worker>,
     stream: &mut TcpStream,
     head: &RequestHead,
 ) -> Option<PendingCredential> {
@@ -202,53 +201,11 @@ pub async fn credential_for_upgrade(
     }
 }
 
-/// `GET /negotiate`: a valid session cookie is traded for a short-lived access
-/// token (Azure Web PubSub for Socket.IO's flow); the client then connects
-/// with `?access_token=`.
-async fn negotiate(ctx: &Arc<WorkerContext>, stream: &mut TcpStream, head: &RequestHead) {
-    if let Err(rejection) = upgrade::check_origin(head, &ctx.config.server.allowed_origin) {
-        return refuse(ctx, stream, rejection).await;
-    }
-    let response = match credentials::negotiate(ctx, head).await {
-        Ok((token, lifetime)) => {
-            let scheme = match head.header("x-forwarded-proto") {
-                Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
-                _ => "http",
-            };
-            let host = head.header("host").unwrap_or("127.0.0.1");
-            Response::json(
-                200,
-                &serde_json::json!({
-                    "endpoint": format!("{scheme}://{host}"),
-                    "path": "/socket.io/",
-                    "token": token,
-                    "expires_in": lifetime.as_secs(),
-                }),
-            )
-        }
-        Err(refusal) => {
-            let status = if refusal.name == "SessionStoreUnavailableError" {
-                503
-            } else {
-                401
-            };
-            Response::json(
-                status,
-                &serde_json::json!({"error": refusal.name, "message": refusal.message, "reason": refusal.reason}),
-            )
-        }
-    };
-    let _ = response
-        .with_header("Cache-Control", "no-store")
-        .write_to(stream)
-        .await;
-}
-
 /// Runs the upgrade checks and, when they pass, answers 101 and wraps the stream.
 /// The returned guard keeps the connection counted until the socket ends; the
 /// credential is the upgrade's (possibly still being decided).
 async fn upgrade(
-    ctx: &Arc<WorkerContext>,
+    ctx: &Arc<Worker>,
     mut stream: TcpStream,
     rest: Vec<u8>,
     upgraded: &Upgraded,
@@ -294,7 +251,7 @@ async fn upgrade(
 }
 
 /// The WebSocket limits of every socket: frame and message capped at `max_payload`.
-fn websocket_config(ctx: &WorkerContext) -> WebSocketConfig {
+fn websocket_config(ctx: &Worker) -> WebSocketConfig {
     let max = ctx.config.limits.max_payload as usize;
     WebSocketConfig::default()
         // 1 KiB: the buffer lives as long as the socket, and an idle socket's
@@ -309,32 +266,12 @@ fn websocket_config(ctx: &WorkerContext) -> WebSocketConfig {
 }
 
 /// Counts a refusal and sends its response, if it has one.
-async fn refuse(ctx: &WorkerContext, stream: &mut TcpStream, rejection: Rejection) {
+async fn refuse(ctx: &Worker, stream: &mut TcpStream, rejection: Rejection) {
     ctx.metrics.reject(rejection.metric_reason());
     tracing::debug!(reason = rejection.metric_reason(), "{rejection}");
     if let Some(response) = rejection.response() {
         if response.write_to(stream).await.is_ok() {
-            linger(stream).await;
+            linger(stream, REFUSAL_LINGER).await;
         }
     }
-}
-
-/// Closes after a refusal without losing the response: closing a socket
-/// with unread request bytes makes the kernel send RST, which can destroy the
-/// response before the client reads it (a 431 is exactly that case). So send
-/// FIN, then discard what the client still sends, briefly and boundedly.
-async fn linger(stream: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 4096];
-    let drain = async {
-        let mut left: usize = 256 * 1024;
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
 }

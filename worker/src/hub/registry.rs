@@ -12,9 +12,8 @@ use sockhive_broker::records::RecordSink;
 use sockhive_shared::filter::{user_id_index_key, Filter};
 use sockhive_shared::ipc::ToMaster;
 
-use crate::link::MasterLink;
-
-use crate::outbox::{Outbound, Outbox};
+use super::outbox::{Outbound, Outbox};
+use crate::master_link::MasterLink;
 
 /// What the worker knows about one open socket.
 #[derive(Debug)]
@@ -363,7 +362,7 @@ mod tests {
             channels: BTreeSet::new(),
             session: Map::new(),
             web_session: None,
-            outbox: crate::outbox::outbox(1024).0,
+            outbox: crate::hub::outbox::outbox(1024).0,
         }
     }
 

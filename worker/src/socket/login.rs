@@ -1,0 +1,184 @@
+//! Who a socket is logged in as, and for how long.
+//!
+//! One rule for every protocol ([`Login::set`]): a login ends when its
+//! token's `exp` (plus `--jwt-leeway`) passes, unless a web session backs it
+//! (a cookie or `session_id` login, or a token minted from one): then the
+//! session decides, through the logout watch. With `--token-renew-before`
+//! the token is re-signed that long before `exp` and handed to the client.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::auth::now_unix;
+use crate::credentials::Identity;
+use crate::passport::SessionLogin;
+use crate::Worker;
+
+/// A verified login.
+#[derive(Debug)]
+struct LoggedIn {
+    claims: Map<String, Value>,
+    /// When the login stops being valid, when its token bounds it.
+    expires_at: Option<Instant>,
+    /// When to re-sign and hand out a fresh token.
+    renew_at: Option<Instant>,
+    /// The web session behind the login, watched for logout.
+    session: Option<SessionLogin>,
+}
+
+/// What the login's clock says now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginDue {
+    /// Nothing due.
+    Idle,
+    /// Re-sign the token.
+    Renew,
+    /// The login ran out.
+    Expired,
+}
+
+/// A socket's login; anonymous until [`Login::set`].
+#[derive(Debug, Default)]
+pub struct Login {
+    // Boxed: an anonymous socket carries one pointer, not the claims map,
+    // instants and session.
+    state: Option<Box<LoggedIn>>,
+}
+
+/// When a login with these claims expires and is renewed.
+fn clock(
+    claims: &Map<String, Value>,
+    session_backed: bool,
+    leeway: Duration,
+    renew_before: Option<Duration>,
+) -> (Option<Instant>, Option<Instant>) {
+    let now = Instant::now();
+    let remaining = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .map(|exp| Duration::from_secs_f64((exp - now_unix() as f64).clamp(0.0, 1e10)));
+    let expires_at = match (remaining, session_backed) {
+        (Some(remaining), false) => Some(now + remaining + leeway),
+        _ => None,
+    };
+    let renew_at = match (remaining, renew_before) {
+        (Some(remaining), Some(before)) => Some(now + remaining.saturating_sub(before)),
+        _ => None,
+    };
+    (expires_at, renew_at)
+}
+
+impl Login {
+    /// The verified claims, if logged in.
+    pub fn claims(&self) -> Option<&Map<String, Value>> {
+        self.state.as_ref().map(|s| &s.claims)
+    }
+
+    /// True while logged in.
+    pub fn is_authenticated(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// The web session id behind the login, for the registry's logout routing.
+    pub fn web_session(&self) -> Option<String> {
+        self.state
+            .as_ref()
+            .and_then(|s| s.session.as_ref())
+            .map(|s| s.sid.clone())
+    }
+
+    /// Takes on a verified identity; returns the token to hand the client, if
+    /// one was minted for it.
+    pub fn set(&mut self, worker: &Worker, identity: Identity) -> Option<String> {
+        let Identity {
+            claims,
+            session,
+            minted_token,
+            ..
+        } = identity;
+        // Watch the new session before unwatching the old: a re-login to the
+        // same session must not drop its watch in between.
+        if let (Some(login), Some(sessions)) = (&session, worker.sessions.as_ref()) {
+            sessions.watcher.watch(&login.sid, &login.passport_user);
+        }
+        self.clear(worker);
+        let (expires_at, renew_at) = clock(
+            &claims,
+            session.is_some(),
+            worker.config.auth.jwt_leeway,
+            worker.auth.renew_before,
+        );
+        self.state = Some(Box::new(LoggedIn {
+            claims,
+            expires_at,
+            renew_at,
+            session,
+        }));
+        minted_token
+    }
+
+    /// Forgets the login (and its session watch).
+    pub fn clear(&mut self, worker: &Worker) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        if let (Some(login), Some(sessions)) = (&state.session, worker.sessions.as_ref()) {
+            sessions.watcher.unwatch(&login.sid, &login.passport_user);
+        }
+    }
+
+    /// The next moment the login's clock needs the socket.
+    pub fn next_timer(&self) -> Option<Instant> {
+        let state = self.state.as_ref()?;
+        match (state.expires_at, state.renew_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What is due at `now`.
+    pub fn due(&self, now: Instant) -> LoginDue {
+        let Some(state) = self.state.as_ref() else {
+            return LoginDue::Idle;
+        };
+        if state.expires_at.is_some_and(|at| at <= now) {
+            LoginDue::Expired
+        } else if state.renew_at.is_some_and(|at| at <= now) {
+            LoginDue::Renew
+        } else {
+            LoginDue::Idle
+        }
+    }
+
+    /// Re-signs the login's claims with a fresh lifetime; the new token, or
+    /// `None` when signing is impossible (the login then runs out as it would
+    /// have without renewal).
+    pub fn renew(&mut self, worker: &Worker) -> Option<String> {
+        let state = self.state.as_mut()?;
+        let mut claims = state.claims.clone();
+        claims.remove("iat");
+        claims.remove("exp");
+        let signed = worker
+            .auth
+            .sign(claims)
+            .map_err(|e| tracing::warn!(error = %e, "cannot renew a socket's token"))
+            .ok()
+            .and_then(|token| worker.auth.verify(&token).ok().map(|fresh| (token, fresh)));
+        let Some((token, fresh)) = signed else {
+            state.renew_at = None;
+            return None;
+        };
+        let (expires_at, renew_at) = clock(
+            &fresh,
+            state.session.is_some(),
+            worker.config.auth.jwt_leeway,
+            worker.auth.renew_before,
+        );
+        state.claims = fresh;
+        state.expires_at = expires_at;
+        state.renew_at = renew_at;
+        Some(token)
+    }
+}

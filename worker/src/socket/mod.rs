@@ -1,0 +1,624 @@
+//! The socket core: one task per socket, one loop, written once for every
+//! protocol.
+//!
+//! The loop owns the socket's identity ([`login`]), its channels
+//! ([`membership`]), its writes ([`writer`]), its deadlines (handshake,
+//! [`heartbeat`], login expiry and renewal, a write that makes no progress)
+//! and its ending ([`ending`]). A protocol is an adapter behind
+//! [`Protocol`]: it decodes frames into [`SocketEvent`]s and encodes the
+//! outcomes, and never sees a deadline or a lock.
+//!
+//! Layout:
+//! - [`protocol`]: the adapter trait and the protocol-neutral events and replies.
+//! - [`login`]: who the socket is and for how long.
+//! - [`membership`]: channels and their rules.
+//! - [`heartbeat`]: pings and the silence deadline.
+//! - [`writer`]: queued writes that never block the loop.
+//! - [`ending`]: why a socket ends.
+
+pub mod ending;
+pub mod heartbeat;
+pub mod login;
+pub mod membership;
+pub mod protocol;
+pub mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+pub use ending::CloseReason;
+pub use protocol::{HandshakeLogin, HandshakeToken, Protocol, ReplyError, ReplyTo, SocketEvent};
+
+use crate::credentials::{self, Credential, Method, PendingCredential, Refusal};
+use crate::hub::outbox::{outbox, Inbox, Outbound, Outbox};
+use crate::hub::registry::SocketEntry;
+use crate::transport::{linger, write_raw_close, Transport, Upgraded, Ws, MAX_CLOSE_REASON};
+use crate::Worker;
+use heartbeat::{Beat, Heartbeat};
+use login::{Login, LoginDue};
+use membership::Membership;
+use writer::{Io, Out};
+
+/// How long a connection caught mid-handshake by a drain may take to finish it.
+const DRAIN_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a closing socket waits for its last frames and the client's close.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a closed connection keeps reading and discarding, so the close
+/// frame is not destroyed by a reset (interface.md: lingering close).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The text of `#kickOut` / `kickout` when a login change costs a channel.
+const LOST_ACCESS: &str = "The socket's authentication changed and no longer grants this channel";
+
+/// One socket's state, owned by its task; nothing in it is shared or locked.
+struct Socket<P: Protocol, S: Transport> {
+    worker: Arc<Worker>,
+    id: Arc<str>,
+    protocol: P,
+    ws: Ws<S>,
+    /// Frames waiting to be written.
+    out: Out,
+    /// How the rest of the worker reaches this socket (kept for the registry
+    /// entry and channel subscriptions).
+    outbox: Outbox,
+    /// The handshake is complete and the socket is in the registry.
+    registered: bool,
+    login: Login,
+    membership: Membership,
+    heartbeat: Heartbeat,
+    /// The upgrade's credential, resolved at the protocol handshake.
+    upgrade_credential: Option<PendingCredential>,
+    peer: SocketAddr,
+    /// When the upgrade request began, for handshake latency.
+    started: std::time::Instant,
+}
+
+/// Serves one upgraded connection with `protocol` until it ends.
+pub async fn run_socket<P: Protocol, S: Transport>(
+    worker: Arc<Worker>,
+    ws: Ws<S>,
+    upgraded: Upgraded,
+    credential: PendingCredential,
+    protocol: P,
+) {
+    let (outbox, inbox) = outbox(worker.config.limits.max_send_queue as usize);
+    let sent = worker.metrics.messages.with_label_values(&["out"]);
+    let mut socket = Socket {
+        id: protocol.new_socket_id().into(),
+        heartbeat: Heartbeat::new(protocol.heartbeat()),
+        out: Out::new(inbox.budget().clone(), sent),
+        worker: worker.clone(),
+        protocol,
+        ws,
+        outbox,
+        registered: false,
+        login: Login::default(),
+        membership: Membership::default(),
+        upgrade_credential: Some(credential),
+        peer: upgraded.peer,
+        started: upgraded.started,
+    };
+    drop(upgraded);
+    let connections = worker.metrics.connections.with_label_values(&[P::NAME]);
+    connections.inc();
+    let ending = socket.run(inbox).await;
+    // Boxed like the other rare states: the close handshake should not
+    // enlarge every idle socket.
+    Box::pin(socket.finish(ending)).await;
+    connections.dec();
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// The ending a WebSocket-level read error calls for.
+fn read_error_reason(error: WsError) -> CloseReason {
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            CloseReason::TooBig {
+                size,
+                max: max_size,
+            }
+        }
+        WsError::Capacity(_) => CloseReason::TooBig { size: 0, max: 0 },
+        WsError::Utf8(_) => CloseReason::BadUtf8,
+        WsError::Protocol(e) => CloseReason::BadFrame(e.to_string()),
+        _ => CloseReason::Gone,
+    }
+}
+
+impl<P: Protocol, S: Transport> Socket<P, S> {
+    async fn run(&mut self, mut inbox: Inbox) -> CloseReason {
+        let budget = inbox.budget().clone();
+        let shutdown = self.worker.shutdown.clone();
+        let mut handshake_deadline = Instant::now() + self.worker.config.limits.handshake_timeout;
+        let mut drain_grace = false;
+        self.protocol.open(&self.id, &mut self.out);
+        if self.protocol.starts_heartbeat_at_open() {
+            self.heartbeat.start(Instant::now());
+        }
+        loop {
+            let timer = self.next_timer(handshake_deadline);
+            tokio::select! {
+                biased;
+                _ = budget.overflowed() => return CloseReason::NotReading,
+                _ = shutdown.cancelled(), if self.registered => return CloseReason::GoingAway,
+                // A connection accepted just before the drain still completes
+                // its handshake (briefly), so a client never sees its attempt
+                // refused during a rolling restart; it then gets 1001 like all.
+                _ = shutdown.cancelled(), if !self.registered && !drain_grace => {
+                    drain_grace = true;
+                    handshake_deadline = handshake_deadline.min(Instant::now() + DRAIN_HANDSHAKE_GRACE);
+                }
+                _ = sleep_until(timer) => {
+                    if !self.registered && Instant::now() >= handshake_deadline {
+                        return if drain_grace { CloseReason::GoingAway } else { CloseReason::HandshakeTimeout };
+                    }
+                    if let Some(ending) = self.on_timer().await {
+                        return ending;
+                    }
+                }
+                item = inbox.recv() => {
+                    let Some(item) = item else { return CloseReason::Gone };
+                    if let Some(ending) = self.on_outbound(item) {
+                        return ending;
+                    }
+                }
+                io = std::future::poll_fn(|cx| self.out.poll_io(&mut self.ws, cx)) => match io {
+                    Io::Frame(message) => {
+                        // Boxed: message handling (the handshake above all) is
+                        // the largest state of the socket; an idle socket,
+                        // which only waits here, should not carry it.
+                        if let Some(ending) = Box::pin(self.on_message(message)).await {
+                            return ending;
+                        }
+                    }
+                    Io::ReadError(error) => return read_error_reason(error),
+                    Io::Closed => return CloseReason::Gone,
+                },
+            }
+        }
+    }
+
+    /// The earliest deadline the loop must wake for.
+    fn next_timer(&self, handshake_deadline: Instant) -> Instant {
+        let stall = self
+            .out
+            .blocked_since()
+            .map(|since| since + self.heartbeat.policy().timeout);
+        [
+            (!self.registered).then_some(handshake_deadline),
+            self.heartbeat.next_timer(),
+            self.login.next_timer(),
+            stall,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(far_future)
+    }
+
+    /// Whatever came due: a stalled write, the heartbeat, the login's clock.
+    async fn on_timer(&mut self) -> Option<CloseReason> {
+        let now = Instant::now();
+        let timeout = self.heartbeat.policy().timeout;
+        if self
+            .out
+            .blocked_since()
+            .is_some_and(|at| at + timeout <= now)
+        {
+            return Some(CloseReason::NotReading);
+        }
+        match self.heartbeat.due(now) {
+            Beat::TimedOut => return Some(CloseReason::PongTimeout),
+            Beat::Ping => {
+                self.protocol.ping(&mut self.out);
+                self.heartbeat.on_ping_sent(now);
+            }
+            Beat::Idle => {}
+        }
+        match self.login.due(now) {
+            LoginDue::Idle => None,
+            LoginDue::Renew => {
+                if let Some(token) = self.login.renew(&self.worker) {
+                    self.protocol.token_issued(&mut self.out, &token);
+                    self.identity_changed();
+                }
+                None
+            }
+            LoginDue::Expired => self.lose_login("AuthTokenExpiredError", "jwt expired"),
+        }
+    }
+
+    /// Something the rest of the worker queued for this socket.
+    fn on_outbound(&mut self, item: Outbound) -> Option<CloseReason> {
+        match item {
+            Outbound::Frame(frame) => self.protocol.delivery(&mut self.out, frame),
+            Outbound::Event { event, data } => self.protocol.event(&mut self.out, &event, &data),
+            Outbound::Kick { reason } => return Some(CloseReason::Kicked(reason)),
+            Outbound::LoggedOut => {
+                let config = &self.worker.config;
+                let kick = config.auth.require_auth
+                    || config.session.on_logout == sockhive_shared::config::OnLogout::Kick;
+                if kick {
+                    self.login.clear(&self.worker);
+                    return Some(CloseReason::AuthRequired(
+                        "SessionNotFoundError: logged out".into(),
+                    ));
+                }
+                return self.lose_login("SessionNotFoundError", "the web session logged out");
+            }
+        }
+        None
+    }
+
+    async fn on_message(&mut self, message: Message) -> Option<CloseReason> {
+        self.worker
+            .metrics
+            .messages
+            .with_label_values(&["in"])
+            .inc();
+        let mut events = Vec::new();
+        self.protocol
+            .decode(message, self.registered, &mut self.out, &mut events);
+        let pong = events.iter().any(|e| matches!(e, SocketEvent::Pong));
+        self.heartbeat.on_inbound(Instant::now(), pong);
+        for event in events {
+            if let Some(ending) = self.on_event(event).await {
+                return Some(ending);
+            }
+        }
+        None
+    }
+
+    async fn on_event(&mut self, event: SocketEvent) -> Option<CloseReason> {
+        let worker = self.worker.clone();
+        match event {
+            SocketEvent::Pong => {}
+            SocketEvent::Counted(reason) => worker.metrics.protocol_error(P::NAME, reason),
+            SocketEvent::Close(reason) => return Some(reason),
+            SocketEvent::Handshake { token, reply } => {
+                return self.on_handshake(token, reply).await
+            }
+            SocketEvent::Subscribe { channel, reply } => {
+                let result = self
+                    .membership
+                    .subscribe(
+                        &worker,
+                        &self.id,
+                        &self.outbox,
+                        P::DELIVERY,
+                        channel.clone(),
+                        self.login.claims(),
+                    )
+                    .await;
+                self.answer_channel(reply, &channel, result);
+            }
+            SocketEvent::Unsubscribe { channel, reply } => {
+                let result = self.membership.unsubscribe(&worker, &self.id, &channel);
+                self.answer_channel(reply, &channel, result);
+            }
+            SocketEvent::Publish {
+                channel,
+                data,
+                reply,
+            } => {
+                let result =
+                    Membership::publish(&worker, &channel, data, self.login.claims()).await;
+                if let (Err(e), None) = (&result, reply) {
+                    tracing::debug!(socket = %self.id, error = ?e, "publish without ack refused or not fully delivered");
+                }
+                self.answer_channel(reply, &channel, result);
+            }
+            SocketEvent::Authenticate { token, reply } => {
+                return self.on_authenticate(&token, reply).await
+            }
+            SocketEvent::Deauthenticate { reply } => {
+                self.login.clear(&worker);
+                self.identity_changed();
+                if let Some(reply) = reply {
+                    self.protocol.reply(&mut self.out, reply, Ok(()));
+                }
+            }
+            SocketEvent::TokenRefused => {
+                return self.lose_login("AuthTokenInvalidError", "the token was refused")
+            }
+            SocketEvent::Call { name, reply } => {
+                let error = match self.check_event_name(&name) {
+                    Err(error) => error,
+                    // sockhive runs no application procedures yet: answer at
+                    // once instead of leaving the client to time out.
+                    Ok(()) => ReplyError::new(
+                        "UnknownProcedureError",
+                        format!("No handler for event \"{name}\""),
+                    ),
+                };
+                self.protocol.reply(&mut self.out, reply, Err(&error));
+            }
+            SocketEvent::Message { name } => {
+                // No application handlers: an event without an answer is dropped.
+                let _ = self.check_event_name(&name);
+            }
+        }
+        None
+    }
+
+    /// `--max-event-length`: a longer name is refused and never echoed.
+    fn check_event_name(&self, name: &str) -> Result<(), ReplyError> {
+        let max = self.worker.config.limits.max_event_length;
+        if name.len() <= max as usize {
+            return Ok(());
+        }
+        self.worker.metrics.protocol_error(P::NAME, "name_too_long");
+        Err(ReplyError::new(
+            "InvalidArgumentsError",
+            format!(
+                "Event name of {} bytes exceeds the limit of {max} bytes",
+                name.len()
+            ),
+        ))
+    }
+
+    fn answer_channel(
+        &mut self,
+        reply: Option<ReplyTo>,
+        channel: &str,
+        result: Result<(), membership::ChannelRefusal>,
+    ) {
+        if let Err(refusal) = &result {
+            if let Some(reason) = refusal.metric_reason() {
+                self.worker.metrics.protocol_error(P::NAME, reason);
+            }
+        }
+        let Some(reply) = reply else { return };
+        match result {
+            Ok(()) => self.protocol.reply(&mut self.out, reply, Ok(())),
+            Err(refusal) => {
+                let error = refusal.reply_error(&self.id, channel);
+                self.protocol.reply(&mut self.out, reply, Err(&error));
+            }
+        }
+    }
+
+    async fn on_handshake(&mut self, token: HandshakeToken, reply: ReplyTo) -> Option<CloseReason> {
+        let worker = self.worker.clone();
+        // The upgrade's credential (access token, cookie) decides when
+        // present; otherwise the token of the protocol handshake.
+        let credential = match self.upgrade_credential.take() {
+            Some(pending) => pending.resolve().await,
+            None => Credential::Absent,
+        };
+        let credential = match (credential, token) {
+            (Credential::Absent, HandshakeToken::Present(token)) => {
+                credentials::from_token(&worker, &token, Method::Token).await
+            }
+            (Credential::Absent, HandshakeToken::Malformed(why)) => {
+                Credential::Refused(malformed_token(why))
+            }
+            (credential, _) => credential,
+        };
+        let mut minted = None;
+        let (method, refusal) = match credential {
+            Credential::Absent => ("none", None),
+            Credential::Accepted(identity) => {
+                let method = identity.method.label();
+                minted = self.login.set(&worker, *identity);
+                (method, None)
+            }
+            Credential::Refused(refusal) => (refusal.method.label(), Some(refusal)),
+        };
+        let authenticated = self.login.is_authenticated();
+        let handshakes = &worker.metrics.handshakes;
+        if worker.config.auth.require_auth && !authenticated {
+            let refusal = refusal.unwrap_or_else(credential_required);
+            handshakes.with_label_values(&["rejected", method]).inc();
+            worker.metrics.reject("auth");
+            return Some(
+                self.protocol
+                    .reject_handshake(&mut self.out, reply, &refusal),
+            );
+        }
+        let created = self.protocol.accept_handshake(
+            &mut self.out,
+            reply,
+            &HandshakeLogin {
+                socket_id: &self.id,
+                authenticated,
+                refusal: refusal.as_ref(),
+                token: minted.as_deref(),
+            },
+        );
+        let outcome = match (created, authenticated, &refusal) {
+            (true, true, _) => "ok",
+            (_, _, Some(_)) | (false, _, _) => "failed",
+            (true, false, None) => "anonymous",
+        };
+        handshakes.with_label_values(&[outcome, method]).inc();
+        if created {
+            self.register();
+            if !self.heartbeat.is_running() {
+                self.heartbeat.start(Instant::now());
+            }
+            worker
+                .metrics
+                .handshake_duration
+                .with_label_values(&[P::NAME])
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+        None
+    }
+
+    async fn on_authenticate(&mut self, token: &str, reply: ReplyTo) -> Option<CloseReason> {
+        let worker = self.worker.clone();
+        let counter = |outcome: &str| {
+            worker
+                .metrics
+                .handshakes
+                .with_label_values(&[outcome, "authenticate"])
+                .inc()
+        };
+        match credentials::from_token(&worker, token, Method::Token).await {
+            Credential::Accepted(identity) => {
+                counter("ok");
+                let minted = self.login.set(&worker, *identity);
+                self.protocol
+                    .authenticate_reply(&mut self.out, reply, Ok(()));
+                if let Some(token) = minted {
+                    self.protocol.token_issued(&mut self.out, &token);
+                }
+                self.identity_changed();
+                None
+            }
+            Credential::Refused(refusal) => {
+                counter("failed");
+                self.protocol
+                    .authenticate_reply(&mut self.out, reply, Err(&refusal));
+                if refusal.bad_token {
+                    return self.lose_login(refusal.name, &refusal.message);
+                }
+                None
+            }
+            Credential::Absent => {
+                let refusal = malformed_token("jwt must be provided");
+                self.protocol
+                    .authenticate_reply(&mut self.out, reply, Err(&refusal));
+                None
+            }
+        }
+    }
+
+    /// The server ended the login (expiry, logout, a bad token): the client
+    /// hears it, the channels it granted are left, and under `--require-auth`
+    /// the socket ends.
+    fn lose_login(&mut self, name: &'static str, message: &str) -> Option<CloseReason> {
+        self.login.clear(&self.worker);
+        self.protocol.deauthenticated(&mut self.out, name, message);
+        self.identity_changed();
+        self.worker
+            .config
+            .auth
+            .require_auth
+            .then(|| CloseReason::AuthRequired(format!("{name}: {message}")))
+    }
+
+    /// After every identity change: the record and user index follow, and
+    /// every channel is checked against the rules again.
+    fn identity_changed(&mut self) {
+        if !self.registered {
+            return;
+        }
+        self.worker
+            .sockets
+            .set_login(&self.id, self.login.claims(), self.login.web_session());
+        let lost = self
+            .membership
+            .recheck(&self.worker, &self.id, self.login.claims());
+        for channel in lost {
+            self.protocol
+                .kicked_out(&mut self.out, &channel, LOST_ACCESS);
+        }
+    }
+
+    fn register(&mut self) {
+        let entry = SocketEntry::new(
+            P::NAME,
+            self.peer,
+            self.outbox.clone(),
+            self.login.claims(),
+            self.login.web_session(),
+        );
+        self.worker.sockets.insert(self.id.clone(), entry);
+        self.registered = true;
+    }
+
+    /// Leaves every channel, forgets the socket and closes the connection so
+    /// that the client learns why.
+    async fn finish(&mut self, reason: CloseReason) {
+        let worker = self.worker.clone();
+        self.login.clear(&worker);
+        self.membership.leave_all(&worker, &self.id);
+        if self.registered {
+            worker.sockets.remove(&self.id);
+        }
+        if let Some(metric) = reason.metric_reason() {
+            worker.metrics.protocol_error(P::NAME, metric);
+        }
+        if reason == CloseReason::NotReading {
+            worker.metrics.slow_consumers.inc();
+        }
+        if reason == CloseReason::Gone {
+            return;
+        }
+        if matches!(reason, CloseReason::NotReading | CloseReason::PongTimeout) {
+            // The client is not reading: what waits for it is dropped.
+            self.out.discard();
+        }
+        let close = self.protocol.close(&mut self.out, &reason);
+        let frame = close.as_ref().map(|(code, text)| CloseFrame {
+            code: CloseCode::from(*code),
+            reason: crate::transport::truncated(text, MAX_CLOSE_REASON)
+                .to_string()
+                .into(),
+        });
+        let sent = tokio::time::timeout(CLOSE_GRACE, async {
+            self.out.drain(&mut self.ws).await?;
+            self.ws.close(frame).await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            // tungstenite refuses to write after a read error (an oversized
+            // frame above all): write the close frame ourselves.
+            let raw = close.as_ref().map(|(code, text)| (*code, text.as_str()));
+            let _ =
+                tokio::time::timeout(CLOSE_GRACE, write_raw_close(self.ws.get_mut(), raw)).await;
+        } else {
+            // Wait for the client's close frame, then the lingering close.
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                use futures_util::StreamExt;
+                while let Some(Ok(_)) = self.ws.next().await {}
+            })
+            .await;
+        }
+        linger(self.ws.get_mut(), LINGER).await;
+    }
+}
+
+/// A token that cannot be a JWT (a non-string `auth.token`, an empty `#authenticate`).
+fn malformed_token(why: &str) -> Refusal {
+    let mut fields = Map::new();
+    fields.insert("isBadToken".into(), Value::Bool(true));
+    Refusal {
+        method: Method::Token,
+        name: "AuthTokenInvalidError",
+        message: why.into(),
+        reason: "invalid",
+        fields: Box::new(fields),
+        bad_token: true,
+    }
+}
+
+/// `--require-auth` and nothing was presented.
+fn credential_required() -> Refusal {
+    Refusal {
+        method: Method::Token,
+        name: "AuthTokenError",
+        message: "a valid credential is required".into(),
+        reason: "required",
+        fields: Box::default(),
+        bad_token: false,
+    }
+}
