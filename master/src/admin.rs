@@ -183,6 +183,16 @@ async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response 
         let Some(channel) = body.get("channel").and_then(Value::as_str) else {
             return Response::error(400, "`channel` must be a string");
         };
+        let max = master.config.limits.max_channel_length as usize;
+        if channel.len() > max {
+            return Response::error(
+                400,
+                format!(
+                    "`channel` is {} bytes, over --max-channel-length ({max} bytes)",
+                    channel.len()
+                ),
+            );
+        }
         return match master
             .publish_everywhere(channel, raw_json(body.get("data").unwrap_or(&Value::Null)))
             .await
@@ -219,6 +229,16 @@ async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response 
             else {
                 return Response::error(400, "`event` must be a string");
             };
+            let max = master.config.limits.max_event_length as usize;
+            if event.len() > max {
+                return Response::error(
+                    400,
+                    format!(
+                        "`event` is {} bytes, over --max-event-length ({max} bytes)",
+                        event.len()
+                    ),
+                );
+            }
             let data = raw_json(body.get("data").unwrap_or(&Value::Null));
             (
                 ClusterCommand::Emit {

@@ -34,13 +34,21 @@
 // ---- SocketCluster (socketcluster-client) -- a client is named by "client" ----
 // sc.connect {client, url:"ws://host:port/path?query", authToken?, headers?, origin?, listen?,
 //             autoReconnect?=false, autoReconnectOptions?, ackTimeout?, connectTimeout?,
-//             wsOptions?, options?, timeoutMs?}
+//             wsOptions?, options?, rawPublish?=false, elide?, timeoutMs?}
 //   url path is used verbatim as the client's `path` (include /socketcluster/);
 //   the query string becomes `query`. authToken is preloaded into an in-memory
 //   authEngine, so the client sends it in #handshake. headers/origin go into
 //   wsOptions (the HTTP upgrade request). `options` is merged last into create().
 //   listen?: [event names] registers sc.listen receivers BEFORE connecting, so
 //   events the server transmits during/just after the handshake are not missed.
+//   rawPublish?: true pushes every #publish frame the server sends as
+//     {"event":"rawPublish","client":..,"channel":..,"data":..}, also for channels the
+//     client no longer holds (the client itself drops those: a kicked-out or
+//     unsubscribed channel's frames never reach "message"), so a test can prove the
+//     server stopped sending them.
+//   elide?: N replaces every string longer than N characters inside the data of this
+//     client's "message"/"rawPublish"/"receive" events with {"$elided": <length>}
+//     (keeps big-payload tests from flooding stdout; numbers and short fields stay).
 //   Reusing a client name closes and forgets the previous socket (its pending
 //   waits fail with error name "ClientClosed"; its later events are dropped).
 //   -> result {id, isAuthenticated, authError, pingTimeout, authToken, socketId}
@@ -75,6 +83,18 @@
 // sc.authenticate {client, token} -> {isAuthenticated, authError} or error
 // sc.deauthenticate {client} -> null
 // sc.disconnect {client, code?=1000, reason?} -> {state}
+// sc.invokeMany {client, event, count, bytes, timeoutMs?} -> {bufferedAmount}
+//             fires `count` invokes of `event` with data {"n": i, "pad": "a" x bytes}
+//             without waiting for their replies (replies and errors are ignored);
+//             replies once all are handed to the client.
+// sc.pauseReading {client} -> {bytesRead} stops reading the connection: pauses the
+//             ws WebSocket (socket.transport.socket.pause(), which pauses its
+//             net.Socket) so the kernel buffers fill and the server's writes back up,
+//             and disables the client's own ping timeout so the client never closes
+//             the connection itself (it keeps writing nothing; the server must act).
+// sc.resumeReading {client} -> {bytesRead}
+// sc.readStats {client} -> {bytesRead, bytesWritten, paused, readyState} of the current
+//             connection's net.Socket (bytesRead stops growing while paused).
 //   Quirk of the real client: sc.invoke / sc.transmit / sc.publish on a CLOSED socket
 //   make it connect again.
 //
@@ -97,6 +117,26 @@
 //             "operation has timed out").
 // io.disconnect {client} -> {connected}
 // io.state {client} -> {connected, disconnected, active, id, recovered}
+//   io.connect also takes elide?: N (see sc.connect) for this client's receive events,
+//   and listen items {event, ack?}.
+// io.pauseReading {client} -> {bytesRead}: like sc.pauseReading, on the Engine.IO
+//             websocket (socket.io.engine.transport.ws.pause()); also stops the
+//             client's own ping-timeout timer so only the server can end the connection.
+// io.resumeReading {client} -> {bytesRead}
+// io.readStats {client} -> {bytesRead, bytesWritten, paused, readyState}
+//
+// ---- Raw WebSocket (npm ws) -- for frames the protocol clients never send ----
+// ws.connect {client, url, headers?, origin?, options?, timeoutMs?} -> {protocol, extensions}
+//             on open (perMessageDeflate is off unless options turn it on, so a big
+//             frame goes out as one big frame); error {name:"WsConnectError", message,
+//             statusCode?} when the upgrade fails.
+//   Events: ws.message {data (text; binary as {"$base64"}), isBinary},
+//     ws.close {code, reason} (code = the code of the close frame the server sent;
+//     1006 = the connection ended without one), ws.error {name, message, code?}.
+// ws.send {client, text? | bytes?} -> null once handed to ws (a text frame: `text`, or
+//             `bytes` times "a"); write errors come as ws.error events.
+// ws.disconnect {client, code?=1000, reason?} -> {readyState}
+// ws.state {client} -> {readyState, bufferedAmount, bytesRead, bytesWritten}
 //
 // ---- Misc ----
 // jwt.sign {payload, key, options?} -> token string from npm jsonwebtoken
@@ -255,6 +295,19 @@ function pushEvent(kind, client, fields) {
   writeLine(line);
 }
 
+// Big payloads stay out of the event stream: long strings become {"$elided": length}.
+function elide(value, max) {
+  if (typeof max !== 'number' || max < 0) return value;
+  if (typeof value === 'string') return value.length > max ? { $elided: value.length } : value;
+  if (Array.isArray(value)) return value.map((item) => elide(item, max));
+  if (value && typeof value === 'object' && isPlainObject(value)) {
+    const out = {};
+    for (const [key, item] of Object.entries(value)) out[key] = elide(item, max);
+    return out;
+  }
+  return value;
+}
+
 class DriverError extends Error {
   constructor(name, message, extra) {
     super(message);
@@ -404,8 +457,20 @@ function scConnect(cmd) {
   forgetSc(name);
   const socket = loadSc().create(options);
   const entry = makeClientEntry(socket);
+  entry.elide = typeof cmd.elide === 'number' ? cmd.elide : null;
   scClients.set(name, entry);
   forwardScEvents(name, socket);
+  if (cmd.rawPublish === true) {
+    // The client drops #publish frames of channels it does not hold; this sees them all.
+    const inbound = socket._onInboundTransmit;
+    socket._onInboundTransmit = function (event, data) {
+      if (event === '#publish' && scClients.get(name)?.socket === socket) {
+        const frame = data || {};
+        pushEvent('rawPublish', name, { channel: frame.channel ?? null, data: elide(frame.data, entry.elide) });
+      }
+      return inbound.call(this, event, data);
+    };
+  }
   // Events the server transmits right after the handshake are only caught by
   // receivers that exist before connecting.
   for (const event of listen) ensureScReceiver(entry, name, event);
@@ -463,7 +528,7 @@ function ensureScReceiver(entry, clientName, event) {
   entry.receivers.add(event);
   (async () => {
     for await (const data of entry.socket.receiver(event)) {
-      pushEvent('receive', clientName, { name: event, data });
+      pushEvent('receive', clientName, { name: event, data: elide(data, entry.elide) });
     }
   })().catch(reportDriverError('scReceiver'));
 }
@@ -479,7 +544,7 @@ function ensureChannelConsumer(entry, clientName, channelName, channel) {
   entry.channels.add(channelName);
   (async () => {
     for await (const data of channel) {
-      pushEvent('message', clientName, { channel: channelName, data });
+      pushEvent('message', clientName, { channel: channelName, data: elide(data, entry.elide) });
     }
   })().catch(reportDriverError('scChannel'));
 }
@@ -543,6 +608,66 @@ function scDisconnect(cmd) {
   return { state: socket.state };
 }
 
+function scInvokeMany(cmd) {
+  const { socket } = getSc(cmd);
+  const event = requireString(cmd, 'event');
+  const count = Number.isInteger(cmd.count) && cmd.count > 0 ? cmd.count : 1;
+  const pad = 'a'.repeat(Number.isInteger(cmd.bytes) && cmd.bytes > 0 ? cmd.bytes : 0);
+  const opts = {};
+  if (typeof cmd.timeoutMs === 'number') opts.ackTimeout = cmd.timeoutMs;
+  for (let n = 0; n < count; n++) {
+    socket.invoke(event, { n, pad }, opts).catch(() => {});
+  }
+  const ws = socket.transport && socket.transport.socket;
+  return { bufferedAmount: ws ? ws.bufferedAmount : null };
+}
+
+// The net.Socket under a ws WebSocket, and what it has moved so far.
+function readStatsOf(ws) {
+  if (!ws) throw new DriverError('NotConnected', 'the client has no WebSocket');
+  const raw = ws._socket;
+  return {
+    bytesRead: raw ? raw.bytesRead : null,
+    bytesWritten: raw ? raw.bytesWritten : null,
+    paused: ws.isPaused,
+    readyState: ws.readyState,
+  };
+}
+
+function pauseWs(ws) {
+  if (!ws || ws.readyState !== 1 || !ws._socket) {
+    throw new DriverError('NotConnected', 'the client has no open WebSocket to pause');
+  }
+  // ws's own pause: stops its net.Socket, and ws does not resume it on its own.
+  ws.pause();
+  return readStatsOf(ws);
+}
+
+function scWs(cmd) {
+  const { socket } = getSc(cmd);
+  return socket.transport && socket.transport.socket;
+}
+
+function scPauseReading(cmd) {
+  const { socket } = getSc(cmd);
+  const transport = socket.transport;
+  if (!transport) throw new DriverError('NotConnected', 'the client has no transport');
+  // Unread pings would make the client close the connection itself (4000).
+  transport.pingTimeoutDisabled = true;
+  clearTimeout(transport._pingTimeoutTicker);
+  return pauseWs(transport.socket);
+}
+
+function scResumeReading(cmd) {
+  const ws = scWs(cmd);
+  if (ws) ws.resume();
+  return readStatsOf(ws);
+}
+
+function scReadStats(cmd) {
+  return readStatsOf(scWs(cmd));
+}
+
 // ---------------------------------------------------------------- socket.io
 
 const ioClients = new Map(); // name -> client entry (see makeClientEntry)
@@ -588,6 +713,7 @@ function ioConnect(cmd) {
   forgetIo(name);
   const socket = loadIo().io(url, options);
   const entry = makeClientEntry(socket);
+  entry.elide = typeof cmd.elide === 'number' ? cmd.elide : null;
   ioClients.set(name, entry);
   // Servers often emit inside their connection handler; only listeners that
   // exist before connecting see that.
@@ -635,7 +761,7 @@ function ensureIoListener(entry, name, event, ack) {
   const deliver = (eventName, args) => {
     let ack = null;
     if (args.length > 0 && typeof args[args.length - 1] === 'function') ack = args.pop();
-    pushEvent('receive', name, { name: eventName, args, hasAck: ack !== null });
+    pushEvent('receive', name, { name: eventName, args: elide(args, entry.elide), hasAck: ack !== null });
     if (ack && ackArgs) ack(...ackArgs);
   };
   if (event === '*') {
@@ -678,6 +804,122 @@ function ioState(cmd) {
   };
 }
 
+function ioWs(cmd) {
+  const { socket } = getIo(cmd);
+  const engine = socket.io && socket.io.engine;
+  const transport = engine && engine.transport;
+  if (!transport || transport.name !== 'websocket') {
+    throw new DriverError('NotConnected', 'the client has no websocket transport');
+  }
+  return { engine, ws: transport.ws };
+}
+
+function ioPauseReading(cmd) {
+  const { engine, ws } = ioWs(cmd);
+  // Unread pings would make the client close the connection itself ("ping timeout").
+  engine.clearTimeoutFn(engine._pingTimeoutTimer);
+  engine._resetPingTimeout = () => {};
+  engine._pingTimeoutTime = Number.MAX_SAFE_INTEGER;
+  return pauseWs(ws);
+}
+
+function ioResumeReading(cmd) {
+  const { ws } = ioWs(cmd);
+  ws.resume();
+  return readStatsOf(ws);
+}
+
+function ioReadStats(cmd) {
+  return readStatsOf(ioWs(cmd).ws);
+}
+
+// ---------------------------------------------------------------- raw ws
+
+const wsClients = new Map(); // name -> {ws}
+let wsLib = null;
+function loadWs() {
+  if (!wsLib) wsLib = require('ws');
+  return wsLib;
+}
+
+function getWs(cmd) {
+  const name = requireString(cmd, 'client');
+  const entry = wsClients.get(name);
+  if (!entry) throw new DriverError('UnknownClient', `no ws client named "${name}"`);
+  return entry;
+}
+
+function forgetWs(name) {
+  const entry = wsClients.get(name);
+  if (!entry) return;
+  wsClients.delete(name);
+  try { entry.ws.terminate(); } catch (_) { /* already closed */ }
+}
+
+function wsConnect(cmd) {
+  const name = requireString(cmd, 'client');
+  const url = requireString(cmd, 'url');
+  const options = { perMessageDeflate: false, ...(cmd.options || {}) };
+  if (cmd.headers) options.headers = { ...cmd.headers };
+  if (cmd.origin) options.origin = cmd.origin;
+  forgetWs(name);
+  const WebSocket = loadWs().WebSocket;
+  const ws = new WebSocket(url, options);
+  const entry = { ws };
+  wsClients.set(name, entry);
+  const current = () => wsClients.get(name) === entry;
+  ws.on('message', (data, isBinary) => {
+    if (!current()) return;
+    pushEvent('ws.message', name, { data: isBinary ? data : data.toString('utf8'), isBinary });
+  });
+  ws.on('close', (code, reason) => {
+    if (!current()) return;
+    pushEvent('ws.close', name, { code, reason: reason.toString('utf8') });
+  });
+  ws.on('error', (err) => {
+    if (!current()) return;
+    pushEvent('ws.error', name, errorToJson(err));
+  });
+  const opened = new Promise((resolve, reject) => {
+    ws.once('open', () => resolve({ protocol: ws.protocol, extensions: ws.extensions }));
+    ws.once('unexpected-response', (_req, res) => {
+      reject(new DriverError('WsConnectError', `upgrade refused: ${res.statusCode}`, { statusCode: res.statusCode }));
+      res.resume();
+      ws.terminate();
+    });
+    ws.once('error', (err) => reject(new DriverError('WsConnectError', err.message, { code: err.code ?? null })));
+    ws.once('close', (code) => reject(new DriverError('WsConnectError', `closed before open: ${code}`, { code })));
+  });
+  opened.catch(() => {});
+  return withTimeout(opened, waitMsOf(cmd), 'ws.connect');
+}
+
+function wsSend(cmd) {
+  const { ws } = getWs(cmd);
+  let text;
+  if (typeof cmd.text === 'string') text = cmd.text;
+  else if (Number.isInteger(cmd.bytes) && cmd.bytes >= 0) text = 'a'.repeat(cmd.bytes);
+  else throw new DriverError('BadCommand', 'ws.send needs "text" or "bytes"');
+  ws.send(text, { binary: false }, () => {});
+  return null;
+}
+
+function wsDisconnect(cmd) {
+  const { ws } = getWs(cmd);
+  ws.close(typeof cmd.code === 'number' ? cmd.code : 1000, cmd.reason);
+  return { readyState: ws.readyState };
+}
+
+function wsState(cmd) {
+  const { ws } = getWs(cmd);
+  return {
+    readyState: ws.readyState,
+    bufferedAmount: ws.bufferedAmount,
+    bytesRead: ws._socket ? ws._socket.bytesRead : null,
+    bytesWritten: ws._socket ? ws._socket.bytesWritten : null,
+  };
+}
+
 // ---------------------------------------------------------------- misc
 
 function jwtSign(cmd) {
@@ -697,6 +939,9 @@ function closeAllClients() {
   }
   for (const name of [...ioClients.keys()]) {
     try { forgetIo(name); } catch (err) { process.stderr.write(`close ${name}: ${err}\n`); }
+  }
+  for (const name of [...wsClients.keys()]) {
+    try { forgetWs(name); } catch (err) { process.stderr.write(`close ${name}: ${err}\n`); }
   }
 }
 
@@ -728,11 +973,22 @@ const OPS = {
   'sc.authenticate': scAuthenticate,
   'sc.deauthenticate': scDeauthenticate,
   'sc.disconnect': scDisconnect,
+  'sc.invokeMany': scInvokeMany,
+  'sc.pauseReading': scPauseReading,
+  'sc.resumeReading': scResumeReading,
+  'sc.readStats': scReadStats,
   'io.connect': ioConnect,
   'io.listen': ioListen,
   'io.emit': ioEmit,
   'io.disconnect': ioDisconnect,
   'io.state': ioState,
+  'io.pauseReading': ioPauseReading,
+  'io.resumeReading': ioResumeReading,
+  'io.readStats': ioReadStats,
+  'ws.connect': wsConnect,
+  'ws.send': wsSend,
+  'ws.disconnect': wsDisconnect,
+  'ws.state': wsState,
   'jwt.sign': jwtSign,
   'jwt.verify': jwtVerify,
   ping: () => 'pong',

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sockhive_tests::app::WebApp;
-use sockhive_tests::redis::RedisServer;
+use sockhive_tests::redis::{RedisCluster, RedisServer};
 use sockhive_tests::{eventually, http, Driver, Node, NodeBuilder};
 
 const SECRET: &str = "app-session-secret";
@@ -554,6 +554,354 @@ async fn a_session_handshake_costs_one_redis_round_trip() {
         assert!(
             ["get", "set", "info", "config"].contains(&command),
             "unexpected command on the handshake: {line}"
+        );
+    }
+    driver.shutdown().await;
+}
+
+/// The `s%3A...` value of a `connect.sid=...` pair, as the browser holds it.
+fn cookie_value(cookie: &str) -> &str {
+    cookie.split_once('=').unwrap().1
+}
+
+/// The raw session id inside a signed cookie pair.
+fn session_id_of(cookie: &str) -> String {
+    cookie_value(cookie)
+        .trim_start_matches("s%3A")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Waits for the token the server mints for a session login and checks the socket is logged in.
+async fn minted_token_of(driver: &mut Driver, node: &Node, client: &str, id: &str) -> Value {
+    let minted = driver
+        .wait_event(Duration::from_secs(5), "the session's token", |e| {
+            e["client"] == client && e["event"] == "authenticate" && e["authToken"].is_object()
+        })
+        .await;
+    let record = record_of(node, id).await;
+    assert_eq!(record["logged_in"], true, "{client}: {record}");
+    minted
+}
+
+#[tokio::test]
+async fn a_signed_session_id_in_the_query_logs_in_only_with_accept_query_session_id() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let cookie = app.login("alice", "alice-password").await;
+    let signed = cookie_value(&cookie).to_string();
+    assert!(signed.starts_with("s%3A"), "{signed}");
+    let raw = session_id_of(&cookie);
+    let accepting = node_for(&redis, 1, &["--accept-query-session-id"]);
+    let default = node_for(&redis, 1, &[]);
+    let mut driver = Driver::start().await;
+
+    // passport.socketio's cross-origin workaround: the cookie's own value in the URL, no cookie.
+    let url = format!("{}?session_id={signed}", accepting.sc_url());
+    let status = driver
+        .ok("sc.connect", json!({"client": "signed", "url": url}))
+        .await;
+    let id = status["id"].as_str().unwrap().to_string();
+    let minted = minted_token_of(&mut driver, &accepting, "signed", &id).await;
+    assert_eq!(minted["authToken"]["sub"], "u-alice");
+    let record = record_of(&accepting, &id).await;
+    assert_eq!(record["user"]["id"], "u-alice", "{record}");
+
+    // A raw id is never a credential, even with the flag.
+    let url = format!("{}?session_id={raw}", accepting.sc_url());
+    let status = driver
+        .ok("sc.connect", json!({"client": "raw", "url": url}))
+        .await;
+    assert_eq!(status["isAuthenticated"], false, "{status}");
+    assert_eq!(
+        status["authError"]["name"], "SessionCookieInvalidError",
+        "{status}"
+    );
+    let record = record_of(&accepting, status["id"].as_str().unwrap()).await;
+    assert_eq!(record["logged_in"], false);
+
+    // Without the flag even the signed value logs nobody in.
+    for (client, value) in [("off-signed", &signed), ("off-raw", &raw)] {
+        let url = format!("{}?session_id={value}", default.sc_url());
+        let status = driver
+            .ok("sc.connect", json!({"client": client, "url": url}))
+            .await;
+        assert_eq!(status["isAuthenticated"], false, "{client}: {status}");
+        assert_eq!(
+            status["authError"]["name"], "SessionCookieInvalidError",
+            "{client}: {status}"
+        );
+        let record = record_of(&default, status["id"].as_str().unwrap()).await;
+        assert_eq!(record["logged_in"], false, "{client}: {record}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for client in ["raw", "off-signed", "off-raw"] {
+        assert!(
+            driver.events_of(client, "authenticate").is_empty(),
+            "{client} got a token"
+        );
+    }
+    assert_eq!(
+        default
+            .metric("sockhive_session_logins_total{result=\"query_session_id\"}")
+            .await,
+        2.0
+    );
+    driver.shutdown().await;
+}
+
+/// Rewrites the session's `passport.user` in Redis, keeping its TTL, as another login would.
+fn set_passport_user(redis: &RedisServer, sid: &str, user: Value) {
+    let key = format!("sess:{sid}");
+    let mut session: Value = serde_json::from_str(&redis.cli(&["GET", &key])).unwrap();
+    session["passport"]["user"] = user;
+    let ttl = redis.cli(&["PTTL", &key]);
+    assert!(
+        ttl.parse::<i64>().unwrap() > 0,
+        "the session has a TTL: {ttl}"
+    );
+    assert_eq!(
+        redis.cli(&["SET", &key, &session.to_string(), "PX", &ttl]),
+        "OK"
+    );
+}
+
+#[tokio::test]
+async fn a_minted_token_ends_when_its_session_logs_in_someone_else() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let node = node_for(&redis, 1, &[]);
+    let cookie = app.login("alice", "alice-password").await;
+    let sid = session_id_of(&cookie);
+    let mut driver = Driver::start().await;
+    let status = connect(&mut driver, &node, "cookie", Some(&cookie), json!({}))
+        .await
+        .unwrap();
+    minted_token_of(&mut driver, &node, "cookie", status["id"].as_str().unwrap()).await;
+    let minted = driver.ok("sc.state", json!({"client": "cookie"})).await["signedAuthToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    driver
+        .ok("sc.disconnect", json!({"client": "cookie"}))
+        .await;
+
+    // Control: the unchanged session honours the token (no cookie sent).
+    let with_token =
+        |client: &str| json!({"client": client, "url": node.sc_url(), "authToken": minted.clone()});
+    let status = driver.ok("sc.connect", with_token("control")).await;
+    assert_eq!(status["isAuthenticated"], true, "{status}");
+    let record = record_of(&node, status["id"].as_str().unwrap()).await;
+    assert_eq!(record["user"]["id"], "u-alice");
+    driver
+        .ok("sc.disconnect", json!({"client": "control"}))
+        .await;
+
+    // The same session now logs in bob: alice's token is no longer backed by it.
+    set_passport_user(&redis, &sid, json!("u-bob"));
+    let status = driver.ok("sc.connect", with_token("switched")).await;
+    assert_eq!(status["isAuthenticated"], false, "{status}");
+    assert_eq!(
+        status["authError"]["name"], "SessionNotFoundError",
+        "{status}"
+    );
+    let record = record_of(&node, status["id"].as_str().unwrap()).await;
+    assert_eq!(record["logged_in"], false);
+
+    // A session without passport.user is logged out: refused too.
+    let reply = app
+        .post("/logout-keep-session", Some(&cookie), &json!({}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let session: Value =
+        serde_json::from_str(&redis.cli(&["GET", &format!("sess:{sid}")])).unwrap();
+    assert!(session["passport"].get("user").is_none(), "{session}");
+    let status = driver.ok("sc.connect", with_token("logged-out")).await;
+    assert_eq!(
+        status["authError"]["name"], "SessionNotFoundError",
+        "{status}"
+    );
+
+    // Alice back in the same session: the token is honoured again (the check compares users,
+    // it does not merely notice a rewrite).
+    set_passport_user(&redis, &sid, json!("u-alice"));
+    let status = driver.ok("sc.connect", with_token("back")).await;
+    assert_eq!(status["isAuthenticated"], true, "{status}");
+    driver.shutdown().await;
+}
+
+/// `connect.sid=<value>` for `sid`, signed as express-session signs it (cookie-signature, run
+/// by node from the tests' own node_modules) and URL-encoded as the browser holds it.
+fn signed_cookie(sid: &str) -> String {
+    let script = "const c = require('module').createRequire(process.argv[1])('cookie-signature'); \
+                  process.stdout.write(encodeURIComponent('s:' + c.sign(process.argv[2], process.argv[3])))";
+    let package = sockhive_tests::repo_root().join("tests/js/package.json");
+    let out = std::process::Command::new("node")
+        .args(["-e", script])
+        .arg(&package)
+        .args([sid, SECRET])
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("connect.sid={}", String::from_utf8(out.stdout).unwrap())
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_a_minted_token_also_follows_passport_user() {
+    // The minted-token index and the session sit in different slots: two reads, same verdicts.
+    let cluster = RedisCluster::start();
+    let ports: Vec<u16> = cluster.servers.iter().map(|s| s.port).collect();
+    let url = format!(
+        "redis-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
+        ports[0], ports[1], ports[2]
+    );
+    let cli = |args: &[&str]| {
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        sockhive_tests::redis::redis_cli(ports[0], &all)
+    };
+    let sid = "cluster-session-1";
+    let key = format!("sess:{sid}");
+    let session = |user: &str| {
+        json!({"cookie": {"originalMaxAge": null, "httpOnly": true, "path": "/"},
+               "passport": {"user": user}})
+        .to_string()
+    };
+    assert_eq!(cli(&["SET", &key, &session("u-alice"), "EX", "600"]), "OK");
+    let node = NodeBuilder::new(1)
+        .args(["--session-secret", SECRET, "--session-redis-url", &url])
+        .start();
+    let mut driver = Driver::start().await;
+    let status = connect(
+        &mut driver,
+        &node,
+        "cookie",
+        Some(&signed_cookie(sid)),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    minted_token_of(&mut driver, &node, "cookie", status["id"].as_str().unwrap()).await;
+    let minted = driver.ok("sc.state", json!({"client": "cookie"})).await["signedAuthToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    driver
+        .ok("sc.disconnect", json!({"client": "cookie"}))
+        .await;
+    let with_token =
+        |client: &str| json!({"client": client, "url": node.sc_url(), "authToken": minted.clone()});
+    // The token is filed in the background: allow it a moment to land.
+    let mut attempt = 0;
+    eventually(
+        Duration::from_secs(3),
+        "the minted token to be honoured",
+        async || {
+            attempt += 1;
+            let status = driver
+                .ok("sc.connect", with_token(&format!("control{attempt}")))
+                .await;
+            (status["isAuthenticated"] == true).then_some(())
+        },
+    )
+    .await;
+
+    assert_eq!(cli(&["SET", &key, &session("u-bob"), "KEEPTTL"]), "OK");
+    let status = driver.ok("sc.connect", with_token("switched")).await;
+    assert_eq!(status["isAuthenticated"], false, "{status}");
+    assert_eq!(
+        status["authError"]["name"], "SessionNotFoundError",
+        "{status}"
+    );
+
+    assert_eq!(cli(&["DEL", &key]), "1");
+    let status = driver.ok("sc.connect", with_token("deleted")).await;
+    assert_eq!(
+        status["authError"]["name"], "SessionNotFoundError",
+        "{status}"
+    );
+    driver.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_user_records_channels_become_the_minted_tokens_channels_claim() {
+    let redis = RedisServer::start();
+    let users = json!([
+        {"id": "u-dana", "username": "dana", "password": "dana-password",
+         "channels": ["room:1", "team:*"]},
+        {"id": "u-erin", "username": "erin", "password": "erin-password"},
+    ])
+    .to_string();
+    // The whole user object in the session (no lookup), and an id resolved by a Redis lookup.
+    let whole = WebApp::start(
+        &redis.url(),
+        &[
+            ("SESSION_SECRETS", SECRET),
+            ("SERIALIZE", "object"),
+            ("USERS", &users),
+        ],
+    );
+    let by_id = WebApp::start(
+        &redis.url(),
+        &[("SESSION_SECRETS", SECRET), ("USERS", &users)],
+    );
+    let mut driver = Driver::start().await;
+    for (round, app, lookup) in [(0, &whole, None), (1, &by_id, Some("redis:user:{id}"))] {
+        let (dana, erin) = (format!("dana{round}"), format!("erin{round}"));
+        let mut extra = vec!["--channel-auth", "claims"];
+        extra.extend(lookup.iter().flat_map(|l| ["--user-lookup", *l]));
+        let node = node_for(&redis, 1, &extra);
+        let what = format!("lookup {lookup:?}");
+
+        let cookie = app.login("dana", "dana-password").await;
+        let status = connect(&mut driver, &node, &dana, Some(&cookie), json!({}))
+            .await
+            .unwrap();
+        let minted =
+            minted_token_of(&mut driver, &node, &dana, status["id"].as_str().unwrap()).await;
+        assert_eq!(
+            minted["authToken"]["channels"],
+            json!(["room:1", "team:*"]),
+            "{what}: {minted}"
+        );
+        for channel in ["room:1", "team:red"] {
+            driver
+                .ok("sc.subscribe", json!({"client": dana, "channel": channel}))
+                .await;
+        }
+        let refused = driver
+            .call("sc.subscribe", json!({"client": dana, "channel": "room:2"}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused["name"], "ChannelForbiddenError",
+            "{what}: {refused}"
+        );
+
+        // A user whose record lists no channels gets no claim, and no channel.
+        let cookie = app.login("erin", "erin-password").await;
+        let status = connect(&mut driver, &node, &erin, Some(&cookie), json!({}))
+            .await
+            .unwrap();
+        let minted =
+            minted_token_of(&mut driver, &node, &erin, status["id"].as_str().unwrap()).await;
+        assert!(
+            minted["authToken"].get("channels").is_none(),
+            "{what}: {minted}"
+        );
+        let refused = driver
+            .call("sc.subscribe", json!({"client": erin, "channel": "room:1"}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused["name"], "ChannelForbiddenError",
+            "{what}: {refused}"
         );
     }
     driver.shutdown().await;

@@ -56,6 +56,9 @@ const DRAIN_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 /// How long a closing socket waits for its last frames and the client's close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a socket that does not read gets to take its close frame.
+const NOT_READING_GRACE: Duration = Duration::from_millis(100);
+
 /// How long a closed connection keeps reading and discarding, so the close
 /// frame is not destroyed by a reset (interface.md: lingering close).
 const LINGER: Duration = Duration::from_secs(2);
@@ -563,8 +566,16 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
         if reason == CloseReason::Gone {
             return;
         }
-        if matches!(reason, CloseReason::NotReading | CloseReason::PongTimeout) {
-            // The client is not reading: what waits for it is dropped.
+        // A client that does not read cannot take a close frame either: one
+        // short try, then the connection is dropped at once instead of
+        // holding its descriptor (and megabytes of unsent data) for seconds.
+        let not_reading = reason == CloseReason::NotReading;
+        let grace = if not_reading {
+            NOT_READING_GRACE
+        } else {
+            CLOSE_GRACE
+        };
+        if not_reading || reason == CloseReason::PongTimeout {
             self.out.discard();
         }
         let close = self.protocol.close(&mut self.out, &reason);
@@ -574,20 +585,22 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                 .to_string()
                 .into(),
         });
-        let sent = tokio::time::timeout(CLOSE_GRACE, async {
+        let sent = tokio::time::timeout(grace, async {
             self.out.drain(&mut self.ws).await?;
             self.ws.close(frame).await
         })
         .await;
+        if not_reading {
+            return;
+        }
         if !matches!(sent, Ok(Ok(()))) {
             // tungstenite refuses to write after a read error (an oversized
             // frame above all): write the close frame ourselves.
             let raw = close.as_ref().map(|(code, text)| (*code, text.as_str()));
-            let _ =
-                tokio::time::timeout(CLOSE_GRACE, write_raw_close(self.ws.get_mut(), raw)).await;
+            let _ = tokio::time::timeout(grace, write_raw_close(self.ws.get_mut(), raw)).await;
         } else {
             // Wait for the client's close frame, then the lingering close.
-            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            let _ = tokio::time::timeout(grace, async {
                 use futures_util::StreamExt;
                 while let Some(Ok(_)) = self.ws.next().await {}
             })

@@ -1,1 +1,446 @@
+//! The socket core's state machine under paused time: each test drives
+//! `run_socket` over an in-memory pipe with a real protocol adapter and lets
+//! tokio's clock jump to the next deadline, so a 30 s timeout costs nothing.
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sockhive_shared::config::{ChannelAuth, Config, ConfigLayer};
+use sockhive_shared::http::RequestHead;
+use sockhive_shared::units::{ByteSize, HumanDuration};
+use tokio::io::DuplexStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{run_socket, Protocol};
+use crate::auth::{now_unix, Auth};
+use crate::credentials::{Credential, PendingCredential};
+use crate::hub::channels::LocalChannels;
+use crate::hub::registry::SocketRegistry;
+use crate::master_link::MasterLink;
+use crate::protocol::socketcluster::SocketCluster;
+use crate::protocol::socketio::SocketIo;
+use crate::transport::Upgraded;
+use crate::{Worker, WorkerMetrics};
+
+const KEY: &str = "core-test-key";
+
+/// A worker without a master or Redis: what the core needs, in-process.
+fn worker(tune: impl FnOnce(&mut ConfigLayer)) -> Arc<Worker> {
+    let mut layer = ConfigLayer::default();
+    layer.auth.auth_key = Some(KEY.into());
+    layer.server.node_id = Some("core-test".into());
+    tune(&mut layer);
+    let config = Config::resolve(layer).expect("valid test config");
+    // The receiver is leaked so sends to the "master" succeed silently.
+    let (master, to_master) = MasterLink::new();
+    std::mem::forget(to_master);
+    Arc::new(Worker {
+        slot: 1,
+        auth: Auth::new(&config.auth).unwrap(),
+        sockets: SocketRegistry::new("core-test".into(), 1, master.clone(), None),
+        channels: LocalChannels::new(master.clone(), None),
+        metrics: WorkerMetrics::new(),
+        sessions: None,
+        config,
+        master,
+        shutdown: CancellationToken::new(),
+        open_connections: AtomicUsize::new(0),
+    })
+}
+
+fn secs(s: u64) -> Option<HumanDuration> {
+    Some(HumanDuration(Duration::from_secs(s)))
+}
+
+fn token(claims: Value, lifetime: u64) -> String {
+    let Value::Object(claims) = claims else {
+        unreachable!("claims are an object")
+    };
+    let keys = sockhive_shared::jwt::JwtKeys::hs256(KEY).unwrap();
+    sockhive_shared::jwt::TokenSigner::new(&keys)
+        .unwrap()
+        .sign(claims, Duration::from_secs(lifetime), now_unix())
+        .unwrap()
+}
+
+type Client = WebSocketStream<DuplexStream>;
+
+/// Starts a socket of `protocol` over a pipe of `pipe` bytes each way and
+/// returns the client's end.
+async fn connect<P: Protocol>(worker: &Arc<Worker>, protocol: P, pipe: usize) -> Client {
+    let (client, server) = tokio::io::duplex(pipe);
+    let config = WebSocketConfig::default()
+        .write_buffer_size(0)
+        .max_message_size(Some(worker.config.limits.max_payload as usize));
+    let ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
+    let upgraded = Upgraded {
+        head: head(""),
+        peer: "127.0.0.1:1".parse().unwrap(),
+        started: std::time::Instant::now(),
+    };
+    let credential = PendingCredential::Ready(Box::new(Credential::Absent));
+    tokio::spawn(run_socket(
+        worker.clone(),
+        ws,
+        upgraded,
+        credential,
+        protocol,
+    ));
+    WebSocketStream::from_raw_socket(client, Role::Client, None).await
+}
+
+fn head(query: &str) -> RequestHead {
+    RequestHead {
+        method: "GET".into(),
+        path: "/".into(),
+        query: Some(query.into()),
+        headers: Vec::new(),
+    }
+}
+
+fn sio(worker: &Worker) -> SocketIo {
+    SocketIo::new(&head("EIO=4&transport=websocket"), &worker.config.limits)
+}
+
+async fn send(client: &mut Client, text: &str) {
+    client.send(Message::text(text)).await.unwrap();
+}
+
+/// The next text frame, skipping SocketCluster pings (empty frames).
+async fn next_text(client: &mut Client) -> String {
+    loop {
+        match client.next().await {
+            Some(Ok(Message::Text(text))) if text.is_empty() => continue,
+            Some(Ok(Message::Text(text))) => return text.to_string(),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+}
+
+async fn next_json(client: &mut Client) -> Value {
+    serde_json::from_str(&next_text(client).await).unwrap()
+}
+
+/// Reads until the close frame; its code.
+async fn close_code(client: &mut Client) -> Option<u16> {
+    while let Some(frame) = client.next().await {
+        match frame {
+            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+async fn sc_handshake(client: &mut Client, token: Option<&str>) -> Value {
+    let data = token.map_or(json!({}), |t| json!({"authToken": t}));
+    send(
+        client,
+        &json!({"event": "#handshake", "data": data, "cid": 1}).to_string(),
+    )
+    .await;
+    next_json(client).await
+}
+
+async fn sc_subscribe(client: &mut Client, channel: &str, cid: u64) -> Value {
+    let request = json!({"event": "#subscribe", "data": {"channel": channel}, "cid": cid});
+    send(client, &request.to_string()).await;
+    next_json(client).await
+}
+
+fn claims_worker() -> Arc<Worker> {
+    worker(|layer| {
+        layer.channels.channel_auth = Some(ChannelAuth::Claims);
+        layer.auth.jwt_leeway = secs(1);
+    })
+}
+
+fn first_record(worker: &Worker) -> Value {
+    worker.sockets.query(&Default::default(), 1).remove(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_handshake_within_the_timeout_closes_4005() {
+    let worker = worker(|_| {});
+    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let started = Instant::now();
+    assert_eq!(close_code(&mut client).await, Some(4005));
+    assert_eq!(started.elapsed().as_secs(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_socketcluster_client_is_closed_4001_at_the_ping_timeout() {
+    let worker = worker(|layer| {
+        layer.limits.ping_interval = secs(1);
+        layer.limits.ping_timeout = secs(3);
+    });
+    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let reply = sc_handshake(&mut client, None).await;
+    assert_eq!(reply["data"]["pingTimeout"], 3000);
+    let started = Instant::now();
+    assert_eq!(close_code(&mut client).await, Some(4001));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+}
+
+/// Reads until the Engine.IO ping `2`.
+async fn next_engine_ping(client: &mut Client) {
+    while next_text(client).await != "2" {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_io_ping_unanswered_closes_after_its_timeout() {
+    let worker = worker(|layer| {
+        layer.limits.socketio_ping_interval = secs(2);
+        layer.limits.socketio_ping_timeout = secs(1);
+    });
+    let mut client = connect(&worker, sio(&worker), 1 << 16).await;
+    let started = Instant::now();
+    let open = next_text(&mut client).await;
+    assert!(
+        open.contains("\"pingInterval\":2000") && open.contains("\"pingTimeout\":1000"),
+        "{open}"
+    );
+    send(&mut client, "40").await;
+    // The first ping comes one interval after the open packet; answering it
+    // restarts the interval from the pong.
+    next_engine_ping(&mut client).await;
+    assert_eq!(started.elapsed().as_secs(), 2);
+    send(&mut client, "3").await;
+    let pong_at = Instant::now();
+    next_engine_ping(&mut client).await;
+    assert_eq!(pong_at.elapsed().as_secs(), 2);
+    // This one goes unanswered: closed one timeout later.
+    let ping_at = Instant::now();
+    assert_eq!(close_code(&mut client).await, Some(1008));
+    assert_eq!(ping_at.elapsed().as_secs(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_at_the_ping_timeout_even_while_it_pongs() {
+    let worker = worker(|layer| {
+        layer.limits.ping_interval = secs(1);
+        layer.limits.ping_timeout = secs(3);
+    });
+    // A small pipe: the server's writes block as soon as the client stops reading.
+    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 4096).await;
+    sc_handshake(&mut client, None).await;
+    assert_eq!(
+        sc_subscribe(&mut client, "busy", 2).await,
+        json!({"rid": 2})
+    );
+    let data = serde_json::value::to_raw_value(&"x".repeat(10_000)).unwrap();
+    for _ in 0..50 {
+        worker.channels.deliver("busy", &data, &worker.metrics);
+    }
+    let blocked = Instant::now();
+    // The client keeps sending pongs (so the heartbeat alone would keep it)
+    // but never reads again: the stalled write ends it.
+    for _ in 0..20 {
+        if worker.sockets.is_empty() {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), send(&mut client, "")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(worker.sockets.is_empty(), "still registered");
+    let waited = blocked.elapsed();
+    assert!(waited <= Duration::from_secs(4), "{waited:?}");
+    assert_eq!(worker.metrics.slow_consumers.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn passing_the_send_queue_limit_ends_the_socket_at_once() {
+    let worker = worker(|layer| {
+        layer.limits.max_payload = Some(ByteSize(16 * 1024));
+        layer.limits.max_send_queue = Some(ByteSize(64 * 1024));
+    });
+    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 4096).await;
+    sc_handshake(&mut client, None).await;
+    assert_eq!(
+        sc_subscribe(&mut client, "busy", 2).await,
+        json!({"rid": 2})
+    );
+    let data = serde_json::value::to_raw_value(&"x".repeat(10_000)).unwrap();
+    let started = Instant::now();
+    for _ in 0..20 {
+        worker.channels.deliver("busy", &data, &worker.metrics);
+    }
+    for _ in 0..100 {
+        if worker.sockets.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(worker.sockets.is_empty());
+    // Long before the 30 s ping timeout: the budget, not a deadline, ended it.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(worker.metrics.slow_consumers.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expiring_token_loses_its_protected_channels_with_kick_out() {
+    let worker = claims_worker();
+    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let token = token(json!({"sub": "alice", "channels": ["room:1"]}), 5);
+    let reply = sc_handshake(&mut client, Some(&token)).await;
+    assert_eq!(reply["data"]["isAuthenticated"], true, "{reply}");
+    assert_eq!(
+        sc_subscribe(&mut client, "room:1", 2).await,
+        json!({"rid": 2})
+    );
+    let started = Instant::now();
+    let removed = next_json(&mut client).await;
+    assert_eq!(removed["event"], "#removeAuthToken", "{removed}");
+    let kicked = next_json(&mut client).await;
+    assert_eq!(kicked["event"], "#kickOut", "{kicked}");
+    assert_eq!(kicked["data"]["channel"], "room:1");
+    // exp (at most 5 s away) plus the 1 s leeway.
+    assert!(
+        started.elapsed() <= Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let record = first_record(&worker);
+    assert_eq!(record["channels"], json!([]));
+    assert_eq!(record["logged_in"], false);
+    assert_eq!(worker.channels.channel_count(), 0, "left the hub too");
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_the_token_or_authenticating_as_someone_else_loses_the_channel() {
+    let worker = claims_worker();
+    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let both = token(
+        json!({"sub": "alice", "channels": ["room:1", "room:2"]}),
+        3600,
+    );
+    sc_handshake(&mut client, Some(&both)).await;
+    assert_eq!(
+        sc_subscribe(&mut client, "room:1", 2).await,
+        json!({"rid": 2})
+    );
+    assert_eq!(
+        sc_subscribe(&mut client, "room:2", 3).await,
+        json!({"rid": 3})
+    );
+    // Re-authenticating as someone with room:2 only costs room:1.
+    let bob = token(json!({"sub": "bob", "channels": ["room:2"]}), 3600);
+    let authenticate = json!({"event": "#authenticate", "data": bob, "cid": 4});
+    send(&mut client, &authenticate.to_string()).await;
+    assert_eq!(
+        next_json(&mut client).await["data"]["isAuthenticated"],
+        true
+    );
+    let kicked = next_json(&mut client).await;
+    assert_eq!(kicked["event"], "#kickOut");
+    assert_eq!(kicked["data"]["channel"], "room:1");
+    assert_eq!(first_record(&worker)["user"]["id"], "bob");
+    // Dropping the token costs the rest.
+    send(&mut client, r##"{"event":"#removeAuthToken"}"##).await;
+    let kicked = next_json(&mut client).await;
+    assert_eq!(kicked["event"], "#kickOut");
+    assert_eq!(kicked["data"]["channel"], "room:2");
+    assert_eq!(worker.channels.channel_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_pushes_a_fresh_token_before_expiry_and_keeps_the_socket_logged_in() {
+    let worker = worker(|layer| {
+        layer.auth.token_renew_before = secs(2);
+    });
+    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let old = token(json!({"sub": "alice"}), 5);
+    sc_handshake(&mut client, Some(&old)).await;
+    let started = Instant::now();
+    let renewed = next_json(&mut client).await;
+    assert_eq!(renewed["event"], "#setAuthToken", "{renewed}");
+    assert!(started.elapsed() <= Duration::from_secs(3));
+    let fresh = renewed["data"]["token"].as_str().unwrap();
+    let claims = worker.auth.verify(fresh).unwrap();
+    assert_eq!(claims["sub"], "alice");
+    let record = first_record(&worker);
+    assert_eq!(record["auth"]["exp"], claims["exp"]);
+    assert_eq!(record["logged_in"], true);
+}
+
+#[tokio::test(start_paused = true)]
+async fn socketio_sockets_hear_kickout_when_their_token_expires() {
+    let worker = claims_worker();
+    let mut client = connect(&worker, sio(&worker), 1 << 16).await;
+    next_text(&mut client).await;
+    let token = token(json!({"sub": "alice", "channels": ["room:1"]}), 4);
+    send(&mut client, &format!("40{}", json!({"token": token}))).await;
+    let connected = next_text(&mut client).await;
+    assert!(connected.starts_with("40{\"sid\""), "{connected}");
+    send(&mut client, r#"421["subscribe","room:1"]"#).await;
+    assert_eq!(next_text(&mut client).await, r#"431[{"ok":true}]"#);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let text = next_text(&mut client).await;
+        if text == "2" {
+            send(&mut client, "3").await;
+        } else {
+            seen.push(text);
+        }
+    }
+    assert!(seen[0].starts_with(r#"42["deauthenticated""#), "{seen:?}");
+    assert!(
+        seen[1].starts_with(r#"42["kickout",{"channel":"room:1""#),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn names_over_the_limits_are_refused_and_never_stored() {
+    let worker = worker(|layer| {
+        layer.limits.max_channel_length = Some(8);
+        layer.limits.max_event_length = Some(8);
+    });
+    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    sc_handshake(&mut client, None).await;
+    let refused = sc_subscribe(&mut client, "123456789", 2).await;
+    assert_eq!(
+        refused["error"]["name"], "InvalidArgumentsError",
+        "{refused}"
+    );
+    assert!(!refused.to_string().contains("123456789"));
+    send(&mut client, r#"{"event":"procedure9","data":1,"cid":3}"#).await;
+    let refused = next_json(&mut client).await;
+    assert_eq!(
+        refused["error"]["name"], "InvalidArgumentsError",
+        "{refused}"
+    );
+    assert!(!refused.to_string().contains("procedure9"));
+    send(&mut client, r#"{"event":"proc8","data":1,"cid":4}"#).await;
+    assert_eq!(
+        next_json(&mut client).await["error"]["name"],
+        "UnknownProcedureError"
+    );
+    assert_eq!(first_record(&worker)["channels"], json!([]));
+    assert_eq!(worker.channels.channel_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_closes_registered_sockets_with_1001() {
+    let worker = worker(|_| {});
+    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    sc_handshake(&mut client, None).await;
+    worker.shutdown.cancel();
+    assert_eq!(close_code(&mut client).await, Some(1001));
+}
