@@ -1010,6 +1010,23 @@ async fn a_900_kb_channel_name_is_refused_and_never_recorded() {
     assert_invalid_arguments(&ack[0]["error"], &huge, "Socket.IO subscribe");
     assert_channels(&node, &io_id, json!([])).await;
 
+    // The admin API refuses names over the limits too, without echoing them.
+    let long = name_of("room:", 257);
+    let reply = node
+        .admin_post("/api/publish", json!({"channel": long, "data": 1}))
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("max-channel-length") && !reply.body.contains(&long));
+    let event = name_of("event:", 257);
+    let reply = node
+        .admin_post(
+            "/api/sockets/emit",
+            json!({"filter": {}, "event": event, "data": 1}),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("max-event-length") && !reply.body.contains(&event));
+
     // Nobody holds it cluster-wide either.
     let found = node
         .admin_post("/api/sockets/query", json!({"filter": {}}))

@@ -10,23 +10,27 @@
 //! - [`protocol`]: the protocol adapters, SocketCluster and Socket.IO.
 //! - [`socket`]: the protocol-free socket core: one loop per socket owning its
 //!   login, channels, writes, deadlines and ending.
+//! - [`context`]: the shared state ([`Worker`]) the layers above hold.
 //! - [`hub`]: what sockets share: the registry, channel fan-out, the outbox.
-//! - [`credentials`], [`auth`], [`passport`]: who a connection is (access
-//!   token, session cookie, protocol token), JWTs, the web app's sessions.
-//! - [`transport`]: the stream a socket runs over, close frames, lingering close.
-//! - [`metrics`], [`json_text`]: the Prometheus registry; JSON string escaping.
+//! - [`auth`]: who a connection is (access token, session cookie, protocol
+//!   token): the credential pipeline, JWTs, the web app's passport sessions.
+//! - [`master_link`], [`transport`], [`metrics`], [`json_text`]: sending to the
+//!   master; the stream a socket runs over, close frames and the lingering
+//!   close; the Prometheus registry; JSON string escaping.
+//!
+//! `cargo test -p sockhive-worker --test layers` checks that every
+//! `crate::` import points down this list.
 //!
 //! A worker is single-threaded (a current-thread tokio runtime): the node runs
 //! one worker per core, so threads inside a worker would only add contention.
 
 pub mod auth;
-pub mod credentials;
+pub mod context;
 pub mod front_door;
 pub mod hub;
 pub mod json_text;
 pub mod master_link;
 pub mod metrics;
-pub mod passport;
 pub mod protocol;
 pub mod socket;
 pub mod transport;
@@ -38,11 +42,8 @@ use anyhow::Context;
 use sockhive_shared::ipc::{WORKER_IPC_FD, WORKER_LISTENER_FD};
 use tokio_util::sync::CancellationToken;
 
+pub use context::Worker;
 pub use metrics::WorkerMetrics;
-pub use worker::Worker;
-
-/// The name the credential pipeline knows the worker by.
-pub type WorkerContext = Worker;
 
 /// Entry point of `sockhive worker`: runs until drained or orphaned.
 pub fn run() -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
-//! The worker as a value: what every connection shares, built once, and the
-//! accept loop with its drain.
+//! The worker entry: builds the shared [`Worker`] once, reads the master's
+//! messages, accepts until the shutdown, and drains with a deadline.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -8,44 +8,19 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use sockhive_broker::pubsub::{Delivery, RedisChannels};
 use sockhive_broker::records::RecordSink;
-use sockhive_shared::config::Config;
 use sockhive_shared::ipc::{self, ToMaster, ToWorker};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Auth;
-use crate::credentials::SessionSupport;
+use crate::auth::{Credentials, SessionSupport};
+use crate::context::Worker;
 use crate::hub::channels::LocalChannels;
 use crate::hub::outbox::Outbound;
 use crate::hub::registry::SocketRegistry;
-use crate::master_link::{read_from_master, MasterLink};
+use crate::master_link::MasterLink;
 use crate::metrics::WorkerMetrics;
-
-/// Everything a connection task may need, shared by all of them.
-pub struct Worker {
-    /// This worker's slot, 1-based; what records show as `worker`.
-    pub slot: u16,
-    /// The node's settings, as the master resolved them.
-    pub config: Config,
-    /// The worker's metrics.
-    pub metrics: WorkerMetrics,
-    /// The worker's sockets.
-    pub sockets: SocketRegistry,
-    /// Local channel subscriptions.
-    pub channels: LocalChannels,
-    /// JWT verification and signing.
-    pub auth: Auth,
-    /// Session-cookie logins, when configured.
-    pub sessions: Option<SessionSupport>,
-    /// Sending to the master.
-    pub master: MasterLink,
-    /// Cancelled when the worker drains: sockets close with 1001, the accept loop ends.
-    pub shutdown: CancellationToken,
-    /// WebSocket connections open now, for `max_connections`.
-    pub open_connections: AtomicUsize,
-}
 
 /// Serves the public port until `shutdown` is cancelled (or the master goes
 /// away), then drains. `ipc` is this worker's end of the master's socket
@@ -81,13 +56,15 @@ pub async fn serve(
             Some((sessions, logouts)) => (Some(sessions), Some(logouts)),
             None => (None, None),
         };
+    let metrics = WorkerMetrics::new();
+    let credentials = Credentials::new(&config, sessions, metrics.session_logins.clone())
+        .context("auth settings")?;
     let worker = Arc::new(Worker {
         slot,
-        sessions,
-        auth: Auth::new(&config.auth).context("auth settings")?,
+        credentials: Arc::new(credentials),
         sockets: SocketRegistry::new(node.clone(), slot, master.clone(), records.clone()),
         channels: LocalChannels::new(master.clone(), redis_channels),
-        metrics: WorkerMetrics::new(),
+        metrics,
         config: *config,
         master,
         shutdown: shutdown.clone(),
@@ -174,5 +151,100 @@ async fn accept_until_drained(
             remaining = tracker.len(),
             "worker drain deadline reached; exiting with connections open"
         ),
+    }
+}
+
+/// Reads the master's messages until it goes away; then the worker is
+/// orphaned and drains (`orphaned` tells the drain not to wait long).
+async fn read_from_master(
+    worker: Arc<Worker>,
+    mut ipc_read: tokio::net::unix::OwnedReadHalf,
+    orphaned: tokio_util::sync::CancellationToken,
+) {
+    use sockhive_shared::ipc::{ToMaster, ToWorker};
+    loop {
+        let message = match ipc::read_message::<_, ToWorker>(&mut ipc_read).await {
+            Ok(Some(message)) => message,
+            Ok(None) | Err(_) => {
+                tracing::warn!(worker = worker.slot, "master is gone; worker exiting");
+                orphaned.cancel();
+                worker.shutdown.cancel();
+                return;
+            }
+        };
+        match message {
+            ToWorker::Hello { .. } => tracing::warn!("unexpected second hello from the master"),
+            ToWorker::Drain => worker.shutdown.cancel(),
+            ToWorker::MetricsRequest { request } => {
+                worker.master.send(&ToMaster::Metrics {
+                    request,
+                    families: worker.metrics.snapshot(),
+                });
+            }
+            ToWorker::Deliver { channel, data } => {
+                worker.channels.deliver(&channel, &data, &worker.metrics)
+            }
+            ToWorker::Cluster { request, command } => {
+                let reply = run_cluster_command(&worker, command);
+                worker.master.send(&ToMaster::Cluster { request, reply });
+            }
+        }
+    }
+}
+
+/// Evaluates one cluster query on this worker's sockets.
+fn run_cluster_command(
+    worker: &Worker,
+    command: sockhive_shared::ipc::ClusterCommand,
+) -> sockhive_shared::ipc::ClusterReply {
+    use crate::hub::outbox::Outbound;
+    use sockhive_shared::filter::Filter;
+    use sockhive_shared::ipc::{ClusterCommand, ClusterReply};
+    // The master validates filters before fanning them out; should one still
+    // fail to parse here (a version skew), match nothing rather than everything.
+    let parse = |filter: &serde_json::Value| {
+        Filter::parse(filter).unwrap_or_else(|_| {
+            Filter::parse(&serde_json::json!({"id": {"$in": []}})).unwrap_or_default()
+        })
+    };
+    match command {
+        ClusterCommand::Query { filter, limit } => ClusterReply::Query {
+            sockets: worker.sockets.query(&parse(&filter), limit),
+        },
+        ClusterCommand::Emit {
+            filter,
+            event,
+            data,
+        } => {
+            let data: std::sync::Arc<serde_json::value::RawValue> = std::sync::Arc::from(data);
+            let delivered = worker
+                .sockets
+                .push_matching(&parse(&filter), || Outbound::Event {
+                    event: event.clone(),
+                    data: data.clone(),
+                });
+            ClusterReply::Emit { delivered }
+        }
+        ClusterCommand::PatchSession { id, changes } => {
+            let session = worker.sockets.update(&id, |entry| {
+                for (key, value) in changes {
+                    if value.is_null() {
+                        entry.session.remove(&key);
+                    } else {
+                        entry.session.insert(key, value);
+                    }
+                }
+                entry.session.clone()
+            });
+            ClusterReply::PatchSession { session }
+        }
+        ClusterCommand::Kick { filter, reason } => {
+            let disconnected = worker
+                .sockets
+                .push_matching(&parse(&filter), || Outbound::Kick {
+                    reason: reason.clone(),
+                });
+            ClusterReply::Kick { disconnected }
+        }
     }
 }

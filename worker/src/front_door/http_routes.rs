@@ -2,7 +2,6 @@
 
 use sockhive_shared::http::{RequestHead, Response};
 
-use crate::credentials;
 use crate::Worker;
 
 /// `GET /healthz`: 200 while the worker accepts connections, 503 once it drains.
@@ -21,7 +20,7 @@ pub fn healthz(worker: &Worker) -> Response {
 /// token (Azure Web PubSub for Socket.IO's flow); the client then connects
 /// with `?access_token=`. The caller has checked the origin.
 pub async fn negotiate(worker: &std::sync::Arc<Worker>, head: &RequestHead) -> Response {
-    let response = match credentials::negotiate(worker, head).await {
+    let response = match worker.credentials.negotiate(head).await {
         Ok((token, lifetime)) => {
             let scheme = match head.header("x-forwarded-proto") {
                 Some(proto) if proto.eq_ignore_ascii_case("https") => "https",

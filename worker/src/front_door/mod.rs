@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 pub mod http_routes;
 pub mod upgrade;
 
-use crate::credentials::{Credential, PendingCredential};
+use crate::auth::{Credential, PendingCredential};
 use crate::protocol::{socketcluster, socketio};
 use crate::socket::run_socket;
 use crate::transport::{linger, Rewind, Upgraded, Ws};
@@ -172,7 +172,7 @@ pub async fn credential_for_upgrade(
     stream: &mut TcpStream,
     head: &RequestHead,
 ) -> Option<PendingCredential> {
-    let pending = PendingCredential::start(ctx, head);
+    let pending = PendingCredential::start(&ctx.credentials, head);
     if !(ctx.config.auth.require_auth && ctx.config.auth.reject_at_upgrade) {
         return Some(pending);
     }

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::auth::now_unix;
-use crate::credentials::Identity;
-use crate::passport::SessionLogin;
+use crate::auth::passport::SessionLogin;
+use crate::auth::Identity;
 use crate::Worker;
 
 /// A verified login.
@@ -100,7 +100,7 @@ impl Login {
         } = identity;
         // Watch the new session before unwatching the old: a re-login to the
         // same session must not drop its watch in between.
-        if let (Some(login), Some(sessions)) = (&session, worker.sessions.as_ref()) {
+        if let (Some(login), Some(sessions)) = (&session, worker.credentials.sessions.as_ref()) {
             sessions.watcher.watch(&login.sid, &login.passport_user);
         }
         self.clear(worker);
@@ -108,7 +108,7 @@ impl Login {
             &claims,
             session.is_some(),
             worker.config.auth.jwt_leeway,
-            worker.auth.renew_before,
+            worker.credentials.jwt.renew_before,
         );
         self.state = Some(Box::new(LoggedIn {
             claims,
@@ -124,7 +124,9 @@ impl Login {
         let Some(state) = self.state.take() else {
             return;
         };
-        if let (Some(login), Some(sessions)) = (&state.session, worker.sessions.as_ref()) {
+        if let (Some(login), Some(sessions)) =
+            (&state.session, worker.credentials.sessions.as_ref())
+        {
             sessions.watcher.unwatch(&login.sid, &login.passport_user);
         }
     }
@@ -161,11 +163,19 @@ impl Login {
         claims.remove("iat");
         claims.remove("exp");
         let signed = worker
-            .auth
+            .credentials
+            .jwt
             .sign(claims)
             .map_err(|e| tracing::warn!(error = %e, "cannot renew a socket's token"))
             .ok()
-            .and_then(|token| worker.auth.verify(&token).ok().map(|fresh| (token, fresh)));
+            .and_then(|token| {
+                worker
+                    .credentials
+                    .jwt
+                    .verify(&token)
+                    .ok()
+                    .map(|fresh| (token, fresh))
+            });
         let Some((token, fresh)) = signed else {
             state.renew_at = None;
             return None;
@@ -174,11 +184,46 @@ impl Login {
             &fresh,
             state.session.is_some(),
             worker.config.auth.jwt_leeway,
-            worker.auth.renew_before,
+            worker.credentials.jwt.renew_before,
         );
         state.claims = fresh;
         state.expires_at = expires_at;
         state.renew_at = renew_at;
         Some(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(exp_in: u64) -> Map<String, Value> {
+        let Value::Object(claims) = json!({"sub": "a", "exp": now_unix() + exp_in}) else {
+            unreachable!("an object")
+        };
+        claims
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_login_expires_at_exp_plus_leeway_and_a_session_backed_one_does_not() {
+        let now = Instant::now();
+        let leeway = Duration::from_secs(30);
+        let (expires, renew) = clock(&claims(100), false, leeway, None);
+        let expires = expires.expect("a token login expires");
+        assert!(
+            expires >= now + Duration::from_secs(129) && expires <= now + Duration::from_secs(130)
+        );
+        assert_eq!(renew, None);
+        // The session's logout ends it instead; renewal still keeps its token fresh.
+        let (expires, renew) = clock(&claims(100), true, leeway, Some(Duration::from_secs(10)));
+        assert_eq!(expires, None);
+        let renew = renew.expect("renewal is due before exp");
+        assert!(renew <= now + Duration::from_secs(90));
+        // No `exp`: nothing to expire or renew.
+        assert_eq!(
+            clock(&Map::new(), false, leeway, Some(leeway)),
+            (None, None)
+        );
     }
 }

@@ -40,7 +40,7 @@ use tokio_tungstenite::tungstenite::Message;
 pub use ending::CloseReason;
 pub use protocol::{HandshakeLogin, HandshakeToken, Protocol, ReplyError, ReplyTo, SocketEvent};
 
-use crate::credentials::{self, Credential, Method, PendingCredential, Refusal};
+use crate::auth::{Credential, Method, PendingCredential, Refusal};
 use crate::hub::outbox::{outbox, Inbox, Outbound, Outbox};
 use crate::hub::registry::SocketEntry;
 use crate::transport::{linger, write_raw_close, Transport, Upgraded, Ws, MAX_CLOSE_REASON};
@@ -407,7 +407,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
         };
         let credential = match (credential, token) {
             (Credential::Absent, HandshakeToken::Present(token)) => {
-                credentials::from_token(&worker, &token, Method::Token).await
+                worker.credentials.from_token(&token, Method::Token).await
             }
             (Credential::Absent, HandshakeToken::Malformed(why)) => {
                 Credential::Refused(malformed_token(why))
@@ -474,7 +474,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                 .with_label_values(&[outcome, "authenticate"])
                 .inc()
         };
-        match credentials::from_token(&worker, token, Method::Token).await {
+        match worker.credentials.from_token(token, Method::Token).await {
             Credential::Accepted(identity) => {
                 counter("ok");
                 let minted = self.login.set(&worker, *identity);

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::ending::CloseReason;
 use super::heartbeat::HeartbeatPolicy;
 use super::writer::Out;
-use crate::credentials::Refusal;
+use crate::auth::Refusal;
 use crate::hub::channels::DeliveryEncoder;
 
 /// Names the request a reply answers: SocketCluster's `cid`, Socket.IO's ack id.

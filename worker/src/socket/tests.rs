@@ -19,8 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{run_socket, Protocol};
-use crate::auth::{now_unix, Auth};
-use crate::credentials::{Credential, PendingCredential};
+use crate::auth::{now_unix, Credential, Credentials, PendingCredential};
 use crate::hub::channels::LocalChannels;
 use crate::hub::registry::SocketRegistry;
 use crate::master_link::MasterLink;
@@ -41,13 +40,14 @@ fn worker(tune: impl FnOnce(&mut ConfigLayer)) -> Arc<Worker> {
     // The receiver is leaked so sends to the "master" succeed silently.
     let (master, to_master) = MasterLink::new();
     std::mem::forget(to_master);
+    let metrics = WorkerMetrics::new();
+    let credentials = Credentials::new(&config, None, metrics.session_logins.clone()).unwrap();
     Arc::new(Worker {
         slot: 1,
-        auth: Auth::new(&config.auth).unwrap(),
+        credentials: Arc::new(credentials),
         sockets: SocketRegistry::new("core-test".into(), 1, master.clone(), None),
         channels: LocalChannels::new(master.clone(), None),
-        metrics: WorkerMetrics::new(),
-        sessions: None,
+        metrics,
         config,
         master,
         shutdown: CancellationToken::new(),
@@ -372,7 +372,7 @@ async fn renewal_pushes_a_fresh_token_before_expiry_and_keeps_the_socket_logged_
     assert_eq!(renewed["event"], "#setAuthToken", "{renewed}");
     assert!(started.elapsed() <= Duration::from_secs(3));
     let fresh = renewed["data"]["token"].as_str().unwrap();
-    let claims = worker.auth.verify(fresh).unwrap();
+    let claims = worker.credentials.jwt.verify(fresh).unwrap();
     assert_eq!(claims["sub"], "alice");
     let record = first_record(&worker);
     assert_eq!(record["auth"]["exp"], claims["exp"]);

@@ -13,7 +13,7 @@ use super::codec::{
     self, close_code, ClientEvent, DecodeLimits, ErrorObject, HandshakeStatus, InboundFrame,
     Packet, ViolationOutcome,
 };
-use crate::credentials::{Method, Refusal};
+use crate::auth::{Method, Refusal};
 use crate::hub::channels::DeliveryEncoder;
 use crate::socket::heartbeat::{HeartbeatPolicy, HeartbeatStyle};
 use crate::socket::writer::Out;

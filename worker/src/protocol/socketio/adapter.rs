@@ -20,7 +20,7 @@ use super::codec::{
     self, close_code, disconnect_reason, BinaryAssembler, BinaryKind, BinaryPacket, ChannelRequest,
     DecodeLimits, EnginePacket, OpenHandshake, PacketKind, MAIN_NAMESPACE,
 };
-use crate::credentials::Refusal;
+use crate::auth::Refusal;
 use crate::hub::channels::DeliveryEncoder;
 use crate::socket::heartbeat::{HeartbeatPolicy, HeartbeatStyle};
 use crate::socket::writer::Out;

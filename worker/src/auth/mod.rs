@@ -25,12 +25,17 @@ use sockhive_shared::config::Config;
 use sockhive_shared::http::RequestHead;
 use sockhive_shared::jwt::AuthTokenError;
 
-use crate::passport::{
+use passport::{
     cookie::CookieRejection, watch::WatcherConfig, DuplicateCookiePolicy, LoggedOut,
     SessionAuthConfig, SessionAuthError, SessionAuthenticator, SessionLogin, SessionOutcome,
     SessionWatcher, StoredSession, UserRecordShape, UserResolver,
 };
-use crate::WorkerContext;
+use prometheus::IntCounterVec;
+
+pub mod jwt;
+pub mod passport;
+
+pub use jwt::{now_unix, Auth};
 
 /// How the credential was presented (the `method` label of handshake metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +215,7 @@ impl MintedCheck {
         let Some(session) = session else {
             return MintedCheck::Ended("the web session this token was minted from has ended");
         };
-        match crate::passport::user::passport_user(&StoredSession::from_bytes(session)) {
+        match crate::auth::passport::user::passport_user(&StoredSession::from_bytes(session)) {
             Ok(user) if *user == login.passport_user => MintedCheck::Alive(login),
             Ok(_) => MintedCheck::Ended(
                 "the web session this token was minted from is now logged in as another user",
@@ -373,63 +378,20 @@ pub fn upgrade_token(head: &RequestHead) -> Option<String> {
         })
 }
 
-/// Steps 1 and 2 of the pipeline, at the upgrade.
-pub async fn from_upgrade(ctx: &Arc<WorkerContext>, head: &RequestHead) -> Credential {
-    if let Some(token) = upgrade_token(head) {
-        return match from_token(ctx, &token, Method::AccessToken).await {
-            // An access token is a ticket for the connection: the socket gets
-            // a token of its own, minted afresh from the session behind the
-            // ticket (a short `/negotiate` ticket must not end the socket), or
-            // the ticket itself when no session is behind it.
-            Credential::Accepted(mut identity) => {
-                match (identity.session.clone(), ctx.sessions.as_ref()) {
-                    (Some(login), Some(sessions)) => {
-                        match mint(ctx, sessions, login, ctx.auth.token_expiry) {
-                            Ok(fresh) => Credential::Accepted(Box::new(Identity {
-                                method: Method::AccessToken,
-                                ..fresh
-                            })),
-                            Err(refusal) => Credential::Refused(refusal),
-                        }
-                    }
-                    _ => {
-                        identity.minted_token = Some(token);
-                        Credential::Accepted(identity)
-                    }
-                }
-            }
-            other => other,
-        };
-    }
-    let Some(sessions) = ctx.sessions.as_ref() else {
-        return Credential::Absent;
-    };
-    let cookies: Vec<&str> = head.headers_named("cookie").collect();
-    let query_sid = head.query_param("session_id");
-    match sessions
-        .authenticator
-        .authenticate(&cookies, query_sid.as_deref())
-        .await
-    {
-        SessionOutcome::Anonymous => Credential::Absent,
-        SessionOutcome::Refused(error) => session_refused(ctx, &error),
-        SessionOutcome::Authenticated(login) => {
-            ctx.metrics.session_logins.with_label_values(&["ok"]).inc();
-            match mint(ctx, sessions, login, ctx.auth.token_expiry) {
-                Ok(identity) => Credential::Accepted(Box::new(identity)),
-                Err(refusal) => Credential::Refused(refusal),
-            }
-        }
-    }
-}
-
-/// Counts and converts a refused session credential.
-fn session_refused(ctx: &WorkerContext, error: &SessionAuthError) -> Credential {
-    ctx.metrics
-        .session_logins
-        .with_label_values(&[error.reason()])
-        .inc();
-    Credential::Refused(Refusal::from_session(error))
+/// Who connections are, for every protocol: the node's JWT keys, the web
+/// app's session logins when configured, and the settings the pipeline reads.
+/// Built once per worker; the socket core and the front door hold it.
+pub struct Credentials {
+    /// JWT verification and signing.
+    pub jwt: Auth,
+    /// Session-cookie logins, when configured.
+    pub sessions: Option<SessionSupport>,
+    /// `--session-store-timeout`: how long a minted token's check may take.
+    store_timeout: Duration,
+    /// `--negotiate-expiry`: lifetime of `/negotiate` tickets.
+    negotiate_expiry: Duration,
+    /// `sockhive_session_logins_total`, by result.
+    session_logins: IntCounterVec,
 }
 
 /// The claims of a token minted from a session login. When the resolved user
@@ -457,91 +419,6 @@ fn session_claims(login: &SessionLogin, hash: &str) -> Map<String, Value> {
     claims
 }
 
-fn mint(
-    ctx: &WorkerContext,
-    sessions: &SessionSupport,
-    login: SessionLogin,
-    lifetime: Duration,
-) -> Result<Identity, Refusal> {
-    // Hot path (every cookie login): one hash, one signature; the claims the
-    // socket carries are the signed ones, built here rather than by
-    // verifying the token just made.
-    let hash = session_hash(&login.sid);
-    let mut claims = session_claims(&login, &hash);
-    let now = crate::auth::now_unix();
-    claims.insert("iat".into(), json!(now));
-    claims.insert("exp".into(), json!(now + lifetime.as_secs()));
-    match ctx.auth.sign_for(claims.clone(), lifetime) {
-        Ok(token) => {
-            sessions.remember_minted(hash, &login, lifetime);
-            Ok(Identity {
-                method: Method::Session,
-                claims,
-                session: Some(login),
-                minted_token: Some(token),
-            })
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot mint a token for a session login");
-            Err(Refusal {
-                method: Method::Session,
-                name: "AuthTokenError",
-                message: format!("the server failed to sign an auth token: {e}"),
-                reason: "sign_failed",
-                fields: Box::default(),
-                bad_token: false,
-            })
-        }
-    }
-}
-
-/// A JWT presented by the client (step 1 or 3).
-pub async fn from_token(ctx: &Arc<WorkerContext>, token: &str, method: Method) -> Credential {
-    let claims = match ctx.auth.verify(token) {
-        Ok(claims) => claims,
-        Err(error) => return Credential::Refused(Refusal::from_token(method, &error)),
-    };
-    // A token minted from a session lives only as long as the session.
-    let mut session = None;
-    if let Some(hash) = claims.get("sh").and_then(Value::as_str) {
-        let Some(sessions) = ctx.sessions.as_ref() else {
-            return Credential::Refused(session_gone(method, "this token was minted from a web session, and session logins are not configured here"));
-        };
-        // The socket watches that session for logout, like a cookie login.
-        session = match sessions
-            .minted_login(hash, ctx.config.session.session_store_timeout)
-            .await
-        {
-            Ok(MintedCheck::Alive(MintedLogin { sid, passport_user })) => {
-                let user = claims.get("user").cloned().unwrap_or(Value::Null);
-                Some(SessionLogin {
-                    sid,
-                    passport_user,
-                    user,
-                    secret_index: 0,
-                })
-            }
-            Ok(MintedCheck::Ended(why)) => return Credential::Refused(session_gone(method, why)),
-            Err(e) => {
-                return Credential::Refused(Refusal {
-                    method,
-                    name: "SessionStoreUnavailableError",
-                    message: format!("the session store is unavailable ({e})"),
-                    reason: "store_unavailable",
-                    fields: Box::default(),
-                    bad_token: false,
-                })
-            }
-        };
-    }
-    Credential::Accepted(Box::new(Identity {
-        method,
-        claims,
-        session,
-        minted_token: None,
-    }))
-}
-
 fn session_gone(method: Method, message: &str) -> Refusal {
     let mut fields = Map::new();
     fields.insert("isBadToken".into(), json!(true));
@@ -555,36 +432,193 @@ fn session_gone(method: Method, message: &str) -> Refusal {
     }
 }
 
-/// What `/negotiate` hands out for a session cookie: a short-lived access token.
-pub async fn negotiate(
-    ctx: &Arc<WorkerContext>,
-    head: &RequestHead,
-) -> Result<(String, Duration), Refusal> {
-    let Some(sessions) = ctx.sessions.as_ref() else {
-        return Err(Refusal {
-            method: Method::Session,
-            name: "SessionNotFoundError",
-            message: "session logins are not configured".into(),
-            reason: "no_cookie",
-            fields: Box::default(),
-            bad_token: false,
-        });
-    };
-    let cookies: Vec<&str> = head.headers_named("cookie").collect();
-    let lifetime = ctx.config.session.negotiate_expiry;
-    match sessions.authenticator.authenticate(&cookies, None).await {
-        SessionOutcome::Anonymous => Err(Refusal {
-            method: Method::Session,
-            name: "SessionNotFoundError",
-            message: "no session cookie".into(),
-            reason: "no_cookie",
-            fields: Box::default(),
-            bad_token: false,
-        }),
-        SessionOutcome::Refused(error) => Err(Refusal::from_session(&error)),
-        SessionOutcome::Authenticated(login) => {
-            let identity = mint(ctx, sessions, login, lifetime)?;
-            Ok((identity.minted_token.unwrap_or_default(), lifetime))
+impl Credentials {
+    /// The pipeline for this configuration; `sessions` is the started
+    /// session support (see [`SessionSupport::start`]).
+    pub fn new(
+        config: &Config,
+        sessions: Option<SessionSupport>,
+        session_logins: IntCounterVec,
+    ) -> Result<Credentials, sockhive_shared::jwt::JwtKeyError> {
+        Ok(Credentials {
+            jwt: Auth::new(&config.auth)?,
+            sessions,
+            store_timeout: config.session.session_store_timeout,
+            negotiate_expiry: config.session.negotiate_expiry,
+            session_logins,
+        })
+    }
+
+    /// Steps 1 and 2 of the pipeline, at the upgrade.
+    pub async fn from_upgrade(&self, head: &RequestHead) -> Credential {
+        if let Some(token) = upgrade_token(head) {
+            return match self.from_token(&token, Method::AccessToken).await {
+                // An access token is a ticket for the connection: the socket gets
+                // a token of its own, minted afresh from the session behind the
+                // ticket (a short `/negotiate` ticket must not end the socket), or
+                // the ticket itself when no session is behind it.
+                Credential::Accepted(mut identity) => {
+                    match (identity.session.clone(), self.sessions.as_ref()) {
+                        (Some(login), Some(sessions)) => {
+                            match self.mint(sessions, login, self.jwt.token_expiry) {
+                                Ok(fresh) => Credential::Accepted(Box::new(Identity {
+                                    method: Method::AccessToken,
+                                    ..fresh
+                                })),
+                                Err(refusal) => Credential::Refused(refusal),
+                            }
+                        }
+                        _ => {
+                            identity.minted_token = Some(token);
+                            Credential::Accepted(identity)
+                        }
+                    }
+                }
+                other => other,
+            };
+        }
+        let Some(sessions) = self.sessions.as_ref() else {
+            return Credential::Absent;
+        };
+        let cookies: Vec<&str> = head.headers_named("cookie").collect();
+        let query_sid = head.query_param("session_id");
+        match sessions
+            .authenticator
+            .authenticate(&cookies, query_sid.as_deref())
+            .await
+        {
+            SessionOutcome::Anonymous => Credential::Absent,
+            SessionOutcome::Refused(error) => self.session_refused(&error),
+            SessionOutcome::Authenticated(login) => {
+                self.session_logins.with_label_values(&["ok"]).inc();
+                match self.mint(sessions, login, self.jwt.token_expiry) {
+                    Ok(identity) => Credential::Accepted(Box::new(identity)),
+                    Err(refusal) => Credential::Refused(refusal),
+                }
+            }
+        }
+    }
+
+    /// Counts and converts a refused session credential.
+    fn session_refused(&self, error: &SessionAuthError) -> Credential {
+        self.session_logins
+            .with_label_values(&[error.reason()])
+            .inc();
+        Credential::Refused(Refusal::from_session(error))
+    }
+
+    fn mint(
+        &self,
+        sessions: &SessionSupport,
+        login: SessionLogin,
+        lifetime: Duration,
+    ) -> Result<Identity, Refusal> {
+        // Hot path (every cookie login): one hash, one signature; the claims the
+        // socket carries are the signed ones, built here rather than by
+        // verifying the token just made.
+        let hash = session_hash(&login.sid);
+        let mut claims = session_claims(&login, &hash);
+        let now = now_unix();
+        claims.insert("iat".into(), json!(now));
+        claims.insert("exp".into(), json!(now + lifetime.as_secs()));
+        match self.jwt.sign_for(claims.clone(), lifetime) {
+            Ok(token) => {
+                sessions.remember_minted(hash, &login, lifetime);
+                Ok(Identity {
+                    method: Method::Session,
+                    claims,
+                    session: Some(login),
+                    minted_token: Some(token),
+                })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot mint a token for a session login");
+                Err(Refusal {
+                    method: Method::Session,
+                    name: "AuthTokenError",
+                    message: format!("the server failed to sign an auth token: {e}"),
+                    reason: "sign_failed",
+                    fields: Box::default(),
+                    bad_token: false,
+                })
+            }
+        }
+    }
+
+    /// A JWT presented by the client (step 1 or 3).
+    pub async fn from_token(&self, token: &str, method: Method) -> Credential {
+        let claims = match self.jwt.verify(token) {
+            Ok(claims) => claims,
+            Err(error) => return Credential::Refused(Refusal::from_token(method, &error)),
+        };
+        // A token minted from a session lives only as long as the session.
+        let mut session = None;
+        if let Some(hash) = claims.get("sh").and_then(Value::as_str) {
+            let Some(sessions) = self.sessions.as_ref() else {
+                return Credential::Refused(session_gone(method, "this token was minted from a web session, and session logins are not configured here"));
+            };
+            // The socket watches that session for logout, like a cookie login.
+            session = match sessions.minted_login(hash, self.store_timeout).await {
+                Ok(MintedCheck::Alive(MintedLogin { sid, passport_user })) => {
+                    let user = claims.get("user").cloned().unwrap_or(Value::Null);
+                    Some(SessionLogin {
+                        sid,
+                        passport_user,
+                        user,
+                        secret_index: 0,
+                    })
+                }
+                Ok(MintedCheck::Ended(why)) => {
+                    return Credential::Refused(session_gone(method, why))
+                }
+                Err(e) => {
+                    return Credential::Refused(Refusal {
+                        method,
+                        name: "SessionStoreUnavailableError",
+                        message: format!("the session store is unavailable ({e})"),
+                        reason: "store_unavailable",
+                        fields: Box::default(),
+                        bad_token: false,
+                    })
+                }
+            };
+        }
+        Credential::Accepted(Box::new(Identity {
+            method,
+            claims,
+            session,
+            minted_token: None,
+        }))
+    }
+
+    /// What `/negotiate` hands out for a session cookie: a short-lived access token.
+    pub async fn negotiate(&self, head: &RequestHead) -> Result<(String, Duration), Refusal> {
+        let Some(sessions) = self.sessions.as_ref() else {
+            return Err(Refusal {
+                method: Method::Session,
+                name: "SessionNotFoundError",
+                message: "session logins are not configured".into(),
+                reason: "no_cookie",
+                fields: Box::default(),
+                bad_token: false,
+            });
+        };
+        let cookies: Vec<&str> = head.headers_named("cookie").collect();
+        let lifetime = self.negotiate_expiry;
+        match sessions.authenticator.authenticate(&cookies, None).await {
+            SessionOutcome::Anonymous => Err(Refusal {
+                method: Method::Session,
+                name: "SessionNotFoundError",
+                message: "no session cookie".into(),
+                reason: "no_cookie",
+                fields: Box::default(),
+                bad_token: false,
+            }),
+            SessionOutcome::Refused(error) => Err(Refusal::from_session(&error)),
+            SessionOutcome::Authenticated(login) => {
+                let identity = self.mint(sessions, login, lifetime)?;
+                Ok((identity.minted_token.unwrap_or_default(), lifetime))
+            }
         }
     }
 }
@@ -605,16 +639,16 @@ impl PendingCredential {
     /// A `session_id` query parameter starts the session lookup only when it
     /// can log someone in (`--accept-query-session-id`, no token, no cookie);
     /// otherwise it is refused on the spot, with no task and no store access.
-    pub fn start(ctx: &Arc<WorkerContext>, head: &RequestHead) -> PendingCredential {
+    pub fn start(credentials: &Arc<Credentials>, head: &RequestHead) -> PendingCredential {
         let has_token = upgrade_token(head).is_some();
         let mut cookie_auth = false;
-        if let (Some(sessions), false) = (ctx.sessions.as_ref(), has_token) {
+        if let (Some(sessions), false) = (credentials.sessions.as_ref(), has_token) {
             if head.header("cookie").is_some() {
                 cookie_auth = true;
             } else if head.query_param("session_id").is_some() {
                 if !sessions.accept_query_session_id {
                     let error = SessionAuthError::CookieInvalid(CookieRejection::QuerySessionId);
-                    return PendingCredential::Ready(Box::new(session_refused(ctx, &error)));
+                    return PendingCredential::Ready(Box::new(credentials.session_refused(&error)));
                 }
                 cookie_auth = true;
             }
@@ -622,8 +656,10 @@ impl PendingCredential {
         if !cookie_auth && !has_token {
             return PendingCredential::Ready(Box::new(Credential::Absent));
         }
-        let (ctx, head) = (ctx.clone(), head.clone());
-        PendingCredential::Pending(tokio::spawn(async move { from_upgrade(&ctx, &head).await }))
+        let (credentials, head) = (credentials.clone(), head.clone());
+        PendingCredential::Pending(tokio::spawn(async move {
+            credentials.from_upgrade(&head).await
+        }))
     }
 
     /// The decided credential.

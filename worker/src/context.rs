@@ -1,0 +1,37 @@
+//! What every task of a worker shares, built once by the worker entry
+//! ([`crate::worker::serve`]) and handed down as `Arc<Worker>`: the layers
+//! below the socket core (hub, credentials) never see it.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use sockhive_shared::config::Config;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Credentials;
+use crate::hub::channels::LocalChannels;
+use crate::hub::registry::SocketRegistry;
+use crate::master_link::MasterLink;
+use crate::metrics::WorkerMetrics;
+
+/// A worker's shared state.
+pub struct Worker {
+    /// This worker's slot, 1-based; what records show as `worker`.
+    pub slot: u16,
+    /// The node's settings, as the master resolved them.
+    pub config: Config,
+    /// The worker's metrics.
+    pub metrics: WorkerMetrics,
+    /// The worker's sockets, as cluster queries see them.
+    pub sockets: SocketRegistry,
+    /// Local channel subscriptions and the broker behind them.
+    pub channels: LocalChannels,
+    /// Who connections are: JWT keys and session logins.
+    pub credentials: Arc<Credentials>,
+    /// Sending to the master.
+    pub master: MasterLink,
+    /// Cancelled when the worker drains: sockets close with 1001, the accept loop ends.
+    pub shutdown: CancellationToken,
+    /// WebSocket connections open now, for `max_connections`.
+    pub open_connections: AtomicUsize,
+}
