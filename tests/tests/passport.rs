@@ -44,6 +44,14 @@ async fn record_of(node: &Node, id: &str) -> Value {
     node.record(id).await
 }
 
+/// Whether the socket of this `sc.connect` result is logged in (a cookie login
+/// says so in its record: its reply's `isAuthenticated` is about the client's
+/// own token).
+async fn logged_in(node: &Node, status: &Value) -> bool {
+    status["authError"].is_null()
+        && record_of(node, status["id"].as_str().unwrap()).await["logged_in"] == true
+}
+
 #[tokio::test]
 async fn a_passport_login_authenticates_the_socket() {
     let redis = RedisServer::start();
@@ -54,7 +62,9 @@ async fn a_passport_login_authenticates_the_socket() {
     let status = connect(&mut driver, &node, "alice", Some(&cookie), json!({}))
         .await
         .unwrap();
-    assert_eq!(status["isAuthenticated"], true, "{status}");
+    // As on socketcluster-server, the reply says whether the client's own
+    // token was accepted (it sent none); the session's token follows.
+    assert_eq!(status["isAuthenticated"], false, "{status}");
     // The minted token arrives after the handshake (and survives the client's handshake handling).
     let minted = driver
         .wait_event(Duration::from_secs(5), "the session's token", |e| {
@@ -65,6 +75,10 @@ async fn a_passport_login_authenticates_the_socket() {
     let state = driver.ok("sc.state", json!({"client": "alice"})).await;
     assert_eq!(state["authState"], "authenticated");
     assert_eq!(state["authToken"]["sub"], "u-alice");
+    // The client never held the authenticated state with a null token.
+    for event in driver.events_of("alice", "authenticate") {
+        assert!(event["authToken"].is_object(), "{event}");
+    }
     let record = record_of(&node, status["id"].as_str().unwrap()).await;
     assert_eq!(record["logged_in"], true);
     assert_eq!(record["user"]["id"], "u-alice");
@@ -81,6 +95,26 @@ async fn a_passport_login_authenticates_the_socket() {
         node.metric("sockhive_session_logins_total{result=\"ok\"}")
             .await,
         1.0
+    );
+    // Reconnecting with the token it was handed (and the cookie): the reply
+    // says the client's own token was accepted, and no new token is pushed.
+    let returning = connect(
+        &mut driver,
+        &node,
+        "alice-again",
+        Some(&cookie),
+        json!({"authToken": minted["signedAuthToken"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(returning["isAuthenticated"], true, "{returning}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushed = driver.events_of("alice-again", "authenticate");
+    assert!(
+        pushed
+            .iter()
+            .all(|e| e["signedAuthToken"] == minted["signedAuthToken"]),
+        "{pushed:?}"
     );
     driver.shutdown().await;
 }
@@ -99,8 +133,9 @@ async fn a_user_lookup_resolves_the_whole_user() {
         let status = connect(&mut driver, &node, "carol", Some(&cookie), json!({}))
             .await
             .unwrap();
-        assert_eq!(status["isAuthenticated"], true, "{lookup}: {status}");
+        assert_eq!(status["isAuthenticated"], false, "{lookup}: {status}");
         let record = record_of(&node, status["id"].as_str().unwrap()).await;
+        assert_eq!(record["logged_in"], true, "{lookup}: {record}");
         assert_eq!(record["user"]["username"], "carol", "{lookup}: {record}");
         assert_eq!(
             record["user"]["id"], 7,
@@ -271,7 +306,10 @@ async fn a_cookie_signed_with_a_rotated_out_secret_still_works_while_listed() {
     let status = connect(&mut driver, &node, "c", Some(&cookie), json!({}))
         .await
         .unwrap();
-    assert_eq!(status["isAuthenticated"], true);
+    assert_eq!(
+        record_of(&node, status["id"].as_str().unwrap()).await["logged_in"],
+        true
+    );
     let retired = NodeBuilder::new(1)
         .args([
             "--session-secret",
@@ -308,7 +346,8 @@ async fn negotiate_trades_the_cookie_for_an_access_token() {
     let status = driver
         .ok("sc.connect", json!({"client": "c", "url": url}))
         .await;
-    assert_eq!(status["isAuthenticated"], true);
+    // Logged in by the ticket, not by a token the client sent: its own token follows.
+    assert_eq!(status["isAuthenticated"], false);
     let record = record_of(&node, status["id"].as_str().unwrap()).await;
     assert_eq!(
         record["user"]["id"], "u-bob",
@@ -370,12 +409,10 @@ async fn redis_stopping_fails_new_logins_closed_and_they_recover_without_a_resta
     let node = node_for(&redis, 1, &[]);
     let cookie = app.login("alice", "alice-password").await;
     let mut driver = Driver::start().await;
-    assert_eq!(
-        connect(&mut driver, &node, "before", Some(&cookie), json!({}))
-            .await
-            .unwrap()["isAuthenticated"],
-        true
-    );
+    let before = connect(&mut driver, &node, "before", Some(&cookie), json!({}))
+        .await
+        .unwrap();
+    assert!(logged_in(&node, &before).await, "{before}");
 
     redis.pause();
     let started = Instant::now();
@@ -409,7 +446,7 @@ async fn redis_stopping_fails_new_logins_closed_and_they_recover_without_a_resta
         )
         .await
         .ok()?;
-        (status["isAuthenticated"] == true).then_some(())
+        logged_in(&node, &status).await.then_some(())
     })
     .await;
     assert!(
@@ -530,7 +567,7 @@ async fn a_session_handshake_costs_one_redis_round_trip() {
     let status = connect(&mut driver, &node, "c", Some(&cookie), json!({}))
         .await
         .unwrap();
-    assert_eq!(status["isAuthenticated"], true);
+    assert!(status["id"].is_string(), "{status}");
     let stats = redis.cli(&["INFO", "commandstats"]);
     let calls = |command: &str| -> u64 {
         stats

@@ -32,7 +32,7 @@ async fn io_connect(
     client: &str,
     extra: Value,
 ) -> Result<Value, Value> {
-    let mut fields = json!({"client": client, "url": io_url(node), "listen": ["publish", "note", "deauthenticated"]});
+    let mut fields = json!({"client": client, "url": io_url(node), "listen": ["publish", "note", "deauthenticated", "authenticated"]});
     if let (Value::Object(fields), Value::Object(extra)) = (&mut fields, extra) {
         fields.extend(extra);
     }
@@ -247,6 +247,32 @@ async fn the_apps_cookie_and_the_negotiate_flow_carry_the_logged_in_user() {
     assert_eq!(record["user"]["username"], "alice");
     assert_eq!(record["user"]["role"], "admin");
     assert_eq!(record["auth"]["sub"], "u-alice");
+    // The client learns who it is: `authenticated` {user, token}, the
+    // session's token, which logs it in again as a CONNECT `auth.token`.
+    let told = driver
+        .wait_event(WAIT, "authenticated", |e| {
+            e["client"] == "cookie" && e["event"] == "receive" && e["name"] == "authenticated"
+        })
+        .await;
+    let told = &told["args"][0];
+    assert_eq!(told["user"], record["user"], "{told}");
+    let token = told["token"].as_str().expect("a token").to_string();
+    let again = io_connect(
+        &mut driver,
+        &node,
+        "by-token",
+        json!({"auth": {"token": token}}),
+    )
+    .await
+    .unwrap();
+    let record = record_of(&node, again["socketId"].as_str().unwrap()).await;
+    assert_eq!(record["user"]["id"], "u-alice", "{record}");
+    let told = driver
+        .wait_event(WAIT, "authenticated by token", |e| {
+            e["client"] == "by-token" && e["event"] == "receive" && e["name"] == "authenticated"
+        })
+        .await;
+    assert_eq!(told["args"][0]["token"], token.as_str());
 
     // Azure Web PubSub's flow: the page trades its cookie for {endpoint, path, token}.
     let negotiate = http::get(node.public, "/negotiate", &[&format!("Cookie: {cookie}")]).await;
@@ -446,7 +472,12 @@ async fn admin_emit_and_kick_reach_socketio_and_socketcluster_sockets_alike() {
     let state = driver.ok("io.state", json!({"client": "io-bob"})).await;
     assert_eq!(state["active"], false, "a kicked client does not retry");
     for client in ["io-alice", "sc-alice"] {
-        assert!(driver.events_of(client, "receive").is_empty(), "{client}");
+        // Nothing but the login's own `authenticated` event reached them.
+        let received = driver.events_of(client, "receive");
+        assert!(
+            received.iter().all(|e| e["name"] == "authenticated"),
+            "{client}: {received:?}"
+        );
         assert!(
             driver.events_of(client, "disconnect").is_empty(),
             "{client}"

@@ -42,7 +42,7 @@ pub use protocol::{HandshakeLogin, HandshakeToken, Protocol, ReplyError, ReplyTo
 
 use crate::auth::{Credential, Method, PendingCredential, Refusal};
 use crate::hub::outbox::{outbox, Inbox, Outbound, Outbox};
-use crate::hub::registry::SocketEntry;
+use crate::hub::registry::{login_view, SocketEntry};
 use crate::transport::{linger, write_raw_close, Transport, Upgraded, Ws, MAX_CLOSE_REASON};
 use crate::Worker;
 use heartbeat::{Beat, Heartbeat};
@@ -238,7 +238,8 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             LoginDue::Idle => None,
             LoginDue::Renew => {
                 if let Some(token) = self.login.renew(&self.worker) {
-                    self.protocol.token_issued(&mut self.out, &token);
+                    let user = login_view(self.login.claims()).1;
+                    self.protocol.token_issued(&mut self.out, &token, &user);
                     self.identity_changed();
                 }
                 None
@@ -405,12 +406,34 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             Some(pending) => pending.resolve().await,
             None => Credential::Absent,
         };
+        // Whether the token the client itself sent is what it is logged in
+        // with (SocketCluster's `isAuthenticated`), and that token.
+        let mut client_token = None;
         let credential = match (credential, token) {
             (Credential::Absent, HandshakeToken::Present(token)) => {
-                worker.credentials.from_token(&token, Method::Token).await
+                let credential = worker.credentials.from_token(&token, Method::Token).await;
+                if matches!(credential, Credential::Accepted(_)) {
+                    client_token = Some(token);
+                }
+                credential
             }
             (Credential::Absent, HandshakeToken::Malformed(why)) => {
                 Credential::Refused(malformed_token(why))
+            }
+            // A reconnecting client carries the token it was handed: when it
+            // still verifies for the user the upgrade credential logged in,
+            // the client is authenticated by it and needs no new one.
+            (Credential::Accepted(mut identity), HandshakeToken::Present(token)) => {
+                let same_user = worker
+                    .credentials
+                    .jwt
+                    .verify(&token)
+                    .is_ok_and(|claims| claims.get("sub") == identity.claims.get("sub"));
+                if same_user {
+                    identity.minted_token = None;
+                    client_token = Some(token);
+                }
+                Credential::Accepted(identity)
             }
             (credential, _) => credential,
         };
@@ -441,8 +464,10 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             &HandshakeLogin {
                 socket_id: &self.id,
                 authenticated,
+                token_accepted: client_token.is_some(),
                 refusal: refusal.as_ref(),
-                token: minted.as_deref(),
+                token: minted.as_deref().or(client_token.as_deref()),
+                user: &login_view(self.login.claims()).1,
             },
         );
         let outcome = match (created, authenticated, &refusal) {
@@ -481,7 +506,8 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                 self.protocol
                     .authenticate_reply(&mut self.out, reply, Ok(()));
                 if let Some(token) = minted {
-                    self.protocol.token_issued(&mut self.out, &token);
+                    let user = login_view(self.login.claims()).1;
+                    self.protocol.token_issued(&mut self.out, &token, &user);
                 }
                 self.identity_changed();
                 None

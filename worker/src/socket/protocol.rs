@@ -125,10 +125,17 @@ pub struct HandshakeLogin<'a> {
     pub socket_id: &'a str,
     /// The socket now carries a verified login.
     pub authenticated: bool,
+    /// The login is the token the client itself sent in the handshake
+    /// (SocketCluster's `isAuthenticated`): it needs no token handed to it.
+    pub token_accepted: bool,
     /// The credential that was presented and refused (soft mode), if any.
     pub refusal: Option<&'a Refusal>,
-    /// A token minted for the client (session and access-token logins).
+    /// The token the socket's login holds: minted for it (session and
+    /// access-token logins, to be handed to the client) or, when
+    /// `token_accepted`, the client's own.
     pub token: Option<&'a str>,
+    /// Who the socket is, as its record's `user` shows it.
+    pub user: &'a serde_json::Value,
 }
 
 /// A wire protocol, seen from the socket core. One value per socket holds
@@ -175,8 +182,9 @@ pub trait Protocol: Send + 'static {
     fn reply(&mut self, out: &mut Out, reply: ReplyTo, result: Result<(), &ReplyError>);
     /// Answers SocketCluster's `#authenticate`.
     fn authenticate_reply(&mut self, out: &mut Out, reply: ReplyTo, result: Result<(), &Refusal>);
-    /// Hands the client a token it should store (login, renewal).
-    fn token_issued(&mut self, out: &mut Out, token: &str);
+    /// Hands the client a token it should store (login, renewal), with who
+    /// it now is.
+    fn token_issued(&mut self, out: &mut Out, token: &str, user: &serde_json::Value);
     /// Tells the client the server ended its login (expiry, logout, bad token).
     fn deauthenticated(&mut self, out: &mut Out, name: &str, message: &str);
     /// Tells the client it was removed from a channel.

@@ -388,6 +388,10 @@ async fn socketio_sockets_hear_kickout_when_their_token_expires() {
     send(&mut client, &format!("40{}", json!({"token": token}))).await;
     let connected = next_text(&mut client).await;
     assert!(connected.starts_with("40{\"sid\""), "{connected}");
+    // The client learns who it is, and the token its login holds.
+    let told = next_text(&mut client).await;
+    let expected = json!(["authenticated", {"user": {"id": "alice"}, "token": token}]);
+    assert_eq!(told, format!("42{expected}"));
     send(&mut client, r#"421["subscribe","room:1"]"#).await;
     assert_eq!(next_text(&mut client).await, r#"431[{"ok":true}]"#);
     let mut seen = Vec::new();

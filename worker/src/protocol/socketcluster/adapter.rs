@@ -256,7 +256,11 @@ impl Protocol for SocketCluster {
             &HandshakeStatus {
                 socket_id: login.socket_id,
                 ping_timeout_ms: self.ping_timeout.as_millis().min(i32::MAX as u128) as u32,
-                is_authenticated: login.authenticated,
+                // As on socketcluster-server: whether the token the client
+                // sent was accepted. A login by cookie or access token gets
+                // its token below, so the client never holds the
+                // authenticated state with a null token.
+                is_authenticated: login.token_accepted,
                 auth_error: wire_error.as_ref(),
             },
         ));
@@ -266,7 +270,7 @@ impl Protocol for SocketCluster {
         {
             out.text_static(codec::REMOVE_AUTH_TOKEN_FRAME);
         }
-        if let Some(token) = login.token {
+        if let (Some(token), false) = (login.token, login.token_accepted) {
             // Ping now, so the client's pong (its next frame) releases the token.
             self.pending_token = Some(token.to_string());
             out.text_static(codec::PING_FRAME);
@@ -310,7 +314,7 @@ impl Protocol for SocketCluster {
         });
     }
 
-    fn token_issued(&mut self, out: &mut Out, token: &str) {
+    fn token_issued(&mut self, out: &mut Out, token: &str, _user: &Value) {
         if self.pending_token.is_some() {
             // Still waiting for the first pong: the newer token replaces it.
             self.pending_token = Some(token.to_string());

@@ -37,6 +37,9 @@ const PROTOCOL_ERROR: u16 = 1002;
 /// no CONNECT in time, no pong, a send queue it does not drain, a lost login.
 const POLICY_VIOLATION: u16 = 1008;
 
+/// The event that tells a socket who it is logged in as.
+const AUTHENTICATED_EVENT: &str = "authenticated";
+
 /// The event a socket hears when a login change costs it a channel.
 const KICKOUT_EVENT: &str = "kickout";
 
@@ -363,6 +366,9 @@ impl Protocol for SocketIo {
             return false;
         }
         out.text(codec::encode_connect_ok(MAIN_NAMESPACE, login.socket_id));
+        if let (true, Some(token)) = (login.authenticated, login.token) {
+            self.token_issued(out, token, login.user);
+        }
         true
     }
 
@@ -397,7 +403,18 @@ impl Protocol for SocketIo {
         self.reply(out, reply, error.as_ref().map_or(Ok(()), Err));
     }
 
-    fn token_issued(&mut self, _out: &mut Out, _token: &str) {}
+    /// `authenticated` `{user, token}`: a Socket.IO client learns who it is
+    /// logged in as (and the token to reconnect with), after a login and
+    /// after each renewal.
+    fn token_issued(&mut self, out: &mut Out, token: &str, user: &Value) {
+        let body = serde_json::json!({"user": user, "token": token}).to_string();
+        out.text(codec::encode_event_json(
+            MAIN_NAMESPACE,
+            AUTHENTICATED_EVENT,
+            &[&body],
+            None,
+        ));
+    }
 
     fn deauthenticated(&mut self, out: &mut Out, name: &str, message: &str) {
         out.text(codec::encode_deauthenticated(MAIN_NAMESPACE, name, message));
