@@ -49,8 +49,13 @@ pub struct Heartbeat {
     /// When the next ping is due (none before the start, and none while
     /// Engine.IO awaits a pong).
     next_ping: Option<Instant>,
-    /// When the client is given up unless it shows life.
+    /// When the client is given up unless it shows life. For the periodic
+    /// style it is moved lazily: an inbound frame only records `last_seen`,
+    /// and the deadline is re-armed from it when it fires, so a busy socket
+    /// does not re-register a timer per frame.
     deadline: Option<Instant>,
+    /// When the client last sent anything (periodic style).
+    last_seen: Option<Instant>,
 }
 
 impl Heartbeat {
@@ -60,6 +65,7 @@ impl Heartbeat {
             policy,
             next_ping: None,
             deadline: None,
+            last_seen: None,
         }
     }
 
@@ -72,6 +78,7 @@ impl Heartbeat {
     /// after the open packet).
     pub fn start(&mut self, now: Instant) {
         self.next_ping = Some(now + self.policy.interval);
+        self.last_seen = Some(now);
         self.deadline = match self.policy.style {
             HeartbeatStyle::Periodic => Some(now + self.policy.timeout),
             HeartbeatStyle::PingPong => None,
@@ -89,7 +96,7 @@ impl Heartbeat {
             return;
         }
         match self.policy.style {
-            HeartbeatStyle::Periodic => self.deadline = Some(now + self.policy.timeout),
+            HeartbeatStyle::Periodic => self.last_seen = Some(now),
             HeartbeatStyle::PingPong if pong => {
                 self.deadline = None;
                 self.next_ping = Some(now + self.policy.interval);
@@ -117,11 +124,20 @@ impl Heartbeat {
         }
     }
 
-    /// What is due at `now`; a missed deadline wins over a due ping.
-    pub fn due(&self, now: Instant) -> Beat {
+    /// What is due at `now`; a missed deadline wins over a due ping. A
+    /// periodic deadline the client has since moved is re-armed here.
+    pub fn due(&mut self, now: Instant) -> Beat {
         if self.deadline.is_some_and(|at| at <= now) {
-            Beat::TimedOut
-        } else if self.next_ping.is_some_and(|at| at <= now) {
+            let moved = match (self.policy.style, self.last_seen) {
+                (HeartbeatStyle::Periodic, Some(seen)) => Some(seen + self.policy.timeout),
+                _ => None,
+            };
+            match moved {
+                Some(at) if at > now => self.deadline = Some(at),
+                _ => return Beat::TimedOut,
+            }
+        }
+        if self.next_ping.is_some_and(|at| at <= now) {
             Beat::Ping
         } else {
             Beat::Idle

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -124,10 +124,6 @@ pub async fn run_socket<P: Protocol, S: Transport>(
     connections.dec();
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
-}
-
 /// The ending a WebSocket-level read error calls for.
 fn read_error_reason(error: WsError) -> CloseReason {
     match error {
@@ -150,12 +146,20 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
         let shutdown = self.worker.shutdown.clone();
         let mut handshake_deadline = Instant::now() + self.worker.config.limits.handshake_timeout;
         let mut drain_grace = false;
+        // One timer for every deadline, re-armed only when the earliest one
+        // changes (not per frame).
+        let never = Instant::now() + Duration::from_secs(86_400 * 365);
+        let timer = tokio::time::sleep_until(never);
+        tokio::pin!(timer);
         self.protocol.open(&self.id, &mut self.out);
         if self.protocol.starts_heartbeat_at_open() {
             self.heartbeat.start(Instant::now());
         }
         loop {
-            let timer = self.next_timer(handshake_deadline);
+            let next = self.next_timer(handshake_deadline).unwrap_or(never);
+            if timer.deadline() != next {
+                timer.as_mut().reset(next);
+            }
             tokio::select! {
                 biased;
                 _ = budget.overflowed() => return CloseReason::NotReading,
@@ -167,7 +171,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                     drain_grace = true;
                     handshake_deadline = handshake_deadline.min(Instant::now() + DRAIN_HANDSHAKE_GRACE);
                 }
-                _ = sleep_until(timer) => {
+                _ = &mut timer => {
                     if !self.registered && Instant::now() >= handshake_deadline {
                         return if drain_grace { CloseReason::GoingAway } else { CloseReason::HandshakeTimeout };
                     }
@@ -198,7 +202,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
     }
 
     /// The earliest deadline the loop must wake for.
-    fn next_timer(&self, handshake_deadline: Instant) -> Instant {
+    fn next_timer(&self, handshake_deadline: Instant) -> Option<Instant> {
         let stall = self
             .out
             .blocked_since()
@@ -212,7 +216,6 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or_else(far_future)
     }
 
     /// Whatever came due: a stalled write, the heartbeat, the login's clock.
