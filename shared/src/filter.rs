@@ -61,6 +61,14 @@ pub const MAX_VALUE_DEPTH: usize = 128;
 /// variant names the offending path and what it needs; the fault is always the client's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
+    /// A channel rule's filter names `{name}` that its pattern does not capture.
+    #[error("`{placeholder}` at `{path}` is not captured by the rule's pattern")]
+    UnknownCapture {
+        /// The path whose value holds the placeholder.
+        path: String,
+        /// The placeholder as written.
+        placeholder: String,
+    },
     /// The filter itself was an array, string, number, bool or null.
     #[error("filter must be a JSON object")]
     NotAnObject,
@@ -164,6 +172,10 @@ struct Segment {
 enum Test {
     Equals(Value),
     NotEquals(Value),
+    /// Equals the channel-name segment a channel rule captured (see [`Filter::parse_rule`]).
+    EqualsCapture(usize),
+    /// Does not equal that captured segment.
+    NotEqualsCapture(usize),
     In(Vec<Value>),
     Exists(bool),
     /// The operand is a `Value::Number` or a `Value::String`; parsing guarantees it.
@@ -214,13 +226,27 @@ impl Filter {
     /// HTTP 400 reply. See the module docs for the language. When several keys are wrong, the
     /// first in the object's key order is reported.
     pub fn parse(value: &Value) -> Result<Filter, FilterError> {
+        Filter::parse_rule(value, &[])
+    }
+
+    /// A channel rule's filter: as [`Filter::parse`], except that a value (or `$ne` operand)
+    /// that is exactly `"{name}"` stands for the channel-name segment the rule's pattern
+    /// captured as `name` (`captures` lists the pattern's names in order). A `{name}` the
+    /// pattern does not capture is refused, so a typo cannot silently compare with the text.
+    pub fn parse_rule(value: &Value, captures: &[&str]) -> Result<Filter, FilterError> {
         let Value::Object(keys) = value else {
             return Err(FilterError::NotAnObject);
         };
         let mut conditions = Vec::with_capacity(keys.len());
         for (key, expected) in keys {
             let path = FieldPath::parse(key)?;
-            let test = Test::parse(key, expected)?;
+            let test = match Test::parse(key, expected)? {
+                Test::Equals(Value::String(text)) => capture_test(key, &text, captures)?
+                    .map_or(Test::Equals(Value::String(text)), Test::EqualsCapture),
+                Test::NotEquals(Value::String(text)) => capture_test(key, &text, captures)?
+                    .map_or(Test::NotEquals(Value::String(text)), Test::NotEqualsCapture),
+                test => test,
+            };
             conditions.push(Condition { path, test });
         }
         Ok(Filter { conditions })
@@ -229,9 +255,18 @@ impl Filter {
     /// Whether a socket record is selected. Hot: runs once per socket per admin request on every
     /// worker, so it walks the pre-split paths and borrows from the record without allocating.
     pub fn matches(&self, record: &Value) -> bool {
-        self.conditions
-            .iter()
-            .all(|condition| condition.test.holds(condition.path.resolve(record)))
+        self.matches_with(record, &[])
+    }
+
+    /// [`Filter::matches`] for a channel rule's filter, with the segments its pattern captured
+    /// from the channel name. Hot (every subscribe and publish under `--channel-auth rules`):
+    /// borrows everything, allocates nothing.
+    pub fn matches_with(&self, record: &Value, captures: &[&str]) -> bool {
+        self.conditions.iter().all(|condition| {
+            condition
+                .test
+                .holds(condition.path.resolve(record), captures)
+        })
     }
 
     /// True for `{}`, so callers can skip evaluating and, e.g., answer with every record directly.
@@ -285,6 +320,10 @@ impl Filter {
             let expected = match &condition.test {
                 Test::Equals(literal) => literal.clone(),
                 Test::NotEquals(literal) => operator("$ne", literal.clone()),
+                Test::EqualsCapture(index) => Value::String(format!("{{#{index}}}")),
+                Test::NotEqualsCapture(index) => {
+                    operator("$ne", Value::String(format!("{{#{index}}}")))
+                }
                 Test::In(literals) => operator("$in", Value::Array(literals.clone())),
                 Test::Exists(wanted) => operator("$exists", Value::Bool(*wanted)),
                 Test::Compare(comparison, operand) => {
@@ -448,12 +487,20 @@ impl Test {
         }
     }
 
-    /// `field` is `None` when the path is missing from the record.
-    fn holds(&self, field: Option<&Value>) -> bool {
+    /// `field` is `None` when the path is missing from the record; `captures` are a channel
+    /// rule's captured segments (empty for admin filters).
+    fn holds(&self, field: Option<&Value>, captures: &[&str]) -> bool {
+        let captured = |index: &usize| captures.get(*index).copied();
         match (self, field) {
             (Test::Exists(wanted), field) => field.is_some() == *wanted,
             (Test::NotEquals(literal), Some(field)) => !matches_literal(field, literal),
-            (Test::NotEquals(_), None) => true,
+            (Test::NotEquals(_) | Test::NotEqualsCapture(_), None) => true,
+            (Test::EqualsCapture(index), Some(field)) => {
+                captured(index).is_some_and(|segment| matches_segment(field, segment))
+            }
+            (Test::NotEqualsCapture(index), Some(field)) => {
+                !captured(index).is_some_and(|segment| matches_segment(field, segment))
+            }
             (_, None) => false,
             (Test::Equals(literal), Some(field)) => matches_literal(field, literal),
             (Test::In(literals), Some(field)) => literals
@@ -474,6 +521,35 @@ impl Test {
             Test::In(literals) => literals.iter().map(user_id_index_key).collect(),
             _ => None,
         }
+    }
+}
+
+/// `Some(index)` when `text` is a `{name}` placeholder naming capture `index`.
+fn capture_test(path: &str, text: &str, captures: &[&str]) -> Result<Option<usize>, FilterError> {
+    let Some(name) = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) else {
+        return Ok(None);
+    };
+    match captures.iter().position(|capture| *capture == name) {
+        Some(index) => Ok(Some(index)),
+        None => Err(FilterError::UnknownCapture {
+            path: path.to_owned(),
+            placeholder: text.to_owned(),
+        }),
+    }
+}
+
+/// A field against a segment captured from a channel name (always text): a string equal to
+/// it, an integer whose decimal spelling it is (`user:7` for the numeric id 7), or an array
+/// holding either. Allocates nothing.
+fn matches_segment(field: &Value, segment: &str) -> bool {
+    match field {
+        Value::String(text) => text == segment,
+        Value::Number(number) => {
+            number.as_u64().is_some_and(|n| segment.parse() == Ok(n))
+                || number.as_i64().is_some_and(|n| segment.parse() == Ok(n))
+        }
+        Value::Array(items) => items.iter().any(|item| matches_segment(item, segment)),
+        _ => false,
     }
 }
 

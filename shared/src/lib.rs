@@ -7,8 +7,10 @@
 //! - [`ipc`]: the typed, length-prefixed messages between master and workers.
 //! - [`metrics`]: metric families in a form that crosses the IPC channel.
 //! - [`filter`]: the admin API's socket filter language.
+//! - [`channel_rules`]: `--channel-auth rules`, compiled once, decided without allocating.
 //! - [`http`]: the little HTTP/1.1 the front door and the admin port speak.
 
+pub mod channel_rules;
 pub mod config;
 pub mod filter;
 pub mod http;
