@@ -77,6 +77,7 @@ async fn route(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Respons
             response.content_type = "text/plain; version=0.0.4; charset=utf-8";
             response
         }
+        ("GET", path) if crate::console::owns(path) => crate::console::serve(path),
         (_, path) if path.starts_with("/api/") => match authorize(master, head) {
             Err(response) => response,
             Ok(()) => api(master, head, body).await,
@@ -115,11 +116,7 @@ fn authorize(master: &Master, head: &RequestHead) -> Result<(), Response> {
             "the admin API is disabled: start sockhive with --admin-token",
         ));
     };
-    let presented = head
-        .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
+    match head.bearer_token() {
         Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err(Response::error(401, "wrong admin token")),
         None => Err(Response::error(

@@ -32,6 +32,14 @@ pub enum AdminCallError {
     Malformed,
 }
 
+impl AdminCallError {
+    /// True when the caller asked for something malformed (exit 2), not when
+    /// the node refused or could not be reached (exit 1): the contract's CLI rule.
+    pub fn is_bad_usage(&self) -> bool {
+        matches!(self, AdminCallError::BadUrl(_))
+    }
+}
+
 /// POSTs `body` to `path` and returns the response body of a 2xx answer.
 pub fn post(
     admin_url: &str,

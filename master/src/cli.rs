@@ -20,12 +20,12 @@ pub struct Cli {
 pub enum Command {
     /// Run a node: the master forks the workers and serves until SIGTERM/SIGINT.
     Serve(SettingsArgs),
-    /// Validate the configuration, print the effective settings, exit non-zero on error.
+    /// Run exactly `serve`'s checks without serving; print the effective settings as a TOML file `--config` accepts (secrets left out), exit 2 on error.
     CheckConfig(SettingsArgs),
     /// JWT helpers.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Cluster-wide socket queries through a node's admin API.
+    /// Cluster-wide socket queries and publishing through a node's admin API.
     #[command(subcommand)]
     Sockets(SocketsCommand),
     /// Internal: a worker process, started by `serve` with inherited sockets.
@@ -128,5 +128,17 @@ pub enum SocketsCommand {
         /// The close reason the client sees.
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// Publish a message to a channel on every node (POST /api/publish).
+    Publish {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        admin: AdminArgs,
+        /// The channel name.
+        #[arg(long)]
+        channel: String,
+        /// The message (JSON), as subscribers receive it.
+        #[arg(long)]
+        data: String,
     },
 }

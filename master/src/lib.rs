@@ -8,12 +8,14 @@
 //! - [`cluster`]: cluster-wide commands over every worker of every node.
 //! - [`admin`]: the admin port (health, readiness, metrics, cluster API).
 //! - [`admin_client`]: the CLI's side of the admin API.
+//! - [`console`]: the admin console page served at `/console` on the admin port.
 //! - [`metrics`]: the master's metrics and the node-wide exposition.
 
 pub mod admin;
 pub mod admin_client;
 pub mod cli;
 pub mod cluster;
+pub mod console;
 pub mod listeners;
 pub mod metrics;
 pub mod spawn;

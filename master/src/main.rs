@@ -1,6 +1,6 @@
 //! `sockhive`: the entry point of every process of a node.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use sockhive_master::admin_client;
 use sockhive_master::cli::{Cli, Command, SettingsArgs, SocketsCommand, TokenCommand};
 use sockhive_master::listeners::PublicListeners;
 use sockhive_master::supervisor::Master;
-use sockhive_shared::config::{Config, ConfigLayer, LogFormat};
+use sockhive_shared::config::{redact_url_password, Config, ConfigLayer, LogFormat};
 use sockhive_shared::jwt::{JwtKeys, TokenSigner};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -58,20 +58,44 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// Flags and environment over the TOML file over the defaults.
+/// Flags and environment over the TOML file over the defaults, and every
+/// check `serve` makes before it binds: `check-config` calls exactly this, so
+/// it accepts what `serve` accepts and refuses the rest with the same words.
 fn load_config(args: SettingsArgs) -> anyhow::Result<Config> {
     let file = match &args.config {
         Some(path) => ConfigLayer::from_file(path)?,
         None => ConfigLayer::default(),
     };
-    Ok(Config::resolve(args.settings.over(file))?)
+    let config = Config::resolve(args.settings.over(file))?;
+    // The one check the shared config cannot make: the URLs as the broker
+    // and the session store parse them (otherwise workers crash-loop on it).
+    for (key, url) in [
+        ("broker.redis_url (--redis-url)", &config.broker.redis_url),
+        (
+            "session.session_redis_url (--session-redis-url)",
+            &config.session.session_redis_url,
+        ),
+    ] {
+        if let Some(url) = url {
+            sockhive_broker::redis::redis_config(url).map_err(|e| {
+                anyhow::anyhow!(
+                    "{key}: {}",
+                    e.to_string().replace(url, &redact_url_password(url))
+                )
+            })?;
+        }
+    }
+    Ok(config)
 }
 
 fn init_tracing(format: LogFormat, role: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal: a log file or a
+    // collector would keep them as `\x1b[...m` noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
@@ -99,6 +123,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     admin.set_nonblocking(true)?;
+    banner(&config, admin.local_addr()?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -155,6 +180,62 @@ async fn run_master(
     }
     master.drain().await;
     Ok(())
+}
+
+/// The start-up lines that say what this node will do with a connection and
+/// where it can be managed, so an operator reads it off the log instead of
+/// reconstructing it from flags, environment and file.
+fn banner(config: &Config, admin: std::net::SocketAddr) {
+    for line in banner_lines(config, admin) {
+        tracing::info!("{line}");
+    }
+}
+
+fn banner_lines(config: &Config, admin: std::net::SocketAddr) -> Vec<String> {
+    let auth = &config.auth;
+    let key = match (auth.auth_algorithm, auth.auth_key_is_random) {
+        (sockhive_shared::jwt::JwtAlgorithm::Hs256, true) => "random key per start".to_string(),
+        (sockhive_shared::jwt::JwtAlgorithm::Hs256, false) => "--auth-key".to_string(),
+        (_, _) if auth.auth_private_key_pem.is_some() => "signing and verifying".to_string(),
+        (_, _) => "verifying only".to_string(),
+    };
+    let mut methods = vec![format!("JWT ({} {key})", auth.auth_algorithm)];
+    let session = &config.session;
+    if session.enabled() {
+        let store = session
+            .session_redis_url
+            .as_deref()
+            .map(redact_url_password)
+            .unwrap_or_default();
+        methods.push(format!(
+            "session cookie `{}` (store {store}, prefix {}, user lookup {})",
+            session.session_cookie, session.session_prefix, session.user_lookup
+        ));
+        if session.accept_query_session_id {
+            methods.push("session_id query parameter (signed values)".into());
+        }
+    }
+    let mode = match (auth.require_auth, auth.reject_at_upgrade) {
+        (false, _) => "optional",
+        (true, false) => "required (refused after the upgrade)",
+        (true, true) => "required (refused with 401 at the upgrade)",
+    };
+    let broker = match &config.broker.redis_url {
+        Some(url) => format!("redis {}", redact_url_password(url)),
+        None => "embedded (this node alone)".to_string(),
+    };
+    let api = if config.server.admin_token.is_some() {
+        format!("on at http://{admin}/api/ (bearer token set)")
+    } else {
+        "off (no --admin-token: /api/* refused)".to_string()
+    };
+    vec![
+        format!("auth: {}; login {mode}", methods.join(", ")),
+        format!("broker: {broker}"),
+        "hooks: off".to_string(),
+        format!("admin API: {api}"),
+        format!("metrics: http://{admin}/metrics"),
+    ]
 }
 
 /// Tells the person (or test) who started the node where to connect.
@@ -252,6 +333,17 @@ fn sockets(command: SocketsCommand) -> ExitCode {
             }
             (admin, "/api/sockets/kick", body)
         }),
+        SocketsCommand::Publish {
+            admin,
+            channel,
+            data,
+        } => parse("data", &data).map(|data| {
+            (
+                admin,
+                "/api/publish",
+                json!({"channel": channel, "data": data}),
+            )
+        }),
     };
     let (admin, path, body) = match call {
         Ok(call) => call,
@@ -262,6 +354,7 @@ fn sockets(command: SocketsCommand) -> ExitCode {
             println!("{}", reply.trim());
             ExitCode::SUCCESS
         }
+        Err(e) if e.is_bad_usage() => usage_error(e),
         Err(e) => {
             eprintln!("sockhive: {e}");
             ExitCode::FAILURE

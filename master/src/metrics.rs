@@ -4,6 +4,10 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Registry, TextEnc
 use sockhive_shared::ipc::ToMaster;
 use sockhive_shared::metrics::merge_families;
 
+/// Every `scope` of `sockhive_cluster_queries_total`: only the workers the
+/// user index names, or all of them.
+pub const CLUSTER_QUERY_SCOPES: [&str; 2] = ["indexed", "all"];
+
 /// Metrics only the master can know.
 pub struct MasterMetrics {
     registry: Registry,
@@ -58,6 +62,10 @@ impl MasterMetrics {
             "Workers asked by cluster commands on this node (the user index keeps it low).",
         )
         .expect("valid metric");
+        // Present at 0 from the start, like the workers' series.
+        for scope in CLUSTER_QUERY_SCOPES {
+            cluster_queries.with_label_values(&[scope]);
+        }
         for metric in [
             Box::new(cluster_queries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(query_workers.clone()),
@@ -103,5 +111,26 @@ impl MasterMetrics {
 impl Default for MasterMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_series_exist_at_zero_before_any_event() {
+        let text = MasterMetrics::new().render(Vec::new());
+        for series in [
+            "sockhive_workers 0",
+            "sockhive_worker_restarts_total 0",
+            "sockhive_worker_scrape_misses_total 0",
+            "sockhive_broker_routes 0",
+            "sockhive_cluster_queries_total{scope=\"indexed\"} 0",
+            "sockhive_cluster_queries_total{scope=\"all\"} 0",
+            "sockhive_cluster_query_workers_total 0",
+        ] {
+            assert!(text.lines().any(|line| line == series), "{series}:\n{text}");
+        }
     }
 }

@@ -133,11 +133,12 @@ impl ChannelRules {
         Ok(ChannelRules { rules })
     }
 
-    /// True when some rule leaves the decision to the application's hook.
-    pub fn uses_hooks(&self) -> bool {
-        self.rules
-            .iter()
-            .any(|rule| matches!(rule.subscribe, Side::Hook) || matches!(rule.publish, Side::Hook))
+    /// The index of the first rule that leaves a decision to the
+    /// application's hook, if any.
+    pub fn first_hook_rule(&self) -> Option<usize> {
+        self.rules.iter().position(|rule| {
+            matches!(rule.subscribe, Side::Hook) || matches!(rule.publish, Side::Hook)
+        })
     }
 
     /// Decides `action` on `channel` for the socket whose record is `record`.
@@ -344,7 +345,7 @@ mod tests {
         assert_eq!(rules.decide("team:red:7", sub, &carol), Verdict::Deny);
         assert_eq!(rules.decide("team:blue:8", sub, &carol), Verdict::Deny);
         assert_eq!(rules.decide("other", sub, &carol), Verdict::Hook);
-        assert!(rules.uses_hooks());
+        assert_eq!(rules.first_hook_rule(), Some(3));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! The resolved [`Config`] is what the master hands each worker at start-up, so
 //! every process of a node runs on exactly the same settings.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,7 +18,9 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::channel_rules::{ChannelRules, RuleSpec};
 pub use crate::jwt::{JwtAlgorithm, DEFAULT_JWT_LEEWAY, MAX_JWT_LEEWAY};
+use crate::jwt::{JwtKeys, TokenSigner, TokenVerifier};
 use crate::units::{ByteSize, HumanDuration};
 
 /// Default public address: WebSocket endpoints, `/negotiate`, `/healthz`.
@@ -78,13 +80,20 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is well-formed but not acceptable (alone or with another setting).
-    #[error("{key}: {reason}")]
+    /// The message names both the TOML key and the flag, since either may be
+    /// where the operator wrote it.
+    #[error("{key} (--{}): {reason}", flag_of(key))]
     Invalid {
         /// The key as written in the TOML file, e.g. `server.workers`.
         key: &'static str,
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// `server.admin_listen` → `admin-listen`: every key's flag is its last part in kebab case.
+fn flag_of(key: &str) -> String {
+    key.rsplit('.').next().unwrap_or(key).replace('_', "-")
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -124,6 +133,8 @@ pub enum ChannelAuth {
     Open,
     /// Only channels listed in the token's `channels` claim, or public ones.
     Claims,
+    /// The `[[channels.rule]]` entries decide, from the socket's record.
+    Rules,
 }
 
 /// `[server]`: processes, addresses and lifecycle.
@@ -134,14 +145,14 @@ pub struct ServerLayer {
     #[arg(long, env = "SOCKHIVE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS as i64))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<u16>,
-    /// Public address: WebSocket endpoints, /negotiate, /healthz [default: 0.0.0.0:8000].
+    /// Public address, host:port (a host name is resolved at start): WebSocket endpoints, /negotiate, /healthz [default: 0.0.0.0:8000].
     #[arg(long, env = "SOCKHIVE_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<SocketAddr>,
-    /// Master's admin address: /metrics, /healthz, /readyz, /api/* [default: 127.0.0.1:9000].
+    pub listen: Option<String>,
+    /// Master's admin address, host:port (a host name is resolved at start): /metrics, /healthz, /readyz, /api/* [default: 127.0.0.1:9000].
     #[arg(long, env = "SOCKHIVE_ADMIN_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_listen: Option<SocketAddr>,
+    pub admin_listen: Option<String>,
     /// Bearer token required on /api/* [default: none, /api/* refused].
     #[arg(long, env = "SOCKHIVE_ADMIN_TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -280,7 +291,7 @@ pub struct AuthLayer {
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsLayer {
-    /// open: any socket may use any channel; claims: only those in the JWT's channels claim or public ones [default: open].
+    /// open: any socket may use any channel; claims: only those in the JWT's channels claim or public ones; rules: the [[channels.rule]] entries of the config file decide [default: open].
     #[arg(long, env = "SOCKHIVE_CHANNEL_AUTH", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel_auth: Option<ChannelAuth>,
@@ -292,6 +303,11 @@ pub struct ChannelsLayer {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_channel: Option<Vec<String>>,
+    /// `[[channels.rule]]` (TOML only): the rules of `channel_auth = "rules"`,
+    /// first match wins.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Vec<RuleSpec>>,
 }
 
 /// `[broker]`: how channel messages and cluster queries travel between nodes.
@@ -368,6 +384,10 @@ pub struct SessionLayer {
     #[arg(long, env = "SOCKHIVE_USER_LOOKUP_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_lookup_timeout: Option<HumanDuration>,
+    /// A header the HTTP user lookup sends, `"NAME: VALUE"` (e.g. `"Authorization: Bearer s3cret"`); repeatable [default: none].
+    #[arg(long = "user-lookup-header", env = "SOCKHIVE_USER_LOOKUP_HEADER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_lookup_header: Option<Vec<String>>,
     /// What a logout does to the session's sockets [default: deauthenticate].
     #[arg(long, env = "SOCKHIVE_ON_LOGOUT", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -525,6 +545,9 @@ pub struct AuthConfig {
 pub struct ChannelConfig {
     pub channel_auth: ChannelAuth,
     pub public_channel: Vec<String>,
+    /// The rules of `channel_auth = "rules"`, as written (each worker compiles them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule: Vec<RuleSpec>,
 }
 
 /// The effective configuration of a node: every default filled, every check passed.
@@ -537,6 +560,24 @@ pub struct Config {
     pub channels: ChannelConfig,
     pub broker: BrokerConfig,
     pub session: SessionConfig,
+    /// Which values were defaulted or read from files; only `check-config`'s
+    /// output needs it, so a worker's copy may leave it empty.
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+/// What the resolved values alone cannot tell about where they came from:
+/// `check-config` prints a config that reads back to the same effective one,
+/// and must not pin per-start defaults or lose the key files' paths.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Provenance {
+    /// `server.node_id` was the per-start default (hostname-pid): printing it
+    /// would give every node started from that file the same name.
+    pub node_id_defaulted: bool,
+    /// The file `auth.auth_private_key_pem` was read from.
+    pub auth_private_key: Option<PathBuf>,
+    /// The file `auth.auth_public_key_pem` was read from.
+    pub auth_public_key: Option<PathBuf>,
 }
 
 /// Resolved `[session]`.
@@ -556,6 +597,9 @@ pub struct SessionConfig {
     pub user_lookup: String,
     #[serde(with = "duration_text")]
     pub user_lookup_timeout: Duration,
+    /// `NAME: VALUE` lines the HTTP user lookup sends (credentials for the app).
+    #[serde(default)]
+    pub user_lookup_header: Vec<String>,
     pub on_logout: OnLogout,
     pub duplicate_cookie: DuplicateCookie,
     #[serde(with = "duration_text")]
@@ -639,6 +683,76 @@ fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `host:port` to one address: literal IPs as written, names through the
+/// system resolver (the first address; IPv4 first for `localhost`, whose
+/// `::1` entry is often unusable in containers). Done once here, so the
+/// master binds and the banner shows exactly the same address.
+fn resolve_address(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("`{text}` is not host:port (e.g. 0.0.0.0:8000 or localhost:8000)"),
+            )
+        })?;
+    let port: u16 = port.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{text}`: the port `{port}` is not a number from 0 to 65535"),
+        )
+    })?;
+    let addresses: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| invalid(key, format!("cannot resolve host `{host}`: {e}")))?
+        .collect();
+    let chosen = if host.eq_ignore_ascii_case("localhost") {
+        addresses.iter().find(|a| a.is_ipv4()).or(addresses.first())
+    } else {
+        addresses.first()
+    };
+    chosen
+        .copied()
+        .ok_or_else(|| invalid(key, format!("host `{host}` resolves to no address")))
+}
+
+/// The user lookup's syntax, as the worker reads it: checked whether or not
+/// cookie auth is on, since a value that can never work is a typo either way.
+fn check_user_lookup(lookup: &str) -> Result<(), String> {
+    const EXPECTED: &str = "must be `none`, `redis:<key with {id}>`, `redis-hash:<key with {id}>` or `http://host[:port]/path/{id}`";
+    if lookup == "none" {
+        return Ok(());
+    }
+    let template = lookup
+        .strip_prefix("redis-hash:")
+        .or_else(|| lookup.strip_prefix("redis:"))
+        .or_else(|| lookup.starts_with("http://").then_some(lookup))
+        .ok_or_else(|| format!("`{lookup}` {EXPECTED}"))?;
+    if !template.contains("{id}") {
+        return Err(format!("`{lookup}` has no {{id}}: {EXPECTED}"));
+    }
+    if let Some(rest) = lookup.strip_prefix("http://") {
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let port_ok = match authority.rsplit_once(':') {
+            Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+            None => true,
+        };
+        if authority.is_empty()
+            || authority.contains('@')
+            || authority.contains(char::is_whitespace)
+            || !port_ok
+            || path.contains(|c: char| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!("`{lookup}` is not http://host[:port]/path with {{id}} (IPv6 hosts need a port; no user:password@)"));
+        }
+    }
+    Ok(())
+}
+
 fn check_channel_pattern(pattern: &str) -> Result<(), String> {
     let star = pattern.find('*');
     if pattern.is_empty() || star.is_some_and(|at| at != pattern.len() - 1) {
@@ -663,12 +777,22 @@ impl Config {
         let default_workers = std::thread::available_parallelism()
             .map(|n| n.get().min(MAX_WORKERS as usize) as u16)
             .unwrap_or(1);
-        let listen = server
-            .listen
-            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
-        let admin_listen = server
-            .admin_listen
-            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
+        let listen = resolve_address(
+            "server.listen",
+            server.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+        )?;
+        let admin_listen = resolve_address(
+            "server.admin_listen",
+            server
+                .admin_listen
+                .as_deref()
+                .unwrap_or(DEFAULT_ADMIN_LISTEN),
+        )?;
+        let provenance = Provenance {
+            node_id_defaulted: server.node_id.is_none(),
+            auth_private_key: auth.auth_private_key.clone(),
+            auth_public_key: auth.auth_public_key.clone(),
+        };
         let config = Config {
             server: ServerConfig {
                 workers: server.workers.unwrap_or(default_workers),
@@ -726,6 +850,7 @@ impl Config {
             channels: ChannelConfig {
                 channel_auth: channels.channel_auth.unwrap_or(ChannelAuth::Open),
                 public_channel: channels.public_channel.unwrap_or_default(),
+                rule: channels.rule.unwrap_or_default(),
             },
             session: SessionConfig {
                 session_secret: session.session_secret.unwrap_or_default(),
@@ -747,6 +872,7 @@ impl Config {
                     session.user_lookup_timeout,
                     DEFAULT_USER_LOOKUP_TIMEOUT,
                 ),
+                user_lookup_header: session.user_lookup_header.unwrap_or_default(),
                 on_logout: session.on_logout.unwrap_or(OnLogout::Deauthenticate),
                 duplicate_cookie: session.duplicate_cookie.unwrap_or(DuplicateCookie::First),
                 negotiate_expiry: duration(session.negotiate_expiry, DEFAULT_NEGOTIATE_EXPIRY),
@@ -756,6 +882,7 @@ impl Config {
                 redis_url: broker.redis_url.filter(|url| !url.trim().is_empty()),
                 query_timeout: duration(broker.query_timeout, DEFAULT_QUERY_TIMEOUT),
             },
+            provenance,
         };
         config.validate()?;
         Ok(config)
@@ -821,14 +948,25 @@ impl Config {
             if session.session_redis_url.is_none() {
                 return Err(invalid("session.session_redis_url", "cookie authentication reads the app's sessions from Redis: set --session-redis-url or --redis-url"));
             }
-            let lookup = session.user_lookup.as_str();
-            let ok = lookup == "none"
-                || lookup.starts_with("redis:")
-                || lookup.starts_with("redis-hash:")
-                || lookup.starts_with("http://");
-            if !ok || (lookup != "none" && !lookup.contains("{id}")) {
-                return Err(invalid("session.user_lookup", "must be `none`, `redis:<key with {id}>`, `redis-hash:<key with {id}>` or `http://host:port/path/{id}`"));
-            }
+        }
+        check_user_lookup(&session.user_lookup)
+            .map_err(|reason| invalid("session.user_lookup", reason))?;
+        for line in &session.user_lookup_header {
+            crate::http::parse_header_line(line)
+                .map_err(|reason| invalid("session.user_lookup_header", reason))?;
+        }
+        if session.session_cookie.is_empty()
+            || session.session_cookie.contains(|c: char| {
+                matches!(c, ';' | '=' | ',') || c.is_whitespace() || c.is_control()
+            })
+        {
+            return Err(invalid(
+                "session.session_cookie",
+                format!(
+                    "`{}` cannot be a cookie name (empty, or has `;`, `=`, `,` or a space)",
+                    session.session_cookie
+                ),
+            ));
         }
         if session.session_store_timeout.is_zero()
             || session.session_recheck.is_zero()
@@ -966,45 +1104,231 @@ impl Config {
                 }
             }
         }
+        self.check_jwt_keys()?;
         for pattern in &self.channels.public_channel {
             check_channel_pattern(pattern)
                 .map_err(|reason| invalid("channels.public_channel", reason))?;
         }
+        self.check_channel_rules()
+    }
+
+    /// Compiles `[[channels.rule]]` as every worker will, so a bad rule is
+    /// reported by its index (by `check-config` and `serve` alike).
+    fn check_channel_rules(&self) -> Result<(), ConfigError> {
+        let channels = &self.channels;
+        match (channels.channel_auth, channels.rule.is_empty()) {
+            (ChannelAuth::Rules, true) => Err(invalid(
+                "channels.rule",
+                "channel_auth = \"rules\" needs at least one [[channels.rule]] (a channel no rule matches is refused)",
+            )),
+            (ChannelAuth::Rules, false) => {
+                let rules = ChannelRules::compile(&channels.rule)
+                    .map_err(|e| invalid("channels.rule", e.to_string()))?;
+                match rules.first_hook_rule() {
+                    Some(index) => Err(invalid(
+                        "channels.rule",
+                        format!("channel rule {index}: \"hook\" needs the app hooks, which this version of sockhive does not have; use true, false or a filter"),
+                    )),
+                    None => Ok(()),
+                }
+            }
+            (_, false) => Err(invalid(
+                "channels.rule",
+                "rules are set, but channel_auth is not \"rules\"",
+            )),
+            (_, true) => Ok(()),
+        }
+    }
+
+    /// Builds the JWT keys exactly as a worker does at start, so a key the
+    /// workers would refuse (bad PEM, PEM as the HS256 secret, a mismatched
+    /// pair) is refused here, by `serve` and `check-config` alike, instead of
+    /// crash-looping every worker.
+    fn check_jwt_keys(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        let public = auth.auth_public_key_pem.as_deref().unwrap_or("");
+        let private = auth.auth_private_key_pem.as_deref();
+        let (key, keys) = match auth.auth_algorithm {
+            JwtAlgorithm::Hs256 => ("auth.auth_key", JwtKeys::hs256(&auth.auth_key)),
+            JwtAlgorithm::Rs256 => ("auth.auth_public_key", JwtKeys::rs256_pem(public, private)),
+            JwtAlgorithm::Es256 => ("auth.auth_public_key", JwtKeys::es256_pem(public, private)),
+        };
+        let keys = keys.map_err(|e| invalid(key, e.to_string()))?;
+        TokenVerifier::new(&keys).map_err(|e| invalid(key, e.to_string()))?;
+        if keys.can_sign() {
+            TokenSigner::new(&keys).map_err(|e| invalid("auth.auth_private_key", e.to_string()))?;
+        }
         Ok(())
     }
 
-    /// The configuration as `check-config` prints it: TOML, secrets hidden.
+    /// The configuration as `check-config` prints it: a TOML file that
+    /// `--config` accepts and that resolves to this same configuration.
+    ///
+    /// Secrets never appear, not even redacted (a redacted value read back
+    /// would become the secret): each is left out with a comment line saying
+    /// it is set and where to give it again (an environment variable or a
+    /// flag, which is where secrets belong anyway). A Redis URL with a
+    /// password is left out the same way, its redacted form in the comment.
+    /// Per-start defaults (a random auth key, the hostname-pid node id) are
+    /// left out too, so that a file written from this output still gets them.
     pub fn to_redacted_toml(&self) -> String {
-        let mut shown = self.clone();
-        if shown.server.admin_token.is_some() {
-            shown.server.admin_token = Some("<redacted>".into());
+        let (layer, notes) = self.to_layer();
+        let mut out = String::from(
+            "# sockhive check-config: the effective configuration; `--config` accepts this file as is.\n",
+        );
+        if !notes.is_empty() {
+            out.push_str(
+                "# Not in this file (give these again through the environment or flags):\n",
+            );
+            for note in notes {
+                out.push_str(&format!("#   {note}\n"));
+            }
         }
-        shown.auth.auth_key = if self.auth.auth_key_is_random {
-            "<random per start>".into()
+        out.push('\n');
+        match toml::to_string(&layer) {
+            Ok(text) => out.push_str(&text),
+            Err(e) => out.push_str(&format!("# cannot render configuration: {e}\n")),
+        }
+        out
+    }
+
+    /// This configuration as a layer that resolves back to it, without the
+    /// secrets and per-start defaults; the second value says what was left out.
+    fn to_layer(&self) -> (ConfigLayer, Vec<String>) {
+        let mut notes = Vec::new();
+        let (server, limits, auth, session) =
+            (&self.server, &self.limits, &self.auth, &self.session);
+        if server.admin_token.is_some() {
+            notes.push(
+                "server.admin_token: set, not shown (SOCKHIVE_ADMIN_TOKEN or --admin-token)"
+                    .to_string(),
+            );
+        }
+        if self.provenance.node_id_defaulted {
+            notes.push(
+                "server.node_id: not set, so each start names itself hostname-pid".to_string(),
+            );
+        }
+        if auth.auth_key_is_random {
+            notes.push("auth.auth_key: not set, so each start uses a random key".to_string());
         } else {
-            "<redacted>".into()
+            notes.push(
+                "auth.auth_key: set, not shown (SOCKHIVE_AUTH_KEY or --auth-key)".to_string(),
+            );
+        }
+        if !session.session_secret.is_empty() {
+            notes.push(format!(
+                "session.session_secret: {} set, not shown (SOCKHIVE_SESSION_SECRET, comma-separated, or --session-secret)",
+                session.session_secret.len()
+            ));
+        }
+        if !session.user_lookup_header.is_empty() {
+            notes.push(format!(
+                "session.user_lookup_header: {} set, not shown (they carry credentials; SOCKHIVE_USER_LOOKUP_HEADER or --user-lookup-header)",
+                session.user_lookup_header.len()
+            ));
+        }
+        let mut url_without_secret = |key: &str, env: &str, url: &Option<String>| {
+            let url = url.as_ref()?;
+            let redacted = redact_url_password(url);
+            if redacted == *url {
+                Some(url.clone())
+            } else {
+                notes.push(format!(
+                    "{key}: has credentials, not shown: {redacted} ({env})"
+                ));
+                None
+            }
         };
-        if let Some(url) = &self.broker.redis_url {
-            shown.broker.redis_url = Some(redact_url_password(url));
-        }
-        if let Some(url) = &self.session.session_redis_url {
-            shown.session.session_redis_url = Some(redact_url_password(url));
-        }
-        shown.session.session_secret = self
-            .session
-            .session_secret
-            .iter()
-            .map(|_| "<redacted>".to_string())
-            .collect();
-        if shown.auth.auth_private_key_pem.is_some() {
-            shown.auth.auth_private_key_pem = Some("<redacted>".into());
-        }
-        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        let redis_url = url_without_secret(
+            "broker.redis_url",
+            "SOCKHIVE_REDIS_URL",
+            &self.broker.redis_url,
+        );
+        // The sessions' Redis defaults to the broker's: only a different one is written.
+        let session_redis_url = if session.session_redis_url == self.broker.redis_url {
+            None
+        } else if session.session_redis_url.is_none() {
+            // Explicitly emptied while the broker has one: keep it empty.
+            Some(String::new())
+        } else {
+            url_without_secret(
+                "session.session_redis_url",
+                "SOCKHIVE_SESSION_REDIS_URL",
+                &session.session_redis_url,
+            )
+        };
+        let layer = ConfigLayer {
+            server: ServerLayer {
+                workers: Some(server.workers),
+                listen: Some(server.listen.to_string()),
+                admin_listen: Some(server.admin_listen.to_string()),
+                admin_token: None,
+                node_id: (!self.provenance.node_id_defaulted).then(|| server.node_id.clone()),
+                accept_mode: Some(server.accept_mode),
+                drain_timeout: Some(HumanDuration(server.drain_timeout)),
+                allowed_origin: Some(server.allowed_origin.clone()),
+                log_format: Some(server.log_format),
+            },
+            limits: LimitsLayer {
+                upgrade_timeout: Some(HumanDuration(limits.upgrade_timeout)),
+                max_header_bytes: Some(ByteSize(limits.max_header_bytes)),
+                max_payload: Some(ByteSize(limits.max_payload)),
+                max_connections: limits.max_connections,
+                handshake_timeout: Some(HumanDuration(limits.handshake_timeout)),
+                max_subscriptions: Some(limits.max_subscriptions),
+                max_send_queue: Some(ByteSize(limits.max_send_queue)),
+                ping_interval: Some(HumanDuration(limits.ping_interval)),
+                ping_timeout: Some(HumanDuration(limits.ping_timeout)),
+                socketio_ping_interval: Some(HumanDuration(limits.socketio_ping_interval)),
+                socketio_ping_timeout: Some(HumanDuration(limits.socketio_ping_timeout)),
+                max_channel_length: Some(limits.max_channel_length),
+                max_event_length: Some(limits.max_event_length),
+            },
+            auth: AuthLayer {
+                auth_key: None,
+                auth_algorithm: Some(auth.auth_algorithm),
+                auth_private_key: self.provenance.auth_private_key.clone(),
+                auth_public_key: self.provenance.auth_public_key.clone(),
+                jwt_leeway: Some(HumanDuration(auth.jwt_leeway)),
+                token_expiry: Some(HumanDuration(auth.token_expiry)),
+                token_renew_before: auth.token_renew_before.map(HumanDuration),
+                max_token_lifetime: Some(HumanDuration(auth.max_token_lifetime)),
+                require_auth: Some(auth.require_auth),
+                reject_at_upgrade: Some(auth.reject_at_upgrade),
+            },
+            channels: ChannelsLayer {
+                channel_auth: Some(self.channels.channel_auth),
+                public_channel: Some(self.channels.public_channel.clone()),
+                rule: (!self.channels.rule.is_empty()).then(|| self.channels.rule.clone()),
+            },
+            broker: BrokerLayer {
+                redis_url,
+                query_timeout: Some(HumanDuration(self.broker.query_timeout)),
+            },
+            session: SessionLayer {
+                session_secret: None,
+                session_cookie: Some(session.session_cookie.clone()),
+                session_prefix: Some(session.session_prefix.clone()),
+                session_redis_url,
+                session_store_timeout: Some(HumanDuration(session.session_store_timeout)),
+                session_recheck: Some(HumanDuration(session.session_recheck)),
+                user_lookup: Some(session.user_lookup.clone()),
+                user_lookup_timeout: Some(HumanDuration(session.user_lookup_timeout)),
+                user_lookup_header: None,
+                on_logout: Some(session.on_logout),
+                duplicate_cookie: Some(session.duplicate_cookie),
+                negotiate_expiry: Some(HumanDuration(session.negotiate_expiry)),
+                accept_query_session_id: Some(session.accept_query_session_id),
+            },
+        };
+        (layer, notes)
     }
 }
 
-/// `redis://user:secret@host` printed as `redis://user:<redacted>@host`.
-fn redact_url_password(url: &str) -> String {
+/// `redis://user:secret@host` printed as `redis://user:<redacted>@host`:
+/// the form logs and `check-config` show a Redis URL in.
+pub fn redact_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -1069,7 +1393,7 @@ mod tests {
         );
         let layer = ConfigLayer::from_toml("[server]\nworkers = 0\n").unwrap();
         let err = Config::resolve(layer).unwrap_err().to_string();
-        assert!(err.starts_with("server.workers:"), "{err}");
+        assert!(err.starts_with("server.workers (--workers):"), "{err}");
     }
 
     #[test]
@@ -1101,6 +1425,177 @@ mod tests {
         let json = serde_json::to_string(&config).unwrap();
         let back: Config = serde_json::from_str(&json).unwrap();
         assert_eq!(back.limits.max_payload, DEFAULT_MAX_PAYLOAD);
-        assert!(config.to_redacted_toml().contains("<random per start>"));
+        assert!(config
+            .to_redacted_toml()
+            .contains("auth.auth_key: not set, so each start uses a random key"));
+    }
+
+    fn resolve_toml(text: &str) -> Result<Config, String> {
+        Config::resolve(ConfigLayer::from_toml(text)?).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn channel_rules_are_compiled_at_resolution_and_a_bad_one_is_named_by_index() {
+        let rules = "[channels]\nchannel_auth = \"rules\"\n\n[[channels.rule]]\npattern = \"user:{id}\"\nsubscribe = { \"user.id\" = \"{id}\" }\npublish = false\n\n[[channels.rule]]\npattern = \"news:*\"\nsubscribe = { \"logged_in\" = true }\npublish = { \"user.role\" = \"admin\" }\n";
+        let config = Config::resolve(ConfigLayer::from_toml(rules).unwrap()).unwrap();
+        assert_eq!(config.channels.rule.len(), 2);
+        // check-config's output carries the rules and reads back to the same ones.
+        let again =
+            Config::resolve(ConfigLayer::from_toml(&config.to_redacted_toml()).unwrap()).unwrap();
+        assert_eq!(again.channels.rule, config.channels.rule);
+        let refused = |text: &str| {
+            Config::resolve(ConfigLayer::from_toml(text).unwrap())
+                .unwrap_err()
+                .to_string()
+        };
+        let bad = rules.replace("\"{id}\" }", "\"{name}\" }");
+        let error = refused(&bad);
+        assert!(
+            error.contains("channel rule 0") && error.contains("{name}"),
+            "{error}"
+        );
+        let hook = rules.replace("publish = false", "publish = \"hook\"");
+        assert!(
+            refused(&hook).contains("channel rule 0: \"hook\""),
+            "{}",
+            refused(&hook)
+        );
+        let not_rules = rules.replace("channel_auth = \"rules\"", "channel_auth = \"claims\"");
+        assert!(refused(&not_rules).contains("channel_auth is not"));
+        assert!(refused("[channels]\nchannel_auth = \"rules\"\n").contains("at least one"));
+    }
+
+    #[test]
+    fn check_config_output_reads_back_to_the_same_config() {
+        let secrets = || {
+            let mut layer = ConfigLayer::default();
+            layer.server.admin_token = Some("admin-secret".into());
+            layer.auth.auth_key = Some("jwt-secret".into());
+            layer.session.session_secret = Some(vec!["cookie-one".into(), "cookie-two".into()]);
+            layer.broker.redis_url = Some("redis://app:redis-pass@127.0.0.1:6379".into());
+            layer
+        };
+        let file = ConfigLayer::from_toml(
+            "[server]\nworkers = 3\nlisten = \"localhost:8001\"\n[limits]\nmax_payload = \"2MiB\"\nmax_send_queue = 16777216\n[auth]\ntoken_renew_before = \"1h\"\n[session]\nuser_lookup = \"redis:user:{id}\"\n",
+        )
+        .unwrap();
+        let first = Config::resolve(secrets().over(file)).unwrap();
+        let printed = first.to_redacted_toml();
+        for secret in [
+            "admin-secret",
+            "jwt-secret",
+            "cookie-one",
+            "redis-pass",
+            "auth_key_is_random",
+        ] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(
+            printed.contains("#   session.session_secret: 2 set, not shown"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("redis://app:<redacted>@127.0.0.1:6379"),
+            "{printed}"
+        );
+        assert!(printed.contains("max_payload = \"2MiB\""), "{printed}");
+        assert!(
+            !printed.contains("node_id ="),
+            "a per-start default is not pinned:\n{printed}"
+        );
+        let read_back = ConfigLayer::from_toml(&printed).expect("the output is a valid config");
+        let second = Config::resolve(secrets().over(read_back)).unwrap();
+        assert_eq!(second.to_redacted_toml(), printed);
+        assert_eq!(second.auth.auth_key, "jwt-secret");
+        assert_eq!(
+            second.session.session_redis_url,
+            first.session.session_redis_url
+        );
+        assert_eq!(second.server.listen, first.server.listen);
+    }
+
+    #[test]
+    fn host_names_in_addresses_are_resolved_once() {
+        let config =
+            resolve_toml("[server]\nlisten = \"localhost:0\"\nadmin_listen = \"localhost:9001\"\n")
+                .unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            config.server.admin_listen,
+            "127.0.0.1:9001".parse().unwrap()
+        );
+        let config = resolve_toml("[server]\nlisten = \"[::1]:0\"\n").unwrap();
+        assert_eq!(config.server.listen, "[::1]:0".parse().unwrap());
+        let err = resolve_toml("[server]\nlisten = \"nosuch.invalid:80\"\n").unwrap_err();
+        assert!(
+            err.starts_with("server.listen (--listen): cannot resolve host `nosuch.invalid`"),
+            "{err}"
+        );
+        let err = resolve_toml("[server]\nadmin_listen = \"localhost\"\n").unwrap_err();
+        assert!(
+            err.contains("(--admin-listen)") && err.contains("not host:port"),
+            "{err}"
+        );
+        let err = resolve_toml("[server]\nlisten = \"localhost:http\"\n").unwrap_err();
+        assert!(err.contains("the port `http`"), "{err}");
+    }
+
+    #[test]
+    fn a_user_lookup_that_cannot_work_is_refused_with_or_without_sessions() {
+        for lookup in [
+            "none2",
+            "redis:user",
+            "http://app:99999/{id}",
+            "http://a b/{id}",
+            "http://u:p@app/{id}",
+            "https://app/{id}",
+        ] {
+            let err =
+                resolve_toml(&format!("[session]\nuser_lookup = \"{lookup}\"\n")).unwrap_err();
+            assert!(
+                err.starts_with("session.user_lookup (--user-lookup):"),
+                "{lookup}: {err}"
+            );
+        }
+        for lookup in [
+            "none",
+            "redis:user:{id}",
+            "redis-hash:u:{id}",
+            "http://app/users/{id}",
+            "http://127.0.0.1:3000/u/{id}",
+        ] {
+            resolve_toml(&format!("[session]\nuser_lookup = \"{lookup}\"\n")).unwrap();
+        }
+        let err = resolve_toml("[session]\nsession_cookie = \"a;b\"\n").unwrap_err();
+        assert!(
+            err.starts_with("session.session_cookie (--session-cookie)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_jwt_key_the_workers_would_refuse_is_refused_here() {
+        let err = resolve_toml(
+            "[auth]\nauth_key = \"-----BEGIN PUBLIC KEY-----\\nMIIB\\n-----END PUBLIC KEY-----\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("auth.auth_key (--auth-key):") && err.contains("PEM"),
+            "{err}"
+        );
+        let dir = std::env::temp_dir().join(format!("sockhive-config-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("garbage.pem");
+        std::fs::write(&pem, "not a key\n").unwrap();
+        let err = resolve_toml(&format!(
+            "[auth]\nauth_algorithm = \"RS256\"\nauth_public_key = \"{}\"\n",
+            pem.display()
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("auth.auth_public_key (--auth-public-key):"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -65,6 +65,17 @@ impl RequestHead {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
+    /// The token of `Authorization: Bearer <token>`, the one parser both ports
+    /// use: the scheme matches in any case (RFC 7235 2.1: `bearer`, `BEARER`),
+    /// whitespace around the token is dropped. `None` without the header or
+    /// with another scheme (`Basic ...`); `Some("")` for the scheme alone, so
+    /// a presented but empty credential is refused rather than ignored.
+    pub fn bearer_token(&self) -> Option<&str> {
+        let value = self.header("authorization")?.trim();
+        let (scheme, token) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+
     /// The first value of a query parameter, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
         let query = self.query.as_deref()?;
@@ -73,6 +84,28 @@ impl RequestHead {
             (percent_decode(key) == name).then(|| percent_decode(value))
         })
     }
+}
+
+/// Splits a `NAME: VALUE` header line as an operator writes it on the command
+/// line (`--user-lookup-header "Authorization: Bearer s3cret"`). The name must
+/// be an HTTP token and neither part may hold CR or LF, so a configured value
+/// can never add lines to the request it is sent in.
+pub fn parse_header_line(line: &str) -> Result<(String, String), String> {
+    let (name, value) = line
+        .split_once(':')
+        .ok_or_else(|| format!("`{line}` is not `NAME: VALUE`"))?;
+    let name = name.trim();
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(is_token_char) {
+        return Err(format!("`{name}` is not a header name"));
+    }
+    let value = value.trim();
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(format!(
+            "the value of header `{name}` holds control characters"
+        ));
+    }
+    Ok((name.to_string(), value.to_string()))
 }
 
 /// Decodes `%XX` escapes and `+` (form encoding, as `URLSearchParams` writes spaces).
@@ -168,7 +201,16 @@ where
     }
 }
 
-/// Reads a request body of exactly `Content-Length` bytes, refusing more than `max_bytes`.
+/// Longest chunk-size line (with extensions) or trailer line of a chunked body.
+const MAX_CHUNK_LINE_BYTES: usize = 4096;
+
+/// Most trailer bytes a chunked body may end with (they are read and dropped).
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// Reads a request body, refusing more than `max_bytes` of it: exactly
+/// `Content-Length` bytes, or a `Transfer-Encoding: chunked` body decoded
+/// (curl, fetch with a stream and most HTTP libraries send one when they do
+/// not know the length up front). No length at all is an empty body.
 pub async fn read_body<S>(
     stream: &mut S,
     head: &RequestHead,
@@ -178,6 +220,21 @@ pub async fn read_body<S>(
 where
     S: AsyncRead + Unpin,
 {
+    if let Some(coding) = head.header("transfer-encoding") {
+        // Both framings at once is how requests get smuggled past proxies
+        // (RFC 9112 6.3): refuse instead of picking one.
+        if head.header("content-length").is_some() {
+            return Err(HeadError::Malformed(
+                "both Transfer-Encoding and Content-Length".into(),
+            ));
+        }
+        if !coding.trim().eq_ignore_ascii_case("chunked") {
+            return Err(HeadError::Malformed(format!(
+                "unsupported Transfer-Encoding {coding:?} (only chunked)"
+            )));
+        }
+        return read_chunked(stream, already, max_bytes).await;
+    }
     let len = match head.header("content-length") {
         None => 0,
         Some(v) => v
@@ -196,6 +253,171 @@ where
     already.resize(len, 0);
     stream.read_exact(&mut already[have..]).await?;
     Ok(already)
+}
+
+async fn read_chunked<S>(
+    stream: &mut S,
+    already: Vec<u8>,
+    max_bytes: usize,
+) -> Result<Vec<u8>, HeadError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut decoder = ChunkedDecoder::new(max_bytes);
+    let mut input = already;
+    let mut buf = [0u8; 8192];
+    loop {
+        if decoder.feed(&input)? {
+            return Ok(decoder.into_body());
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(HeadError::Malformed("chunked body ended early".into()));
+        }
+        input.clear();
+        input.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Where a [`ChunkedDecoder`] is in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading a `chunk-size [; ext]` line.
+    Size,
+    /// Copying chunk data; this many bytes are left.
+    Data(usize),
+    /// The CRLF after chunk data; this many of its bytes have been seen.
+    DataEnd(u8),
+    /// Reading trailer lines after the last (zero) chunk; an empty one ends the body.
+    Trailer,
+    /// The body is complete; later bytes are not ours.
+    Done,
+}
+
+/// Decodes `Transfer-Encoding: chunked` (RFC 9112 7.1) as bytes arrive, so a
+/// large body is scanned once. Hostile input ends in an error, never in
+/// unbounded memory: lines, trailers and the decoded body all have caps.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    /// The current size or trailer line, until its CRLF.
+    line: Vec<u8>,
+    /// Trailer bytes seen, against [`MAX_TRAILER_BYTES`].
+    trailer_bytes: usize,
+    body: Vec<u8>,
+    max_bytes: usize,
+}
+
+impl ChunkedDecoder {
+    /// A decoder refusing bodies over `max_bytes` (decoded size).
+    pub fn new(max_bytes: usize) -> ChunkedDecoder {
+        ChunkedDecoder {
+            state: ChunkState::Size,
+            line: Vec::new(),
+            trailer_bytes: 0,
+            body: Vec::new(),
+            max_bytes,
+        }
+    }
+
+    /// Takes the next bytes of the body; `Ok(true)` once the body is complete.
+    pub fn feed(&mut self, mut input: &[u8]) -> Result<bool, HeadError> {
+        while !input.is_empty() && self.state != ChunkState::Done {
+            match self.state {
+                ChunkState::Size | ChunkState::Trailer => {
+                    let Some(line) = self.take_line(&mut input)? else {
+                        continue;
+                    };
+                    self.state = match self.state {
+                        ChunkState::Size => match chunk_size(&line)? {
+                            0 => ChunkState::Trailer,
+                            size if size > self.max_bytes - self.body.len() => {
+                                return Err(HeadError::TooLarge(self.max_bytes))
+                            }
+                            size => ChunkState::Data(size),
+                        },
+                        _ if line.is_empty() => ChunkState::Done,
+                        _ => {
+                            self.trailer_bytes += line.len() + 2;
+                            if self.trailer_bytes > MAX_TRAILER_BYTES {
+                                return Err(HeadError::TooLarge(MAX_TRAILER_BYTES));
+                            }
+                            ChunkState::Trailer
+                        }
+                    };
+                }
+                ChunkState::Data(left) => {
+                    let take = left.min(input.len());
+                    self.body.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    self.state = match left - take {
+                        0 => ChunkState::DataEnd(0),
+                        left => ChunkState::Data(left),
+                    };
+                }
+                ChunkState::DataEnd(seen) => {
+                    let expected = if seen == 0 { b'\r' } else { b'\n' };
+                    if input[0] != expected {
+                        return Err(HeadError::Malformed(
+                            "chunk data is not followed by CRLF".into(),
+                        ));
+                    }
+                    input = &input[1..];
+                    self.state = if seen == 0 {
+                        ChunkState::DataEnd(1)
+                    } else {
+                        ChunkState::Size
+                    };
+                }
+                ChunkState::Done => {}
+            }
+        }
+        Ok(self.state == ChunkState::Done)
+    }
+
+    /// The decoded body.
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
+    }
+
+    /// Moves bytes into the current line; the line without its CRLF once complete.
+    fn take_line(&mut self, input: &mut &[u8]) -> Result<Option<Vec<u8>>, HeadError> {
+        let (part, complete) = match input.iter().position(|&b| b == b'\n') {
+            Some(end) => (&input[..=end], true),
+            None => (*input, false),
+        };
+        if self.line.len() + part.len() > MAX_CHUNK_LINE_BYTES {
+            return Err(HeadError::Malformed("chunk line too long".into()));
+        }
+        self.line.extend_from_slice(part);
+        *input = &input[part.len()..];
+        if !complete {
+            return Ok(None);
+        }
+        let mut line = std::mem::take(&mut self.line);
+        line.pop();
+        if line.pop() != Some(b'\r') {
+            return Err(HeadError::Malformed("chunk line without CRLF".into()));
+        }
+        Ok(Some(line))
+    }
+}
+
+/// The size of a `chunk-size [; ext]` line: hex digits only (no sign, no
+/// `0x`), whitespace allowed before the extensions.
+fn chunk_size(line: &[u8]) -> Result<usize, HeadError> {
+    let bad = || HeadError::Malformed("bad chunk size".into());
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    let digits = digits.trim_ascii_end();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(bad());
+    }
+    digits.iter().try_fold(0usize, |size, &digit| {
+        let value = (digit as char).to_digit(16).ok_or_else(bad)? as usize;
+        size.checked_mul(16)
+            .and_then(|size| size.checked_add(value))
+            .ok_or_else(|| HeadError::Malformed("chunk size overflows".into()))
+    })
 }
 
 /// A complete response; always sent with `Connection: close`.
@@ -332,6 +554,201 @@ mod tests {
             read_head(&mut reader, 2048).await,
             Err(HeadError::Closed)
         ));
+    }
+
+    fn head_with(headers: &[(&str, &str)]) -> RequestHead {
+        RequestHead {
+            method: "POST".into(),
+            path: "/api/sockets/query".into(),
+            query: None,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    async fn body_of(
+        headers: &[(&str, &str)],
+        raw: &[u8],
+        max: usize,
+    ) -> Result<Vec<u8>, HeadError> {
+        let head = head_with(headers);
+        let mut reader = raw;
+        read_body(&mut reader, &head, Vec::new(), max).await
+    }
+
+    const CHUNKED: (&str, &str) = ("Transfer-Encoding", "chunked");
+
+    #[tokio::test]
+    async fn a_chunked_body_is_decoded() {
+        let raw = b"7\r\n{\"filte\r\nA;name=value\r\nr\": {}}   \r\n0\r\n\r\n";
+        let body = body_of(&[CHUNKED], raw, 1024).await.unwrap();
+        assert_eq!(body, b"{\"filter\": {}}   ");
+        // Upper-case hex, trailers, and the part already read with the head.
+        let head = head_with(&[("transfer-encoding", "Chunked")]);
+        let mut rest = &b"\r\n0\r\nX-Trailer: 1\r\n\r\nIGNORED"[..];
+        let body = read_body(&mut rest, &head, b"A\r\n0123456789".to_vec(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(body, b"0123456789");
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let raw = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: x\r\n\r\n";
+        for split in 0..=raw.len() {
+            let mut decoder = ChunkedDecoder::new(1024);
+            let mut done = decoder.feed(&raw[..split]).unwrap();
+            if !done {
+                for byte in &raw[split..] {
+                    assert!(!done, "done before the end at split {split}");
+                    done = decoder.feed(std::slice::from_ref(byte)).unwrap();
+                }
+            }
+            assert!(done, "split {split}");
+            assert_eq!(decoder.into_body(), b"abc0123456789abcdef");
+        }
+    }
+
+    #[tokio::test]
+    async fn hostile_chunked_bodies_are_refused() {
+        for bad_size in ["zz", "+5", "0x5", "", " 5", "-1", "5 5"] {
+            let raw = format!("{bad_size}\r\nhello\r\n0\r\n\r\n");
+            assert!(
+                matches!(
+                    body_of(&[CHUNKED], raw.as_bytes(), 1024).await,
+                    Err(HeadError::Malformed(_))
+                ),
+                "{bad_size:?}"
+            );
+        }
+        // Over the limit in one chunk, across chunks, and by a size that overflows.
+        assert!(matches!(
+            body_of(&[CHUNKED], b"401\r\n", 1024).await,
+            Err(HeadError::TooLarge(1024))
+        ));
+        let mut many = Vec::new();
+        for _ in 0..3 {
+            many.extend_from_slice(b"200\r\n");
+            many.extend(std::iter::repeat_n(b'x', 0x200));
+            many.extend_from_slice(b"\r\n");
+        }
+        assert!(matches!(
+            body_of(&[CHUNKED], &many, 1024).await,
+            Err(HeadError::TooLarge(1024))
+        ));
+        assert!(matches!(
+            body_of(&[CHUNKED], b"fffffffffffffffffffff\r\n", 1024).await,
+            Err(HeadError::Malformed(_))
+        ));
+        // Truncated: in the data, in a size line, before the final CRLF.
+        for truncated in [&b"5\r\nhel"[..], b"5", b"5\r\nhello\r\n0\r\n"] {
+            assert!(
+                matches!(
+                    body_of(&[CHUNKED], truncated, 1024).await,
+                    Err(HeadError::Malformed(_))
+                ),
+                "{truncated:?}"
+            );
+        }
+        // Data longer than its size, a bare LF, an endless size line, endless trailers.
+        assert!(matches!(
+            body_of(&[CHUNKED], b"2\r\nhello\r\n0\r\n\r\n", 1024).await,
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            body_of(&[CHUNKED], b"2\nhi\r\n0\r\n\r\n", 1024).await,
+            Err(HeadError::Malformed(_))
+        ));
+        let endless = vec![b'1'; 10_000];
+        assert!(matches!(
+            body_of(&[CHUNKED], &endless, 1 << 20).await,
+            Err(HeadError::Malformed(_))
+        ));
+        let mut trailers = b"0\r\n".to_vec();
+        for _ in 0..1000 {
+            trailers.extend_from_slice(b"X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert!(matches!(
+            body_of(&[CHUNKED], &trailers, 1024).await,
+            Err(HeadError::TooLarge(_))
+        ));
+        // Two framings (request smuggling) and codings we do not speak.
+        assert!(matches!(
+            body_of(&[CHUNKED, ("Content-Length", "5")], b"0\r\n\r\n", 1024).await,
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            body_of(
+                &[("Transfer-Encoding", "gzip, chunked")],
+                b"0\r\n\r\n",
+                1024
+            )
+            .await,
+            Err(HeadError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn content_length_bodies_still_read_as_before() {
+        let body = body_of(&[("Content-Length", "2")], b"{}extra", 1024).await;
+        assert_eq!(body.unwrap(), b"{}");
+        assert_eq!(body_of(&[], b"ignored", 1024).await.unwrap(), b"");
+        assert!(matches!(
+            body_of(&[("Content-Length", "2048")], b"", 1024).await,
+            Err(HeadError::TooLarge(1024))
+        ));
+    }
+
+    #[test]
+    fn bearer_tokens_parse_in_any_scheme_case() {
+        let token = |value: &str| {
+            head_with(&[("Authorization", value)])
+                .bearer_token()
+                .map(str::to_owned)
+        };
+        for value in [
+            "Bearer abc.def",
+            "bearer abc.def",
+            "BEARER abc.def",
+            "bEaReR   abc.def  ",
+            "  Bearer\tabc.def",
+        ] {
+            assert_eq!(token(value).as_deref(), Some("abc.def"), "{value:?}");
+        }
+        assert_eq!(token("Bearer").as_deref(), Some(""));
+        assert_eq!(token("Bearer   ").as_deref(), Some(""));
+        assert_eq!(token("Basic YWxhZGRpbjpvcGVuc2VzYW1l"), None);
+        assert_eq!(token("Bearerabc"), None);
+        assert_eq!(token("Token abc"), None);
+        assert_eq!(head_with(&[]).bearer_token(), None);
+    }
+
+    #[test]
+    fn header_lines_split_and_refuse_injection() {
+        assert_eq!(
+            parse_header_line("Authorization: Bearer s3cret"),
+            Ok(("Authorization".into(), "Bearer s3cret".into()))
+        );
+        assert_eq!(
+            parse_header_line("X-Api-Key:k:with:colons "),
+            Ok(("X-Api-Key".into(), "k:with:colons".into()))
+        );
+        assert_eq!(
+            parse_header_line("X-Empty:"),
+            Ok(("X-Empty".into(), "".into()))
+        );
+        for bad in [
+            "no colon",
+            ": value",
+            "Bad Name: v",
+            "X-A: v\r\nX-Injected: 1",
+            "X-A: v\nGET / HTTP/1.1",
+            "X\r\nY: v",
+        ] {
+            assert!(parse_header_line(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -417,7 +417,7 @@ fn flags_beat_environment_beat_the_file() {
         effective.contains("drain_timeout = \"7s\""),
         "file over default: {effective}"
     );
-    assert!(effective.contains("max_payload = 2097152"), "{effective}");
+    assert!(effective.contains("max_payload = \"2MiB\""), "{effective}");
     assert!(
         !effective.contains("test-secret"),
         "secrets are not printed"

@@ -1042,3 +1042,140 @@ async fn a_900_kb_channel_name_is_refused_and_never_recorded() {
     }
     driver.shutdown().await;
 }
+
+// ---------------------------------------------------------------- channel rules
+
+/// The contract's example: a private channel per user, admin-only announcements.
+const RULES: &str = r#"
+[channels]
+channel_auth = "rules"
+
+[[channels.rule]]
+pattern = "user:{id}"
+subscribe = { "user.id" = "{id}" }
+publish = false
+
+[[channels.rule]]
+pattern = "news:*"
+subscribe = { "logged_in" = true }
+publish = { "user.role" = "admin" }
+"#;
+
+#[tokio::test]
+async fn channel_rules_give_cookie_logins_a_private_channel_until_they_log_out() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let dir = sockhive_tests::tempdir::TempDir::new("rules");
+    let config = dir.write("sockhive.toml", RULES);
+    let node = NodeBuilder::new(1)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--session-secret",
+            SECRET,
+            "--session-redis-url",
+            &redis.url(),
+            "--user-lookup",
+            "redis:user:{id}",
+        ])
+        .start();
+    let cookie = app.login("alice", "alice-password").await;
+    let mut driver = Driver::start().await;
+    let status = sc_connect(
+        &mut driver,
+        &node,
+        "sc-alice",
+        None,
+        json!({"headers": {"Cookie": cookie}}),
+    )
+    .await;
+    let sc_id = status["id"].as_str().unwrap().to_string();
+    driver
+        .ok(
+            "sc.subscribe",
+            json!({"client": "sc-alice", "channel": "user:u-alice"}),
+        )
+        .await;
+    let error = refused(
+        driver
+            .call(
+                "sc.subscribe",
+                json!({"client": "sc-alice", "channel": "user:u-bob"}),
+            )
+            .await,
+        "another user's private channel",
+    );
+    assert_eq!(error["name"], "ChannelForbiddenError", "{error}");
+    driver
+        .ok(
+            "sc.subscribe",
+            json!({"client": "sc-alice", "channel": "news:today"}),
+        )
+        .await;
+    // Alice is an admin in the app's user records: she may announce.
+    driver
+        .ok(
+            "sc.publish",
+            json!({"client": "sc-alice", "channel": "news:today", "data": 1}),
+        )
+        .await;
+
+    let connected = io_connect(
+        &mut driver,
+        &node,
+        "io-alice",
+        json!({"extraHeaders": {"Cookie": cookie}}),
+    )
+    .await;
+    let io_id = connected["socketId"].as_str().unwrap().to_string();
+    assert_eq!(
+        io_ack(
+            &mut driver,
+            "io-alice",
+            "subscribe",
+            json!(["user:u-alice"])
+        )
+        .await,
+        json!([{"ok": true}])
+    );
+    let ack = io_ack(&mut driver, "io-alice", "subscribe", json!(["user:u-bob"])).await;
+    assert_eq!(ack[0]["error"]["name"], "ChannelForbiddenError", "{ack}");
+
+    // Logging out in the web app takes the private channel away on both
+    // protocols; the rules are applied again to the anonymous sockets.
+    app.logout(&cookie).await;
+    driver
+        .wait_event(
+            Duration::from_secs(3),
+            "kickOut of the private channel",
+            |e| {
+                e["client"] == "sc-alice"
+                    && e["event"] == "kickOut"
+                    && e["channel"] == "user:u-alice"
+            },
+        )
+        .await;
+    driver
+        .wait_event(
+            Duration::from_secs(3),
+            "kickout of the private channel",
+            |e| {
+                e["client"] == "io-alice"
+                    && e["event"] == "receive"
+                    && e["name"] == "kickout"
+                    && e["args"][0]["channel"] == "user:u-alice"
+            },
+        )
+        .await;
+    eventually(
+        Duration::from_secs(3),
+        "the records to follow",
+        async || {
+            let sc = node.record(&sc_id).await["channels"].clone();
+            let io = node.record(&io_id).await["channels"].clone();
+            (sc == json!([]) && io == json!([])).then_some(())
+        },
+    )
+    .await;
+    driver.shutdown().await;
+}

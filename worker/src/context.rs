@@ -5,6 +5,7 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use sockhive_shared::channel_rules::ChannelRules;
 use sockhive_shared::config::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +27,8 @@ pub struct Worker {
     pub sockets: SocketRegistry,
     /// Local channel subscriptions and the broker behind them.
     pub channels: LocalChannels,
+    /// `--channel-auth rules`, compiled once (empty under the other modes).
+    pub channel_rules: ChannelRules,
     /// Who connections are: JWT keys and session logins.
     pub credentials: Arc<Credentials>,
     /// Sending to the master.

@@ -12,11 +12,12 @@
 //!   login, channels, writes, deadlines and ending.
 //! - [`context`]: the shared state ([`Worker`]) the layers above hold.
 //! - [`hub`]: what sockets share: the registry, channel fan-out, the outbox.
+//! - [`metrics`]: the Prometheus registry, every series created at zero.
 //! - [`auth`]: who a connection is (access token, session cookie, protocol
 //!   token): the credential pipeline, JWTs, the web app's passport sessions.
-//! - [`master_link`], [`transport`], [`metrics`], [`json_text`]: sending to the
-//!   master; the stream a socket runs over, close frames and the lingering
-//!   close; the Prometheus registry; JSON string escaping.
+//! - [`master_link`], [`transport`], [`json_text`]: sending to the master;
+//!   the stream a socket runs over, close frames and the lingering close;
+//!   JSON string escaping.
 //!
 //! `cargo test -p sockhive-worker --test layers` checks that every
 //! `crate::` import points down this list.

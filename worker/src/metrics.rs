@@ -9,6 +9,63 @@ use prometheus::{
 };
 use sockhive_shared::metrics::FamilySnapshot;
 
+use crate::auth::passport::SessionAuthError;
+
+/// Every `protocol` label value: the adapters' `SocketProtocol::NAME`s.
+pub const PROTOCOLS: [&str; 2] = ["socketcluster", "socketio"];
+
+/// Every `outcome` of `sockhive_handshakes_total` at the protocol handshake.
+pub const HANDSHAKE_OUTCOMES: [&str; 4] = ["ok", "anonymous", "rejected", "failed"];
+
+/// Every `method` of `sockhive_handshakes_total` at the protocol handshake
+/// (`none`, then each `auth::Method::label`).
+pub const HANDSHAKE_METHODS: [&str; 4] = ["none", "access_token", "session", "jwt"];
+
+/// The `method` label of a login after the handshake (SocketCluster `#authenticate`).
+pub const AUTHENTICATE_METHOD: &str = "authenticate";
+
+/// The outcomes an `#authenticate` can have.
+pub const AUTHENTICATE_OUTCOMES: [&str; 2] = ["ok", "failed"];
+
+/// Every `direction` of `sockhive_messages_total`.
+pub const MESSAGE_DIRECTIONS: [&str; 2] = ["in", "out"];
+
+/// Every `reason` of `sockhive_rejected_connections_total`: the front door's
+/// `Rejection::metric_reason` values (Engine.IO's refusals count as `bad_upgrade`;
+/// `auth` also counts `--require-auth` refusals at the protocol handshake).
+pub const REJECTION_REASONS: [&str; 7] = [
+    "origin",
+    "upgrade_timeout",
+    "header_too_large",
+    "bad_upgrade",
+    "not_found",
+    "max_connections",
+    "auth",
+];
+
+/// The `reason`s of `sockhive_protocol_errors_total` every protocol can count:
+/// the codecs' `metric_reason`s (`bad_json`, `bad_packet`, `too_big`), the
+/// socket core's endings (`CloseReason::metric_reason`) and refusals
+/// (`ChannelRefusal::metric_reason`).
+pub const PROTOCOL_ERROR_REASONS: [&str; 9] = [
+    "bad_json",
+    "bad_packet",
+    "too_big",
+    "bad_utf8",
+    "bad_frame",
+    "handshake_timeout",
+    "ping_timeout",
+    "name_too_long",
+    "max_subscriptions",
+];
+
+/// Reasons only one protocol counts, as (protocol, reason).
+pub const PROTOCOL_SPECIFIC_ERRORS: [(&str, &str); 1] = [("socketio", "bad_namespace")];
+
+/// The `result` of `sockhive_session_logins_total` for a login that worked;
+/// the others are [`SessionAuthError::REASONS`].
+pub const SESSION_LOGIN_OK: &str = "ok";
+
 /// Handles to every metric a worker records.
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -112,6 +169,35 @@ impl WorkerMetrics {
             ]),
         )
         .expect("valid metric");
+        // Every known series exists from the start with 0, so a dashboard
+        // or an alert can tell "none yet" from "not exported".
+        for protocol in PROTOCOLS {
+            connections.with_label_values(&[protocol]);
+            handshake_duration.with_label_values(&[protocol]);
+            for reason in PROTOCOL_ERROR_REASONS {
+                protocol_errors.with_label_values(&[protocol, reason]);
+            }
+        }
+        for (protocol, reason) in PROTOCOL_SPECIFIC_ERRORS {
+            protocol_errors.with_label_values(&[protocol, reason]);
+        }
+        for outcome in HANDSHAKE_OUTCOMES {
+            for method in HANDSHAKE_METHODS {
+                handshakes.with_label_values(&[outcome, method]);
+            }
+        }
+        for outcome in AUTHENTICATE_OUTCOMES {
+            handshakes.with_label_values(&[outcome, AUTHENTICATE_METHOD]);
+        }
+        for direction in MESSAGE_DIRECTIONS {
+            messages.with_label_values(&[direction]);
+        }
+        for reason in REJECTION_REASONS {
+            rejected_connections.with_label_values(&[reason]);
+        }
+        for result in std::iter::once(SESSION_LOGIN_OK).chain(SessionAuthError::REASONS) {
+            session_logins.with_label_values(&[result]);
+        }
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(handshakes.clone()),
@@ -168,5 +254,147 @@ impl WorkerMetrics {
 impl Default for WorkerMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Method;
+    use crate::front_door::upgrade::Rejection;
+    use crate::protocol::socketio::request::RequestRefusal;
+    use crate::socket::ending::CloseReason;
+    use crate::socket::membership::ChannelRefusal;
+    use sockhive_shared::metrics::FamilyKind;
+
+    /// The value of the series of `family` with exactly these label values
+    /// (in any order: the registry sorts labels by name).
+    fn value(metrics: &WorkerMetrics, family: &str, labels: &[&str]) -> Option<f64> {
+        let mut wanted = labels.to_vec();
+        wanted.sort_unstable();
+        metrics
+            .snapshot()
+            .into_iter()
+            .find(|f| f.name == family)?
+            .series
+            .into_iter()
+            .find(|s| {
+                let mut have: Vec<&str> = s.labels.iter().map(|(_, v)| v.as_str()).collect();
+                have.sort_unstable();
+                have == wanted
+            })
+            .map(|s| s.value)
+    }
+
+    #[test]
+    fn every_known_series_exists_at_zero_before_any_event() {
+        let metrics = WorkerMetrics::new();
+        let mut expected: Vec<(&str, Vec<&str>)> = Vec::new();
+        for protocol in PROTOCOLS {
+            expected.push(("sockhive_connections", vec![protocol]));
+            for reason in PROTOCOL_ERROR_REASONS {
+                expected.push(("sockhive_protocol_errors_total", vec![protocol, reason]));
+            }
+        }
+        expected.push((
+            "sockhive_protocol_errors_total",
+            vec!["socketio", "bad_namespace"],
+        ));
+        for reason in REJECTION_REASONS {
+            expected.push(("sockhive_rejected_connections_total", vec![reason]));
+        }
+        for outcome in HANDSHAKE_OUTCOMES {
+            for method in HANDSHAKE_METHODS {
+                expected.push(("sockhive_handshakes_total", vec![outcome, method]));
+            }
+        }
+        expected.push(("sockhive_handshakes_total", vec!["ok", "authenticate"]));
+        expected.push(("sockhive_messages_total", vec!["in"]));
+        expected.push(("sockhive_messages_total", vec!["out"]));
+        expected.push(("sockhive_session_logins_total", vec!["ok"]));
+        expected.push(("sockhive_session_logins_total", vec!["store_unavailable"]));
+        for (family, labels) in expected {
+            assert_eq!(
+                value(&metrics, family, &labels),
+                Some(0.0),
+                "{family}{labels:?}"
+            );
+        }
+        let histogram = metrics
+            .snapshot()
+            .into_iter()
+            .find(|f| f.name == "sockhive_handshake_duration_seconds")
+            .expect("handshake histogram exported before any handshake");
+        assert_eq!(histogram.kind, FamilyKind::Histogram);
+        assert_eq!(histogram.series.len(), PROTOCOLS.len());
+    }
+
+    #[test]
+    fn the_label_lists_cover_every_reason_the_code_counts() {
+        for rejection in [
+            Rejection::UpgradeTimeout,
+            Rejection::HeaderTooLarge,
+            Rejection::Malformed(String::new()),
+            Rejection::NotFound(String::new()),
+            Rejection::BadUpgrade(""),
+            Rejection::UnsupportedVersion(String::new()),
+            Rejection::Origin(String::new()),
+            Rejection::Unauthorized("", String::new()),
+            Rejection::MaxConnections,
+        ] {
+            assert!(REJECTION_REASONS.contains(&rejection.metric_reason()));
+        }
+        for refusal in [
+            RequestRefusal::Polling,
+            RequestRefusal::TransportUnknown,
+            RequestRefusal::UnsupportedVersion,
+            RequestRefusal::SessionIdUnknown,
+        ] {
+            assert!(REJECTION_REASONS.contains(&refusal.metric_reason()));
+        }
+        for ending in [
+            CloseReason::HandshakeTimeout,
+            CloseReason::PongTimeout,
+            CloseReason::TooBig { size: 2, max: 1 },
+            CloseReason::BadUtf8,
+            CloseReason::BadFrame(String::new()),
+            CloseReason::NotReading,
+            CloseReason::GoingAway,
+        ] {
+            if let Some(reason) = ending.metric_reason() {
+                assert!(PROTOCOL_ERROR_REASONS.contains(&reason), "{reason}");
+            }
+        }
+        for refusal in [
+            ChannelRefusal::NameTooLong { len: 2, max: 1 },
+            ChannelRefusal::TooMany { max: 1 },
+            ChannelRefusal::Forbidden,
+        ] {
+            if let Some(reason) = refusal.metric_reason() {
+                assert!(PROTOCOL_ERROR_REASONS.contains(&reason), "{reason}");
+            }
+        }
+        for method in [Method::AccessToken, Method::Session, Method::Token] {
+            assert!(HANDSHAKE_METHODS.contains(&method.label()));
+        }
+    }
+
+    #[test]
+    fn counting_moves_the_pre_created_series() {
+        let metrics = WorkerMetrics::new();
+        metrics.reject("origin");
+        metrics.protocol_error("socketio", "bad_json");
+        assert_eq!(
+            value(&metrics, "sockhive_rejected_connections_total", &["origin"]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &metrics,
+                "sockhive_protocol_errors_total",
+                &["socketio", "bad_json"]
+            ),
+            Some(1.0)
+        );
     }
 }

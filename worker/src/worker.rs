@@ -8,12 +8,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use sockhive_broker::pubsub::{Delivery, RedisChannels};
 use sockhive_broker::records::RecordSink;
+use sockhive_shared::channel_rules::ChannelRules;
 use sockhive_shared::ipc::{self, ToMaster, ToWorker};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::passport::LogoutCause;
 use crate::auth::{Credentials, SessionSupport};
 use crate::context::Worker;
 use crate::hub::channels::LocalChannels;
@@ -64,6 +66,7 @@ pub async fn serve(
         credentials: Arc::new(credentials),
         sockets: SocketRegistry::new(node.clone(), slot, master.clone(), records.clone()),
         channels: LocalChannels::new(master.clone(), redis_channels),
+        channel_rules: ChannelRules::compile(&config.channels.rule).context("channel rules")?,
         metrics,
         config: *config,
         master,
@@ -85,6 +88,16 @@ pub async fn serve(
         let revoking = worker.clone();
         tokio::spawn(async move {
             while let Some(logout) = logouts.recv().await {
+                // A changed user record updates the login in place; every
+                // other cause ends it.
+                if let (LogoutCause::UserRecordChanged, Some(user)) = (&logout.cause, &logout.user)
+                {
+                    let reached = revoking
+                        .sockets
+                        .push_to_web_session(&logout.sid, || Outbound::UserChanged(user.clone()));
+                    tracing::info!(sockets = reached, "a logged-in user's record changed");
+                    continue;
+                }
                 let reached = revoking
                     .sockets
                     .push_to_web_session(&logout.sid, || Outbound::LoggedOut);

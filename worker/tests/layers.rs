@@ -11,8 +11,11 @@ const LAYERS: &[&[&str]] = &[
     &["protocol"],
     &["socket"],
     &["context"],
-    &["hub", "auth"],
-    &["master_link", "transport", "metrics", "json_text"],
+    &["hub"],
+    // The registry pre-creates a series for every refusal reason, auth's included.
+    &["metrics"],
+    &["auth"],
+    &["master_link", "transport", "json_text"],
 ];
 
 /// Names the crate root re-exports, and the module each comes from.
@@ -135,10 +138,10 @@ fn protocol_adapters_hold_no_lifecycle_and_stay_small() {
                 path.display()
             );
         }
-        if path.file_name().is_some_and(|n| n == "adapter.rs") {
-            let lines = code.lines().filter(|l| !l.trim().is_empty()).count();
-            assert!(lines < 500, "{} has {lines} lines of code", path.display());
-        }
+        // Adapters and codec pieces alike (tests apart): a file a reader
+        // takes in at once.
+        let lines = code.lines().filter(|l| !l.trim().is_empty()).count();
+        assert!(lines < 500, "{} has {lines} lines of code", path.display());
     }
 }
 

@@ -275,6 +275,7 @@ impl SessionSupport {
         auth_config.prefix = session.session_prefix.clone();
         auth_config.store_timeout = session.session_store_timeout;
         auth_config.resolver = resolver(config);
+        auth_config.user_lookup_headers = session.user_lookup_header.clone();
         auth_config.duplicate_cookie = match session.duplicate_cookie {
             sockhive_shared::config::DuplicateCookie::First => DuplicateCookiePolicy::FirstWins,
             sockhive_shared::config::DuplicateCookie::Refuse => DuplicateCookiePolicy::Reject,
@@ -285,6 +286,7 @@ impl SessionSupport {
         watch.prefix = session.session_prefix.clone();
         watch.recheck = session.session_recheck;
         watch.command_timeout = session.session_store_timeout;
+        watch.user_lookup = authenticator.user_lookup();
         let (watcher, logouts) = SessionWatcher::start(watch, authenticator.store(), shutdown)?;
         let redis_config = sockhive_broker::redis::redis_config(url)?;
         let sharded = sockhive_broker::redis::is_cluster(&redis_config);
@@ -368,14 +370,7 @@ impl SessionSupport {
 pub fn upgrade_token(head: &RequestHead) -> Option<String> {
     head.query_param("access_token")
         .filter(|t| !t.is_empty())
-        .or_else(|| {
-            head.header("authorization")
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(|t| t.trim().to_string())
-        })
+        .or_else(|| head.bearer_token().map(str::to_string))
 }
 
 /// Who connections are, for every protocol: the node's JWT keys, the web
@@ -411,12 +406,21 @@ fn session_claims(login: &SessionLogin, hash: &str) -> Map<String, Value> {
     claims.insert("sub".into(), sub);
     claims.insert("user".into(), login.user.clone());
     claims.insert("sh".into(), json!(hash));
-    if let Some(channels) = login.user.get("channels").and_then(Value::as_array) {
-        if channels.iter().all(Value::is_string) {
-            claims.insert("channels".into(), Value::Array(channels.clone()));
-        }
+    if let Some(channels) = channels_claim(&login.user) {
+        claims.insert("channels".into(), channels);
     }
     claims
+}
+
+/// The `channels` claim a session login's token carries: the resolved user's
+/// `channels` array, when it is one of strings (the app's user record lists
+/// the user's channels).
+pub fn channels_claim(user: &Value) -> Option<Value> {
+    let channels = user.get("channels")?.as_array()?;
+    channels
+        .iter()
+        .all(Value::is_string)
+        .then(|| Value::Array(channels.clone()))
 }
 
 fn session_gone(method: Method, message: &str) -> Refusal {

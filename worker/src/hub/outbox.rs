@@ -38,6 +38,9 @@ pub enum Outbound {
     },
     /// The web session the socket logged in with ended.
     LoggedOut,
+    /// The app's record of the socket's user changed (the user lookup now
+    /// answers this): the login follows it, channel rights included.
+    UserChanged(serde_json::Value),
 }
 
 /// Bytes queued towards one client, wherever they wait: in the outbox or in
@@ -125,7 +128,7 @@ fn cost(item: &Outbound) -> usize {
         Outbound::Frame(text) => text.len(),
         Outbound::Event { event, data } => event.len() + data.get().len(),
         Outbound::Kick { reason } => reason.len(),
-        Outbound::LoggedOut => 0,
+        Outbound::LoggedOut | Outbound::UserChanged(_) => 0,
     }
 }
 

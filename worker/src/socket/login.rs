@@ -101,7 +101,9 @@ impl Login {
         // Watch the new session before unwatching the old: a re-login to the
         // same session must not drop its watch in between.
         if let (Some(login), Some(sessions)) = (&session, worker.credentials.sessions.as_ref()) {
-            sessions.watcher.watch(&login.sid, &login.passport_user);
+            sessions
+                .watcher
+                .watch_user(&login.sid, &login.passport_user, &login.user);
         }
         self.clear(worker);
         let (expires_at, renew_at) = clock(
@@ -152,6 +154,21 @@ impl Login {
         } else {
             LoginDue::Idle
         }
+    }
+
+    /// Takes on the app's new record of a session login's user: the claims'
+    /// `user` (and the `channels` it lists) follow it, re-signed; the new
+    /// token, or `None` when the login is not a session's or cannot be signed.
+    pub fn update_user(&mut self, worker: &Worker, user: Value) -> Option<String> {
+        let state = self.state.as_mut()?;
+        let session = state.session.as_mut()?;
+        session.user = user.clone();
+        match crate::auth::channels_claim(&user) {
+            Some(channels) => state.claims.insert("channels".into(), channels),
+            None => state.claims.remove("channels"),
+        };
+        state.claims.insert("user".into(), user);
+        self.renew(worker)
     }
 
     /// Re-signs the login's claims with a fresh lifetime; the new token, or

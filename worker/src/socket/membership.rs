@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use sockhive_shared::channel_rules::{ChannelAction, Verdict};
 use sockhive_shared::config::{ChannelAuth, ChannelConfig};
 
 use super::protocol::ReplyError;
@@ -79,6 +80,16 @@ impl ChannelRefusal {
     }
 }
 
+/// Who asks to use a channel: the socket's verified claims and, under
+/// `--channel-auth rules`, its record as the rules see it (`Null` otherwise).
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The login's claims, if any.
+    pub claims: Option<&'a Map<String, Value>>,
+    /// The socket's record for channel rules.
+    pub record: &'a Value,
+}
+
 /// Whether `pattern` (a channel name, or a prefix ending in `*`) covers `channel`.
 fn pattern_covers(pattern: &str, channel: &str) -> bool {
     match pattern.strip_suffix('*') {
@@ -87,18 +98,42 @@ fn pattern_covers(pattern: &str, channel: &str) -> bool {
     }
 }
 
+/// Whether the socket may `action` on `channel` under `--channel-auth`:
+/// `open` allows all, `claims` reads the token's `channels` claim, `rules`
+/// asks the compiled channel rules with the socket's record (`record`; only
+/// built under `rules`).
+///
+/// Hot path (every subscribe and publish): no allocation.
+pub fn allowed(
+    worker: &Worker,
+    action: ChannelAction,
+    channel: &str,
+    subject: Subject<'_>,
+) -> bool {
+    let Subject { claims, record } = subject;
+    let config = &worker.config.channels;
+    match config.channel_auth {
+        ChannelAuth::Open => true,
+        ChannelAuth::Claims => claims_allow(config, claims, channel),
+        // Configuration refuses `"hook"` sides until app hooks exist, so a
+        // verdict other than Allow is a refusal.
+        ChannelAuth::Rules => {
+            worker.channel_rules.decide(channel, action, record) == Verdict::Allow
+        }
+    }
+}
+
 /// The `--channel-auth claims` rule: a channel is usable when it is public or
-/// listed in the token's `channels` claim. Under `open` everything is allowed.
-pub fn channel_allowed(
+/// listed in the token's `channels` claim.
+fn claims_allow(
     config: &ChannelConfig,
     claims: Option<&Map<String, Value>>,
     channel: &str,
 ) -> bool {
-    if config.channel_auth == ChannelAuth::Open
-        || config
-            .public_channel
-            .iter()
-            .any(|p| pattern_covers(p, channel))
+    if config
+        .public_channel
+        .iter()
+        .any(|p| pattern_covers(p, channel))
     {
         return true;
     }
@@ -145,13 +180,13 @@ impl Membership {
         outbox: &Outbox,
         encoder: &'static DeliveryEncoder,
         channel: String,
-        claims: Option<&Map<String, Value>>,
+        subject: Subject<'_>,
     ) -> Result<(), ChannelRefusal> {
         check_name(worker, &channel)?;
         if self.channels.contains(&channel) {
             return Ok(());
         }
-        if !channel_allowed(&worker.config.channels, claims, &channel) {
+        if !allowed(worker, ChannelAction::Subscribe, &channel, subject) {
             return Err(ChannelRefusal::Forbidden);
         }
         let max = worker.config.limits.max_subscriptions;
@@ -193,10 +228,10 @@ impl Membership {
         worker: &Worker,
         channel: &str,
         data: Box<RawValue>,
-        claims: Option<&Map<String, Value>>,
+        subject: Subject<'_>,
     ) -> Result<(), ChannelRefusal> {
         check_name(worker, channel)?;
-        if !channel_allowed(&worker.config.channels, claims, channel) {
+        if !allowed(worker, ChannelAction::Publish, channel, subject) {
             return Err(ChannelRefusal::Forbidden);
         }
         let started = std::time::Instant::now();
@@ -210,20 +245,15 @@ impl Membership {
 
     /// Applies the rules again after an identity change; leaves every channel
     /// the socket may no longer use and returns their names.
-    pub fn recheck(
-        &mut self,
-        worker: &Worker,
-        socket: &str,
-        claims: Option<&Map<String, Value>>,
-    ) -> Vec<String> {
-        let config = &worker.config.channels;
-        if config.channel_auth == ChannelAuth::Open {
+    pub fn recheck(&mut self, worker: &Worker, socket: &str, subject: Subject<'_>) -> Vec<String> {
+        if worker.config.channels.channel_auth == ChannelAuth::Open {
             return Vec::new();
         }
+        // Holding a channel needs the right to subscribe to it.
         let lost: Vec<String> = self
             .channels
             .iter()
-            .filter(|channel| !channel_allowed(config, claims, channel))
+            .filter(|channel| !allowed(worker, ChannelAction::Subscribe, channel, subject))
             .cloned()
             .collect();
         for channel in &lost {
@@ -250,19 +280,15 @@ mod tests {
         let config = ChannelConfig {
             channel_auth: ChannelAuth::Claims,
             public_channel: vec!["public:*".into()],
+            rule: Vec::new(),
         };
         let claims: Map<String, Value> =
             serde_json::from_str(r#"{"channels":["room:1","team:*"]}"#).unwrap();
-        assert!(channel_allowed(&config, Some(&claims), "room:1"));
-        assert!(channel_allowed(&config, Some(&claims), "team:red"));
-        assert!(channel_allowed(&config, None, "public:news"));
-        assert!(!channel_allowed(&config, Some(&claims), "room:2"));
-        assert!(!channel_allowed(&config, None, "room:1"));
-        let open = ChannelConfig {
-            channel_auth: ChannelAuth::Open,
-            public_channel: vec![],
-        };
-        assert!(channel_allowed(&open, None, "anything"));
+        assert!(claims_allow(&config, Some(&claims), "room:1"));
+        assert!(claims_allow(&config, Some(&claims), "team:red"));
+        assert!(claims_allow(&config, None, "public:news"));
+        assert!(!claims_allow(&config, Some(&claims), "room:2"));
+        assert!(!claims_allow(&config, None, "room:1"));
     }
 
     #[test]

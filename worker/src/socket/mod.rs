@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use sockhive_shared::config::ChannelAuth;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -47,7 +48,7 @@ use crate::transport::{linger, write_raw_close, Transport, Upgraded, Ws, MAX_CLO
 use crate::Worker;
 use heartbeat::{Beat, Heartbeat};
 use login::{Login, LoginDue};
-use membership::Membership;
+use membership::{Membership, Subject};
 use writer::{Io, Out};
 
 /// How long a connection caught mid-handshake by a drain may take to finish it.
@@ -81,6 +82,8 @@ struct Socket<P: Protocol, S: Transport> {
     registered: bool,
     login: Login,
     membership: Membership,
+    /// The socket as channel rules see it (`Null` unless `--channel-auth rules`).
+    rule_record: Value,
     heartbeat: Heartbeat,
     /// The upgrade's credential, resolved at the protocol handshake.
     upgrade_credential: Option<PendingCredential>,
@@ -110,6 +113,7 @@ pub async fn run_socket<P: Protocol, S: Transport>(
         registered: false,
         login: Login::default(),
         membership: Membership::default(),
+        rule_record: Value::Null,
         upgrade_credential: Some(credential),
         peer: upgraded.peer,
         started: upgraded.started,
@@ -241,8 +245,8 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             LoginDue::Idle => None,
             LoginDue::Renew => {
                 if let Some(token) = self.login.renew(&self.worker) {
-                    let user = login_view(self.login.claims()).1;
-                    self.protocol.token_issued(&mut self.out, &token, &user);
+                    self.protocol
+                        .token_issued(&mut self.out, &token, self.login.claims());
                     self.identity_changed();
                 }
                 None
@@ -257,6 +261,13 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             Outbound::Frame(frame) => self.protocol.delivery(&mut self.out, frame),
             Outbound::Event { event, data } => self.protocol.event(&mut self.out, &event, &data),
             Outbound::Kick { reason } => return Some(CloseReason::Kicked(reason)),
+            Outbound::UserChanged(user) => {
+                if let Some(token) = self.login.update_user(&self.worker, user) {
+                    self.protocol
+                        .token_issued(&mut self.out, &token, self.login.claims());
+                }
+                self.identity_changed();
+            }
             Outbound::LoggedOut => {
                 let config = &self.worker.config;
                 let kick = config.auth.require_auth
@@ -310,7 +321,10 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                         &self.outbox,
                         P::DELIVERY,
                         channel.clone(),
-                        self.login.claims(),
+                        Subject {
+                            claims: self.login.claims(),
+                            record: &self.rule_record,
+                        },
                     )
                     .await;
                 self.answer_channel(reply, &channel, result);
@@ -324,8 +338,16 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                 data,
                 reply,
             } => {
-                let result =
-                    Membership::publish(&worker, &channel, data, self.login.claims()).await;
+                let result = Membership::publish(
+                    &worker,
+                    &channel,
+                    data,
+                    Subject {
+                        claims: self.login.claims(),
+                        record: &self.rule_record,
+                    },
+                )
+                .await;
                 if let (Err(e), None) = (&result, reply) {
                     tracing::debug!(socket = %self.id, error = ?e, "publish without ack refused or not fully delivered");
                 }
@@ -470,7 +492,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                 token_accepted: client_token.is_some(),
                 refusal: refusal.as_ref(),
                 token: minted.as_deref().or(client_token.as_deref()),
-                user: &login_view(self.login.claims()).1,
+                claims: self.login.claims(),
             },
         );
         let outcome = match (created, authenticated, &refusal) {
@@ -509,8 +531,8 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                 self.protocol
                     .authenticate_reply(&mut self.out, reply, Ok(()));
                 if let Some(token) = minted {
-                    let user = login_view(self.login.claims()).1;
-                    self.protocol.token_issued(&mut self.out, &token, &user);
+                    self.protocol
+                        .token_issued(&mut self.out, &token, self.login.claims());
                 }
                 self.identity_changed();
                 None
@@ -550,22 +572,43 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
     /// After every identity change: the record and user index follow, and
     /// every channel is checked against the rules again.
     fn identity_changed(&mut self) {
+        self.refresh_rule_record();
         if !self.registered {
             return;
         }
         self.worker
             .sockets
             .set_login(&self.id, self.login.claims(), self.login.web_session());
-        let lost = self
-            .membership
-            .recheck(&self.worker, &self.id, self.login.claims());
+        let subject = Subject {
+            claims: self.login.claims(),
+            record: &self.rule_record,
+        };
+        let lost = self.membership.recheck(&self.worker, &self.id, subject);
         for channel in lost {
             self.protocol
                 .kicked_out(&mut self.out, &channel, LOST_ACCESS);
         }
     }
 
+    /// What channel rules see of the socket: its record's `id`, `protocol`,
+    /// `logged_in`, `user` and `auth`, rebuilt only when the identity changes
+    /// (and only under `--channel-auth rules`), so deciding allocates nothing.
+    fn refresh_rule_record(&mut self) {
+        if self.worker.config.channels.channel_auth != ChannelAuth::Rules {
+            return;
+        }
+        let (logged_in, user, auth) = login_view(self.login.claims());
+        self.rule_record = serde_json::json!({
+            "id": &*self.id,
+            "protocol": P::NAME,
+            "logged_in": logged_in,
+            "user": user,
+            "auth": auth,
+        });
+    }
+
     fn register(&mut self) {
+        self.refresh_rule_record();
         let entry = SocketEntry::new(
             P::NAME,
             self.peer,

@@ -8,6 +8,7 @@
 //! the outbox and the ending live in the core, once for every protocol.
 
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::ending::CloseReason;
@@ -134,8 +135,9 @@ pub struct HandshakeLogin<'a> {
     /// access-token logins, to be handed to the client) or, when
     /// `token_accepted`, the client's own.
     pub token: Option<&'a str>,
-    /// Who the socket is, as its record's `user` shows it.
-    pub user: &'a serde_json::Value,
+    /// The login's verified claims (an adapter that tells the client who it
+    /// is derives the record's `user` from them, only then).
+    pub claims: Option<&'a Map<String, Value>>,
 }
 
 /// A wire protocol, seen from the socket core. One value per socket holds
@@ -182,9 +184,9 @@ pub trait Protocol: Send + 'static {
     fn reply(&mut self, out: &mut Out, reply: ReplyTo, result: Result<(), &ReplyError>);
     /// Answers SocketCluster's `#authenticate`.
     fn authenticate_reply(&mut self, out: &mut Out, reply: ReplyTo, result: Result<(), &Refusal>);
-    /// Hands the client a token it should store (login, renewal), with who
-    /// it now is.
-    fn token_issued(&mut self, out: &mut Out, token: &str, user: &serde_json::Value);
+    /// Hands the client a token it should store (login, renewal), with the
+    /// claims of who it now is.
+    fn token_issued(&mut self, out: &mut Out, token: &str, claims: Option<&Map<String, Value>>);
     /// Tells the client the server ended its login (expiry, logout, bad token).
     fn deauthenticated(&mut self, out: &mut Out, name: &str, message: &str);
     /// Tells the client it was removed from a channel.

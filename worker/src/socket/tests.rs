@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use sockhive_shared::channel_rules::ChannelRules;
 use sockhive_shared::config::{ChannelAuth, Config, ConfigLayer};
 use sockhive_shared::http::RequestHead;
 use sockhive_shared::units::{ByteSize, HumanDuration};
@@ -47,6 +48,7 @@ fn worker(tune: impl FnOnce(&mut ConfigLayer)) -> Arc<Worker> {
         credentials: Arc::new(credentials),
         sockets: SocketRegistry::new("core-test".into(), 1, master.clone(), None),
         channels: LocalChannels::new(master.clone(), None),
+        channel_rules: ChannelRules::compile(&config.channels.rule).unwrap(),
         metrics,
         config,
         master,
@@ -447,4 +449,45 @@ async fn a_drain_closes_registered_sockets_with_1001() {
     sc_handshake(&mut client, None).await;
     worker.shutdown.cancel();
     assert_eq!(close_code(&mut client).await, Some(1001));
+}
+
+#[tokio::test(start_paused = true)]
+async fn channel_rules_give_each_user_a_private_channel_and_its_loss_kicks_out() {
+    let worker = worker(|layer| {
+        layer.channels.channel_auth = Some(ChannelAuth::Rules);
+        let rules = json!([
+            {"pattern": "user:{id}", "subscribe": {"user.id": "{id}"}, "publish": false},
+            {"pattern": "news:*", "subscribe": true, "publish": {"user.role": "admin"}},
+        ]);
+        layer.channels.rule = Some(serde_json::from_value(rules).unwrap());
+    });
+    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let alice = token(json!({"sub": "alice", "user": {"role": "user"}}), 3600);
+    sc_handshake(&mut client, Some(&alice)).await;
+    assert_eq!(
+        sc_subscribe(&mut client, "user:alice", 2).await,
+        json!({"rid": 2})
+    );
+    let refused = sc_subscribe(&mut client, "user:bob", 3).await;
+    assert_eq!(
+        refused["error"]["name"], "ChannelForbiddenError",
+        "{refused}"
+    );
+    assert_eq!(
+        sc_subscribe(&mut client, "news:today", 4).await,
+        json!({"rid": 4})
+    );
+    let publish =
+        json!({"event": "#publish", "data": {"channel": "news:today", "data": 1}, "cid": 5});
+    send(&mut client, &publish.to_string()).await;
+    assert_eq!(
+        next_json(&mut client).await["error"]["name"],
+        "ChannelForbiddenError"
+    );
+    // Logging out costs the private channel, not the public one.
+    send(&mut client, r##"{"event":"#removeAuthToken"}"##).await;
+    let kicked = next_json(&mut client).await;
+    assert_eq!(kicked["event"], "#kickOut", "{kicked}");
+    assert_eq!(kicked["data"]["channel"], "user:alice");
+    assert_eq!(first_record(&worker)["channels"], json!(["news:today"]));
 }

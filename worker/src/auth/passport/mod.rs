@@ -31,7 +31,7 @@ pub use store::{
     RedisSessionStore, RedisStoreConfig, SessionStore, StoreError, StoreSetupError, StoredSession,
     UserRecordShape, DEFAULT_SESSION_PREFIX, DEFAULT_STORE_TIMEOUT,
 };
-pub use user::{UserLookupError, UserResolver, UserResolverConfigError};
+pub use user::{UserLookup, UserLookupError, UserResolver, UserResolverConfigError};
 pub use watch::{
     LoggedOut, LogoutCause, SessionWatcher, WatchMode, WatcherConfig, DEFAULT_RECHECK,
 };
@@ -49,6 +49,8 @@ pub struct SessionAuthConfig {
     pub store_timeout: Duration,
     /// How `passport.user` becomes the socket's user.
     pub resolver: UserResolver,
+    /// `--user-lookup-header`: `NAME: VALUE` lines an HTTP lookup sends.
+    pub user_lookup_headers: Vec<String>,
     /// A repeated cookie name: refused by default (cookie shadowing).
     pub duplicate_cookie: DuplicateCookiePolicy,
     /// `--accept-query-session-id`: accept an `s:`-signed value (the cookie's
@@ -67,6 +69,7 @@ impl SessionAuthConfig {
             prefix: DEFAULT_SESSION_PREFIX.to_owned(),
             store_timeout: DEFAULT_STORE_TIMEOUT,
             resolver: UserResolver::AsIs,
+            user_lookup_headers: Vec::new(),
             duplicate_cookie: DuplicateCookiePolicy::default(),
             accept_signed_query_session_id: false,
         }
@@ -90,6 +93,13 @@ impl SessionAuthConfig {
         }
         self.resolver
             .validate()
+            .map_err(SessionAuthSetupError::Resolver)?;
+        self.user_lookup().map(drop)
+    }
+
+    /// The resolver with its headers, as the authenticator and the watcher use it.
+    pub fn user_lookup(&self) -> Result<UserLookup, SessionAuthSetupError> {
+        UserLookup::new(self.resolver.clone(), &self.user_lookup_headers)
             .map_err(SessionAuthSetupError::Resolver)
     }
 }
@@ -187,6 +197,22 @@ impl SessionAuthError {
         }
     }
 
+    /// Every value [`SessionAuthError::reason`] can return, so the metric's
+    /// series exist (at 0) before the first refusal.
+    pub const REASONS: [&'static str; 11] = [
+        "unsigned",
+        "bad_signature",
+        "duplicate_cookie",
+        "query_session_id",
+        "no_session",
+        "bad_session",
+        "not_logged_in",
+        "user_not_found",
+        "bad_user_record",
+        "store_unavailable",
+        "user_lookup_unavailable",
+    ];
+
     /// The metric `reason` label (low cardinality).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -216,7 +242,7 @@ impl SessionAuthError {
 pub struct SessionAuthenticator {
     verifier: SessionCookieVerifier,
     store: Arc<dyn SessionStore>,
-    resolver: UserResolver,
+    lookup: UserLookup,
 }
 
 impl SessionAuthenticator {
@@ -232,7 +258,7 @@ impl SessionAuthenticator {
         Ok(SessionAuthenticator {
             verifier,
             store,
-            resolver: config.resolver,
+            lookup: config.user_lookup()?,
         })
     }
 
@@ -255,6 +281,12 @@ impl SessionAuthenticator {
     /// The store, so the [`SessionWatcher`] re-reads through the same client.
     pub fn store(&self) -> Arc<dyn SessionStore> {
         self.store.clone()
+    }
+
+    /// The user lookup, so the [`SessionWatcher`] re-reads users the same way
+    /// ([`WatcherConfig::user_lookup`]).
+    pub fn user_lookup(&self) -> UserLookup {
+        self.lookup.clone()
     }
 
     /// Decides one upgrade request. Hot path: on the default configuration
@@ -301,7 +333,7 @@ impl SessionAuthenticator {
             })?
             .clone();
         let user = self
-            .resolver
+            .lookup
             .resolve(&passport_user, self.store.as_ref())
             .await
             .map_err(|error| match error {
@@ -522,6 +554,17 @@ pub(crate) mod test_support {
     pub(crate) async fn user_http_server(
         users: Arc<Vec<Json>>,
     ) -> (String, tokio::task::JoinHandle<()>) {
+        let users = Arc::new(std::sync::Mutex::new(users.as_ref().clone()));
+        user_http_server_guarded(users, None).await
+    }
+
+    /// [`user_http_server`] over a table the test may change, answering 401
+    /// unless the request carries the `required` header line (as an app's
+    /// internal endpoint that wants a credential does).
+    pub(crate) async fn user_http_server_guarded(
+        users: Arc<std::sync::Mutex<Vec<Json>>>,
+        required: Option<(&'static str, &'static str)>,
+    ) -> (String, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
@@ -529,7 +572,7 @@ pub(crate) mod test_support {
                 let Ok((mut socket, _)) = listener.accept().await else {
                     return;
                 };
-                let users = users.clone();
+                let users = users.lock().expect("users").clone();
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -541,7 +584,15 @@ pub(crate) mod test_support {
                     }
                     let text = String::from_utf8_lossy(&request);
                     let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+                    let authorized = required.is_none_or(|(name, value)| {
+                        text.lines().skip(1).any(|line| {
+                            line.split_once(':').is_some_and(|(n, v)| {
+                                n.eq_ignore_ascii_case(name) && v.trim() == value
+                            })
+                        })
+                    });
                     let reply = match path.as_str() {
+                        _ if !authorized => "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_owned(),
                         "/users/slow" => {
                             tokio::time::sleep(Duration::from_secs(5)).await;
                             String::new()
@@ -1019,6 +1070,30 @@ mod tests {
                 "no recovery within 3 s"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    #[test]
+    fn every_refusal_reason_is_listed_for_the_metrics() {
+        let errors = [
+            SessionAuthError::CookieInvalid(CookieRejection::Unsigned),
+            SessionAuthError::CookieInvalid(CookieRejection::BadSignature),
+            SessionAuthError::CookieInvalid(CookieRejection::Duplicate),
+            SessionAuthError::CookieInvalid(CookieRejection::QuerySessionId),
+            SessionAuthError::NoSession,
+            SessionAuthError::BadSession(String::new()),
+            SessionAuthError::NotLoggedIn,
+            SessionAuthError::UserNotFound,
+            SessionAuthError::BadUserRecord(String::new()),
+            SessionAuthError::StoreUnavailable(StoreError::Unsupported("test")),
+            SessionAuthError::UserLookupUnavailable(String::new()),
+        ];
+        let reasons: Vec<&str> = errors.iter().map(SessionAuthError::reason).collect();
+        for reason in &reasons {
+            assert!(SessionAuthError::REASONS.contains(reason), "{reason}");
+        }
+        for listed in SessionAuthError::REASONS {
+            assert!(reasons.contains(&listed), "{listed} is never a reason");
         }
     }
 

@@ -130,6 +130,9 @@ pub enum UserResolverConfigError {
     /// Only `http://host[:port]/path` URLs are supported.
     #[error("user lookup URL {0:?} is not http://host[:port]/path")]
     BadUrl(String),
+    /// A `--user-lookup-header` that is not `NAME: VALUE`.
+    #[error("user lookup header: {0}")]
+    BadHeader(String),
 }
 
 impl UserResolver {
@@ -159,6 +162,16 @@ impl UserResolver {
         passport_user: &Json,
         store: &dyn SessionStore,
     ) -> Result<Json, UserLookupError> {
+        self.resolve_sending(passport_user, store, &[]).await
+    }
+
+    /// [`UserResolver::resolve`], with these extra headers on an HTTP lookup.
+    async fn resolve_sending(
+        &self,
+        passport_user: &Json,
+        store: &dyn SessionStore,
+        headers: &[(String, String)],
+    ) -> Result<Json, UserLookupError> {
         match self {
             UserResolver::AsIs => Ok(user_as_is(passport_user)),
             UserResolver::RedisKey { template, shape } => {
@@ -178,7 +191,7 @@ impl UserResolver {
                 let url = url_template.replace(ID_PLACEHOLDER, &encode_uri_component(&id));
                 let target = HttpTarget::parse(&url)
                     .map_err(|error| UserLookupError::Unavailable(error.to_string()))?;
-                let answer = tokio::time::timeout(*timeout, http_get(&target))
+                let answer = tokio::time::timeout(*timeout, http_get(&target, headers))
                     .await
                     .map_err(|_| {
                         UserLookupError::Unavailable(format!("no answer within {timeout:?}"))
@@ -196,6 +209,52 @@ impl UserResolver {
                 }
             }
         }
+    }
+}
+
+/// A resolver with the headers its HTTP lookups send: the one way both the
+/// handshake and the logout watcher turn `passport.user` into the user, so a
+/// re-read sees what a new connection would.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserLookup {
+    /// How the user is found.
+    pub resolver: UserResolver,
+    /// `--user-lookup-header`: sent with every HTTP lookup (e.g. the app's
+    /// `Authorization`); the other resolvers ignore them.
+    pub headers: Vec<(String, String)>,
+}
+
+impl UserLookup {
+    /// A lookup sending `header_lines` (`NAME: VALUE`, as configured).
+    pub fn new(
+        resolver: UserResolver,
+        header_lines: &[String],
+    ) -> Result<UserLookup, UserResolverConfigError> {
+        let headers = header_lines
+            .iter()
+            .map(|line| {
+                sockhive_shared::http::parse_header_line(line)
+                    .map_err(UserResolverConfigError::BadHeader)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(UserLookup { resolver, headers })
+    }
+
+    /// The socket's user for `passport_user`.
+    pub async fn resolve(
+        &self,
+        passport_user: &Json,
+        store: &dyn SessionStore,
+    ) -> Result<Json, UserLookupError> {
+        self.resolver
+            .resolve_sending(passport_user, store, &self.headers)
+            .await
+    }
+
+    /// Whether the user comes from a record the app can change while
+    /// `passport.user` stays the same, so re-reading it can tell something new.
+    pub fn reads_a_record(&self) -> bool {
+        !matches!(self.resolver, UserResolver::AsIs)
     }
 }
 
@@ -303,15 +362,20 @@ struct HttpAnswer {
     body: Vec<u8>,
 }
 
-/// A minimal HTTP/1.1 GET with `Connection: close` (the caller bounds it in time).
-async fn http_get(target: &HttpTarget) -> Result<HttpAnswer, String> {
+/// A minimal HTTP/1.1 GET with `Connection: close` (the caller bounds it in
+/// time). `headers` were checked by [`UserLookup::new`]: no CR or LF in them.
+async fn http_get(target: &HttpTarget, headers: &[(String, String)]) -> Result<HttpAnswer, String> {
     let mut stream = TcpStream::connect(target.authority.as_str())
         .await
         .map_err(|e| format!("connect {}: {e}", target.authority))?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+    let mut request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n",
         target.path, target.authority
     );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -539,6 +603,44 @@ mod tests {
         )
         .expect("complete")
         .is_err());
+    }
+
+    #[tokio::test]
+    async fn http_lookups_send_the_configured_headers() {
+        let users = Arc::new(std::sync::Mutex::new(vec![json!({"id": 42, "name": "a"})]));
+        let (url_template, server) = super::super::test_support::user_http_server_guarded(
+            users,
+            Some(("Authorization", "Bearer s3cret")),
+        )
+        .await;
+        let resolver = UserResolver::Http {
+            url_template,
+            timeout: Duration::from_millis(500),
+        };
+        let with = |lines: &[&str]| {
+            let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            UserLookup::new(resolver.clone(), &lines).expect("valid headers")
+        };
+        let right = with(&["X-Other: 1", "Authorization: Bearer s3cret"]);
+        assert_eq!(
+            right.resolve(&json!(42), &NoStore).await,
+            Ok(json!({"id": 42, "name": "a"}))
+        );
+        // The app refuses a lookup without its credential (401): unavailable,
+        // which refuses the login as SessionStoreUnavailableError.
+        for wrong in [with(&[]), with(&["Authorization: Bearer nope"])] {
+            assert!(matches!(
+                wrong.resolve(&json!(42), &NoStore).await,
+                Err(UserLookupError::Unavailable(why)) if why.contains("401")
+            ));
+        }
+        assert!(matches!(
+            UserLookup::new(resolver.clone(), &["X: a\r\nInjected: 1".to_string()]),
+            Err(UserResolverConfigError::BadHeader(_))
+        ));
+        assert!(!UserLookup::default().reads_a_record());
+        assert!(right.reads_a_record());
+        server.abort();
     }
 
     /// A store that has no Redis behind it: the AsIs and HTTP resolvers never touch it.

@@ -13,6 +13,11 @@
 //! forgot them) and every watched session is re-read once, so a logout during
 //! the outage is not missed. Watching is reference-counted per (sid, user):
 //! many sockets share a session.
+//!
+//! With a user lookup configured, a re-read session that still logs in the
+//! same `passport.user` also has its user looked up again (each distinct user
+//! once per pass): a record the app changed (a new role) or deleted is
+//! reported like a logout, so a socket never keeps a user the app no longer has.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -22,6 +27,7 @@ use std::time::Duration;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::KeyspaceEvent;
+use futures_util::StreamExt;
 use serde_json::Value as Json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -29,7 +35,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{fred_builder, SessionStore, StoreSetupError, StoredSession};
-use super::user::passport_user;
+use super::user::{passport_user, UserLookup, UserLookupError};
 
 /// `--session-recheck`: how often sessions are re-read when notifications are not available.
 pub const DEFAULT_RECHECK: Duration = Duration::from_secs(1);
@@ -37,6 +43,10 @@ pub const DEFAULT_RECHECK: Duration = Duration::from_secs(1);
 /// With notifications on, a full re-read this often anyway, in case a
 /// notification was lost without a reconnect we could see.
 pub const DEFAULT_SAFETY_RECHECK: Duration = Duration::from_secs(60);
+
+/// User lookups in flight at once during a re-check: enough to re-read many
+/// users quickly, few enough not to flood the app's endpoint.
+const LOOKUP_CONCURRENCY: usize = 16;
 
 /// Flags the watcher needs: `K` keyspace channel, `g` generic (`del`,
 /// `rename`), `$` strings (`set`), `x` expired, `e` evicted (maxmemory
@@ -56,6 +66,10 @@ pub struct WatcherConfig {
     pub safety_recheck: Duration,
     /// Bound on each Redis command the watcher sends.
     pub command_timeout: Duration,
+    /// How users are looked up, to re-read them with their sessions
+    /// ([`super::SessionAuthenticator::user_lookup`]); the default (no lookup)
+    /// re-reads nothing beyond `passport.user`.
+    pub user_lookup: UserLookup,
 }
 
 impl WatcherConfig {
@@ -67,6 +81,7 @@ impl WatcherConfig {
             recheck: DEFAULT_RECHECK,
             safety_recheck: DEFAULT_SAFETY_RECHECK,
             command_timeout: super::store::DEFAULT_STORE_TIMEOUT,
+            user_lookup: UserLookup::default(),
         }
     }
 }
@@ -80,6 +95,12 @@ pub enum LogoutCause {
     NotLoggedIn,
     /// `passport.user` now holds someone else: a different login.
     UserChanged,
+    /// Same `passport.user`, but the user lookup now answers a different
+    /// record (the app changed the user); [`LoggedOut::user`] holds it.
+    UserRecordChanged,
+    /// Same `passport.user`, but the user lookup no longer knows the user
+    /// (deleted) or answers something that is not a user.
+    UserNotFound,
 }
 
 /// A login the worker must end: every socket bound to `sid` as `passport_user`.
@@ -91,6 +112,9 @@ pub struct LoggedOut {
     pub passport_user: Json,
     /// What happened to the session.
     pub cause: LogoutCause,
+    /// The user as re-read, for [`LogoutCause::UserRecordChanged`]: what the
+    /// sockets would get if they connected now.
+    pub user: Option<Json>,
 }
 
 /// How the watcher currently learns about changes.
@@ -125,6 +149,9 @@ impl WatchMode {
 /// One login bound to a session, with how many sockets hold it.
 struct WatchEntry {
     passport_user: Json,
+    /// The user the sockets hold, to compare a re-read with; `None` until
+    /// known (a plain [`SessionWatcher::watch`]: the first re-read sets it).
+    user: Option<Json>,
     sockets: usize,
     /// When it was first watched (in [`WatchSet::clock`] ticks): a re-read
     /// that started earlier says nothing about it.
@@ -216,6 +243,17 @@ impl SessionWatcher {
 
     /// One more socket bound to `sid` as `passport_user`.
     pub fn watch(&self, sid: &str, passport_user: &Json) {
+        self.watch_as(sid, passport_user, None);
+    }
+
+    /// One more socket bound to `sid` as `passport_user`, holding `user` (the
+    /// resolved user it got at login): a re-read that answers another user
+    /// is reported as [`LogoutCause::UserRecordChanged`].
+    pub fn watch_user(&self, sid: &str, passport_user: &Json, user: &Json) {
+        self.watch_as(sid, passport_user, Some(user));
+    }
+
+    fn watch_as(&self, sid: &str, passport_user: &Json, user: Option<&Json>) {
         let mut set = self.shared.lock();
         set.clock += 1;
         let since = set.clock;
@@ -227,6 +265,7 @@ impl SessionWatcher {
             Some(entry) => entry.sockets += 1,
             None => entries.push(WatchEntry {
                 passport_user: passport_user.clone(),
+                user: user.cloned(),
                 sockets: 1,
                 since,
             }),
@@ -480,7 +519,9 @@ impl WatchTask {
                 continue;
             }
             match event.operation.as_str() {
-                "del" | "expired" | "evicted" | "rename_from" => self.settle(sid, None, u64::MAX),
+                "del" | "expired" | "evicted" | "rename_from" => {
+                    self.settle(sid, None, u64::MAX, &[])
+                }
                 // A rewrite may be a passport ≤ 0.5 logout or another login.
                 "set" | "rename_to" | "restore" => reread.push(sid.to_owned()),
                 // `expire` (touch) and the rest do not change who is logged in.
@@ -489,12 +530,13 @@ impl WatchTask {
         }
         reread.sort();
         reread.dedup();
-        self.reread(reread).await;
+        self.reread(reread, true).await;
     }
 
     async fn recheck_pending(&self) {
         let sids: Vec<String> = self.shared.lock().pending.drain().collect();
-        self.reread(sids).await;
+        // Just looked up at login: only users not known yet are re-read.
+        self.reread(sids, false).await;
     }
 
     async fn recheck_all(&self) {
@@ -503,20 +545,22 @@ impl WatchTask {
             set.pending.clear();
             set.by_sid.keys().cloned().collect()
         };
-        self.reread(sids).await;
+        self.reread(sids, true).await;
     }
 
-    /// Reads the sessions and settles each; on a store failure they are
-    /// queued again so the next tick retries them.
-    async fn reread(&self, sids: Vec<String>) {
+    /// Reads the sessions (and, with `users`, looks their users up again)
+    /// and settles each; on a store failure they are queued again so the
+    /// next tick retries them.
+    async fn reread(&self, sids: Vec<String>, users: bool) {
         if sids.is_empty() {
             return;
         }
         let started = self.shared.lock().clock;
         match self.store.load_many(&sids).await {
             Ok(records) => {
+                let users = self.reread_users(&sids, &records, users).await;
                 for (sid, record) in sids.iter().zip(records) {
-                    self.settle(sid, Some(record), started);
+                    self.settle(sid, Some(record), started, &users);
                 }
             }
             Err(error) => {
@@ -531,11 +575,59 @@ impl WatchTask {
         }
     }
 
-    /// Compares what the store holds for `sid` with the logins bound to it
-    /// and reports the ones that ended. `record` is `None` for a key known to
-    /// be gone, `Some(None)` for a read that found no key. Logins watched
-    /// after the read started (`since > started`) are left alone.
-    fn settle(&self, sid: &str, record: Option<Option<StoredSession>>, started: u64) {
+    /// Looks up again the user of each read session that still logs in a
+    /// watched `passport.user` (all of them, or with `all` false only those
+    /// whose user is not known yet); each distinct `passport.user` once.
+    async fn reread_users(
+        &self,
+        sids: &[String],
+        records: &[Option<StoredSession>],
+        all: bool,
+    ) -> Vec<(Json, Result<Json, UserLookupError>)> {
+        let lookup = &self.config.user_lookup;
+        if !lookup.reads_a_record() {
+            return Vec::new();
+        }
+        let mut wanted: HashMap<String, Json> = HashMap::new();
+        {
+            let set = self.shared.lock();
+            for (sid, record) in sids.iter().zip(records) {
+                let (Some(entries), Some(Ok(current))) =
+                    (set.by_sid.get(sid), record.as_ref().map(passport_user))
+                else {
+                    continue;
+                };
+                if entries
+                    .iter()
+                    .any(|e| e.passport_user == *current && (all || e.user.is_none()))
+                {
+                    wanted.insert(current.to_string(), current.clone());
+                }
+            }
+        }
+        let store = self.store.as_ref();
+        futures_util::stream::iter(wanted.into_values())
+            .map(|passport_user| async move {
+                let user = lookup.resolve(&passport_user, store).await;
+                (passport_user, user)
+            })
+            .buffer_unordered(LOOKUP_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// Compares what the store holds for `sid` (and what the user lookup
+    /// answered now, in `users`) with the logins bound to it and reports the
+    /// ones that ended. `record` is `None` for a key known to be gone,
+    /// `Some(None)` for a read that found no key. Logins watched after the
+    /// read started (`since > started`) are left alone.
+    fn settle(
+        &self,
+        sid: &str,
+        record: Option<Option<StoredSession>>,
+        started: u64,
+        users: &[(Json, Result<Json, UserLookupError>)],
+    ) {
         let current = match &record {
             None | Some(None) => Err(LogoutCause::SessionGone),
             Some(Some(session)) => passport_user(session).map_err(|_| LogoutCause::NotLoggedIn),
@@ -546,12 +638,32 @@ impl WatchTask {
             let Some(entries) = set.by_sid.get_mut(sid) else {
                 return;
             };
-            entries.retain(|entry| {
+            entries.retain_mut(|entry| {
                 if entry.since > started {
                     return true;
                 }
+                let mut fresh = None;
                 let cause = match &current {
-                    Ok(user) if **user == entry.passport_user => return true,
+                    Ok(user) if **user == entry.passport_user => {
+                        let reread = users.iter().find(|(p, _)| *p == entry.passport_user);
+                        match reread.map(|(_, user)| user) {
+                            // Not re-read, or the lookup is down: nothing new
+                            // is known, and an outage never ends a login.
+                            None | Some(Err(UserLookupError::Unavailable(_))) => return true,
+                            Some(Ok(user)) => match &entry.user {
+                                Some(held) if held != user => {
+                                    fresh = Some(user.clone());
+                                    LogoutCause::UserRecordChanged
+                                }
+                                Some(_) => return true,
+                                None => {
+                                    entry.user = Some(user.clone());
+                                    return true;
+                                }
+                            },
+                            Some(Err(_)) => LogoutCause::UserNotFound,
+                        }
+                    }
                     Ok(_) => LogoutCause::UserChanged,
                     Err(cause) => *cause,
                 };
@@ -559,6 +671,7 @@ impl WatchTask {
                     sid: sid.to_owned(),
                     passport_user: entry.passport_user.clone(),
                     cause,
+                    user: fresh,
                 });
                 false
             });
@@ -606,12 +719,21 @@ mod tests {
     }
 
     async fn setup(extra_args: &[&str], recheck: Duration) -> Setup {
+        setup_with_lookup(extra_args, recheck, UserLookup::default()).await
+    }
+
+    async fn setup_with_lookup(
+        extra_args: &[&str],
+        recheck: Duration,
+        user_lookup: UserLookup,
+    ) -> Setup {
         let redis = RedisFixture::start(extra_args).await;
         let store = Arc::new(
             RedisSessionStore::connect(&RedisStoreConfig::new(&redis.url())).expect("store"),
         );
         let mut config = WatcherConfig::new(&redis.url());
         config.recheck = recheck;
+        config.user_lookup = user_lookup;
         let shutdown = CancellationToken::new();
         let (watcher, logouts) =
             SessionWatcher::start(config, store, shutdown.clone()).expect("watcher");
@@ -683,11 +805,102 @@ mod tests {
             LoggedOut {
                 sid: "a".into(),
                 passport_user: json!(42),
-                cause: LogoutCause::SessionGone
+                cause: LogoutCause::SessionGone,
+                user: None,
             }
         );
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(t.watcher.watched_sessions(), 0);
+    }
+
+    /// The app's user endpoint, wanting `Authorization: Bearer s3cret`, and a
+    /// lookup of it that sends `header` (`None`: no header at all).
+    async fn guarded_lookup(
+        users: &Arc<std::sync::Mutex<Vec<Json>>>,
+        header: Option<&str>,
+    ) -> (UserLookup, tokio::task::JoinHandle<()>) {
+        let (url_template, server) = super::super::test_support::user_http_server_guarded(
+            users.clone(),
+            Some(("Authorization", "Bearer s3cret")),
+        )
+        .await;
+        let resolver = super::super::UserResolver::Http {
+            url_template,
+            timeout: Duration::from_millis(500),
+        };
+        let lines: Vec<String> = header.into_iter().map(str::to_owned).collect();
+        (UserLookup::new(resolver, &lines).expect("header"), server)
+    }
+
+    #[tokio::test]
+    async fn a_user_record_the_app_changed_is_reported_on_the_next_recheck() {
+        let users = Arc::new(std::sync::Mutex::new(vec![
+            json!({"id": 42, "role": "reader"}),
+            json!({"id": 43, "role": "reader"}),
+        ]));
+        let (lookup, server) = guarded_lookup(&users, Some("Authorization: Bearer s3cret")).await;
+        // Polling: every re-check re-reads sessions and users.
+        let mut t = setup_with_lookup(
+            &["--rename-command", "CONFIG", ""],
+            Duration::from_millis(200),
+            lookup,
+        )
+        .await;
+        wait_for_mode(&t.watcher, WatchMode::Polling).await;
+        t.redis.set("sess:c", LOGGED_IN_42, 60).await;
+        t.redis
+            .set("sess:d", r#"{"passport":{"user":43}}"#, 60)
+            .await;
+        t.watcher
+            .watch_user("c", &json!(42), &json!({"id": 42, "role": "reader"}));
+        // A plain watch learns its user from the first re-read.
+        t.watcher.watch("d", &json!(43));
+        no_logout(&mut t.logouts, Duration::from_millis(700)).await;
+        users.lock().unwrap()[0] = json!({"id": 42, "role": "admin"});
+        let logout = next_logout(&mut t.logouts, Duration::from_secs(1)).await;
+        assert_eq!(
+            logout,
+            LoggedOut {
+                sid: "c".into(),
+                passport_user: json!(42),
+                cause: LogoutCause::UserRecordChanged,
+                user: Some(json!({"id": 42, "role": "admin"})),
+            }
+        );
+        // The app deletes the other user.
+        users.lock().unwrap().remove(1);
+        let logout = next_logout(&mut t.logouts, Duration::from_secs(1)).await;
+        assert_eq!(
+            (logout.sid.as_str(), logout.cause),
+            ("d", LogoutCause::UserNotFound)
+        );
+        assert_eq!(t.watcher.watched_sessions(), 0);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_lookup_the_app_refuses_never_ends_a_login() {
+        let users = Arc::new(std::sync::Mutex::new(vec![json!({"id": 42})]));
+        // Without the header the endpoint answers 401: the lookup is unavailable,
+        // which keeps existing sockets as a store outage does.
+        let (lookup, server) = guarded_lookup(&users, None).await;
+        let mut t = setup_with_lookup(
+            &["--rename-command", "CONFIG", ""],
+            Duration::from_millis(200),
+            lookup,
+        )
+        .await;
+        wait_for_mode(&t.watcher, WatchMode::Polling).await;
+        t.redis.set("sess:r", LOGGED_IN_42, 60).await;
+        t.watcher.watch_user("r", &json!(42), &json!({"id": 42}));
+        users.lock().unwrap().clear();
+        no_logout(&mut t.logouts, Duration::from_millis(900)).await;
+        assert_eq!(t.watcher.watched_sessions(), 1);
+        // A logout is still a logout.
+        t.redis.command(&["DEL", "sess:r"]).await;
+        let logout = next_logout(&mut t.logouts, Duration::from_secs(1)).await;
+        assert_eq!(logout.cause, LogoutCause::SessionGone);
+        server.abort();
     }
 
     #[tokio::test]

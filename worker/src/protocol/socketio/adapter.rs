@@ -22,6 +22,7 @@ use super::codec::{
 };
 use crate::auth::Refusal;
 use crate::hub::channels::DeliveryEncoder;
+use crate::hub::registry::login_view;
 use crate::socket::heartbeat::{HeartbeatPolicy, HeartbeatStyle};
 use crate::socket::writer::Out;
 use crate::socket::{
@@ -367,7 +368,7 @@ impl Protocol for SocketIo {
         }
         out.text(codec::encode_connect_ok(MAIN_NAMESPACE, login.socket_id));
         if let (true, Some(token)) = (login.authenticated, login.token) {
-            self.token_issued(out, token, login.user);
+            self.token_issued(out, token, login.claims);
         }
         true
     }
@@ -406,7 +407,8 @@ impl Protocol for SocketIo {
     /// `authenticated` `{user, token}`: a Socket.IO client learns who it is
     /// logged in as (and the token to reconnect with), after a login and
     /// after each renewal.
-    fn token_issued(&mut self, out: &mut Out, token: &str, user: &Value) {
+    fn token_issued(&mut self, out: &mut Out, token: &str, claims: Option<&Map<String, Value>>) {
+        let user = login_view(claims).1;
         let body = serde_json::json!({"user": user, "token": token}).to_string();
         out.text(codec::encode_event_json(
             MAIN_NAMESPACE,
