@@ -92,9 +92,9 @@ pub async fn serve(
                 // other cause ends it.
                 if let (LogoutCause::UserRecordChanged, Some(user)) = (&logout.cause, &logout.user)
                 {
-                    let reached = revoking
-                        .sockets
-                        .push_to_web_session(&logout.sid, || Outbound::UserChanged(user.clone()));
+                    let reached = revoking.sockets.push_to_web_session(&logout.sid, || {
+                        Outbound::UserChanged(Box::new(user.clone()))
+                    });
                     tracing::info!(sockets = reached, "a logged-in user's record changed");
                     continue;
                 }

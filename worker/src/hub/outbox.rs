@@ -39,8 +39,10 @@ pub enum Outbound {
     /// The web session the socket logged in with ended.
     LoggedOut,
     /// The app's record of the socket's user changed (the user lookup now
-    /// answers this): the login follows it, channel rights included.
-    UserChanged(serde_json::Value),
+    /// answers this): the login follows it, channel rights included. Boxed,
+    /// as every rare variant must be: see
+    /// `an_outbound_item_stays_small_because_every_socket_preallocates_a_block_of_them`.
+    UserChanged(Box<serde_json::Value>),
 }
 
 /// Bytes queued towards one client, wherever they wait: in the outbox or in
@@ -182,6 +184,19 @@ mod tests {
         assert!(matches!(inbox.recv().await, Some(Outbound::Frame(_))));
         outbox.push(Outbound::Frame("12345".into())).unwrap();
         assert_eq!(inbox.budget().queued(), 10);
+    }
+
+    /// The queue's first block (32 items) is allocated with every socket, so
+    /// each byte an item grows costs every idle socket 32 bytes: an unboxed
+    /// `serde_json::Value` (80 bytes with `preserve_order`) once cost 1.4 KB
+    /// per socket in bench/'s idle figure.
+    #[test]
+    fn an_outbound_item_stays_small_because_every_socket_preallocates_a_block_of_them() {
+        assert!(
+            std::mem::size_of::<Outbound>() <= 48,
+            "Outbound is {} bytes",
+            std::mem::size_of::<Outbound>()
+        );
     }
 
     #[test]

@@ -82,8 +82,9 @@ struct Socket<P: Protocol, S: Transport> {
     registered: bool,
     login: Login,
     membership: Membership,
-    /// The socket as channel rules see it (`Null` unless `--channel-auth rules`).
-    rule_record: Value,
+    /// The socket as channel rules see it (only under `--channel-auth rules`;
+    /// boxed, so other sockets pay one pointer).
+    rule_record: Option<Box<Value>>,
     heartbeat: Heartbeat,
     /// The upgrade's credential, resolved at the protocol handshake.
     upgrade_credential: Option<PendingCredential>,
@@ -113,7 +114,7 @@ pub async fn run_socket<P: Protocol, S: Transport>(
         registered: false,
         login: Login::default(),
         membership: Membership::default(),
-        rule_record: Value::Null,
+        rule_record: None,
         upgrade_credential: Some(credential),
         peer: upgraded.peer,
         started: upgraded.started,
@@ -262,7 +263,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             Outbound::Event { event, data } => self.protocol.event(&mut self.out, &event, &data),
             Outbound::Kick { reason } => return Some(CloseReason::Kicked(reason)),
             Outbound::UserChanged(user) => {
-                if let Some(token) = self.login.update_user(&self.worker, user) {
+                if let Some(token) = self.login.update_user(&self.worker, *user) {
                     self.protocol
                         .token_issued(&mut self.out, &token, self.login.claims());
                 }
@@ -323,7 +324,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                         channel.clone(),
                         Subject {
                             claims: self.login.claims(),
-                            record: &self.rule_record,
+                            record: self.rule_record.as_deref().unwrap_or(&Value::Null),
                         },
                     )
                     .await;
@@ -344,7 +345,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                     data,
                     Subject {
                         claims: self.login.claims(),
-                        record: &self.rule_record,
+                        record: self.rule_record.as_deref().unwrap_or(&Value::Null),
                     },
                 )
                 .await;
@@ -581,7 +582,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             .set_login(&self.id, self.login.claims(), self.login.web_session());
         let subject = Subject {
             claims: self.login.claims(),
-            record: &self.rule_record,
+            record: self.rule_record.as_deref().unwrap_or(&Value::Null),
         };
         let lost = self.membership.recheck(&self.worker, &self.id, subject);
         for channel in lost {
@@ -598,13 +599,13 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             return;
         }
         let (logged_in, user, auth) = login_view(self.login.claims());
-        self.rule_record = serde_json::json!({
+        self.rule_record = Some(Box::new(serde_json::json!({
             "id": &*self.id,
             "protocol": P::NAME,
             "logged_in": logged_in,
             "user": user,
             "auth": auth,
-        });
+        })));
     }
 
     fn register(&mut self) {

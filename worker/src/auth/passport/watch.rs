@@ -151,7 +151,8 @@ struct WatchEntry {
     passport_user: Json,
     /// The user the sockets hold, to compare a re-read with; `None` until
     /// known (a plain [`SessionWatcher::watch`]: the first re-read sets it).
-    user: Option<Json>,
+    /// Boxed: most logins have no lookup to compare, and a `Json` is 80 bytes.
+    user: Option<Box<Json>>,
     sockets: usize,
     /// When it was first watched (in [`WatchSet::clock`] ticks): a re-read
     /// that started earlier says nothing about it.
@@ -187,6 +188,10 @@ impl Shared {
 #[derive(Clone)]
 pub struct SessionWatcher {
     shared: Arc<Shared>,
+    /// The user lookup reads a record the app can change: only then is each
+    /// login's user kept to compare re-reads with (an idle socket should not
+    /// carry a copy of its user otherwise).
+    keeps_users: bool,
 }
 
 impl SessionWatcher {
@@ -215,6 +220,7 @@ impl SessionWatcher {
                 .map_err(|e| StoreSetupError::Client(e.to_string()))?;
             Some((control, subscriber))
         };
+        let keeps_users = config.user_lookup.reads_a_record();
         let shared = Arc::new(Shared {
             watched: Mutex::new(WatchSet::default()),
             mode: AtomicU8::new(
@@ -238,7 +244,13 @@ impl SessionWatcher {
             events,
         };
         tokio::spawn(task.run(redis, shutdown));
-        Ok((SessionWatcher { shared }, receiver))
+        Ok((
+            SessionWatcher {
+                shared,
+                keeps_users,
+            },
+            receiver,
+        ))
     }
 
     /// One more socket bound to `sid` as `passport_user`.
@@ -254,6 +266,7 @@ impl SessionWatcher {
     }
 
     fn watch_as(&self, sid: &str, passport_user: &Json, user: Option<&Json>) {
+        let user = user.filter(|_| self.keeps_users);
         let mut set = self.shared.lock();
         set.clock += 1;
         let since = set.clock;
@@ -265,7 +278,7 @@ impl SessionWatcher {
             Some(entry) => entry.sockets += 1,
             None => entries.push(WatchEntry {
                 passport_user: passport_user.clone(),
-                user: user.cloned(),
+                user: user.map(|user| Box::new(user.clone())),
                 sockets: 1,
                 since,
             }),
@@ -651,13 +664,13 @@ impl WatchTask {
                             // is known, and an outage never ends a login.
                             None | Some(Err(UserLookupError::Unavailable(_))) => return true,
                             Some(Ok(user)) => match &entry.user {
-                                Some(held) if held != user => {
+                                Some(held) if **held != *user => {
                                     fresh = Some(user.clone());
                                     LogoutCause::UserRecordChanged
                                 }
                                 Some(_) => return true,
                                 None => {
-                                    entry.user = Some(user.clone());
+                                    entry.user = Some(Box::new(user.clone()));
                                     return true;
                                 }
                             },
