@@ -146,6 +146,21 @@ fn raw_json(value: &Value) -> Box<serde_json::value::RawValue> {
     })
 }
 
+/// The 400 for a channel or event name over `--max-{what}-length`: the
+/// sockets' own limit, so the admin API stores nothing a client could not; the
+/// name is not echoed.
+fn over_limit(what: &str, name: &str, max: u32) -> Option<Response> {
+    (name.len() > max as usize).then(|| {
+        Response::error(
+            400,
+            format!(
+                "`{what}` is {} bytes, over --max-{what}-length ({max} bytes)",
+                name.len()
+            ),
+        )
+    })
+}
+
 async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response {
     let path = head.path.trim_end_matches('/');
     let socket_path = path
@@ -180,15 +195,10 @@ async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response 
         let Some(channel) = body.get("channel").and_then(Value::as_str) else {
             return Response::error(400, "`channel` must be a string");
         };
-        let max = master.config.limits.max_channel_length as usize;
-        if channel.len() > max {
-            return Response::error(
-                400,
-                format!(
-                    "`channel` is {} bytes, over --max-channel-length ({max} bytes)",
-                    channel.len()
-                ),
-            );
+        if let Some(refused) =
+            over_limit("channel", channel, master.config.limits.max_channel_length)
+        {
+            return refused;
         }
         return match master
             .publish_everywhere(channel, raw_json(body.get("data").unwrap_or(&Value::Null)))
@@ -226,15 +236,10 @@ async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response 
             else {
                 return Response::error(400, "`event` must be a string");
             };
-            let max = master.config.limits.max_event_length as usize;
-            if event.len() > max {
-                return Response::error(
-                    400,
-                    format!(
-                        "`event` is {} bytes, over --max-event-length ({max} bytes)",
-                        event.len()
-                    ),
-                );
+            if let Some(refused) =
+                over_limit("event", &event, master.config.limits.max_event_length)
+            {
+                return refused;
             }
             let data = raw_json(body.get("data").unwrap_or(&Value::Null));
             (

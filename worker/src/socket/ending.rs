@@ -1,5 +1,11 @@
 //! How a socket ends, in words every protocol maps to its own close codes.
 
+/// The close reason a draining worker sends, whatever the protocol.
+pub const GOING_AWAY_TEXT: &str = "server shutting down";
+
+/// The close reason of a socket dropped because it does not read.
+pub const NOT_READING_TEXT: &str = "send queue overflow: the client is not reading";
+
 /// Why the socket core is closing a socket. Each protocol adapter turns it
 /// into its close frame (SocketCluster's 4000-range codes, Engine.IO's plain
 /// or 1008 closes) in [`Protocol::close`](super::Protocol::close).

@@ -15,6 +15,7 @@ use super::codec::{
 };
 use crate::auth::{Method, Refusal};
 use crate::hub::channels::DeliveryEncoder;
+use crate::socket::ending::{GOING_AWAY_TEXT, NOT_READING_TEXT};
 use crate::socket::heartbeat::{HeartbeatPolicy, HeartbeatStyle};
 use crate::socket::writer::Out;
 use crate::socket::{
@@ -351,17 +352,14 @@ impl Protocol for SocketCluster {
 
     fn close(&mut self, _out: &mut Out, reason: &CloseReason) -> Option<(u16, String)> {
         Some(match reason {
-            CloseReason::GoingAway => (close_code::GOING_AWAY, "server shutting down".into()),
+            CloseReason::GoingAway => (close_code::GOING_AWAY, GOING_AWAY_TEXT.into()),
             CloseReason::Kicked(reason) => (close_code::ADMIN_KICK, reason.clone()),
             CloseReason::AuthRequired(reason) | CloseReason::HandshakeRejected(reason) => {
                 (close_code::AUTH_REQUIRED, reason.clone())
             }
             CloseReason::HandshakeTimeout => (close_code::HANDSHAKE_TIMEOUT, String::new()),
             CloseReason::PongTimeout => (close_code::CLIENT_PONG_TIMED_OUT, String::new()),
-            CloseReason::NotReading => (
-                1008,
-                "send queue overflow: the client is not reading".into(),
-            ),
+            CloseReason::NotReading => (1008, NOT_READING_TEXT.into()),
             CloseReason::TooBig { .. } => (close_code::MESSAGE_TOO_BIG, String::new()),
             CloseReason::BadUtf8 => (close_code::INVALID_PAYLOAD, String::new()),
             CloseReason::BadFrame(why) => (1002, why.clone()),

@@ -23,6 +23,7 @@ use super::codec::{
 use crate::auth::Refusal;
 use crate::hub::channels::DeliveryEncoder;
 use crate::hub::registry::login_view;
+use crate::socket::ending::{GOING_AWAY_TEXT, NOT_READING_TEXT};
 use crate::socket::heartbeat::{HeartbeatPolicy, HeartbeatStyle};
 use crate::socket::writer::Out;
 use crate::socket::{
@@ -455,7 +456,7 @@ impl Protocol for SocketIo {
 
     fn close(&mut self, out: &mut Out, reason: &CloseReason) -> Option<(u16, String)> {
         Some(match reason {
-            CloseReason::GoingAway => (close_code::GOING_AWAY, "server shutting down".into()),
+            CloseReason::GoingAway => (close_code::GOING_AWAY, GOING_AWAY_TEXT.into()),
             // DISCONNECT first, so the client reports `io server disconnect`
             // and does not retry.
             CloseReason::Kicked(reason) => {
@@ -472,10 +473,7 @@ impl Protocol for SocketIo {
                 "handshake timeout: no CONNECT in time".into(),
             ),
             CloseReason::PongTimeout => (POLICY_VIOLATION, disconnect_reason::PING_TIMEOUT.into()),
-            CloseReason::NotReading => (
-                POLICY_VIOLATION,
-                "send queue overflow: the client is not reading".into(),
-            ),
+            CloseReason::NotReading => (POLICY_VIOLATION, NOT_READING_TEXT.into()),
             CloseReason::TooBig { size, max } if *size > 0 => (
                 close_code::MESSAGE_TOO_BIG,
                 format!("message of {size} bytes exceeds maxPayload {max}"),
