@@ -29,6 +29,9 @@ use crate::BrokerError;
 
 /// How often a master renews its heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+/// How long a heartbeat may take before Redis counts as unreachable: short
+/// enough that `/readyz` turns 503 within 2 s of an outage (interface.md).
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A node without a heartbeat for this long is out of the cluster.
 pub const NODE_TTL: Duration = Duration::from_millis(3000);
 
@@ -209,6 +212,24 @@ impl ClusterLink {
     }
 
     async fn heartbeat(&self) {
+        // Bounded: while Redis is down the client queues commands until it
+        // reconnects, and an unbounded wait would keep the node "healthy"
+        // (and `/readyz` 200) for as long as the outage lasts.
+        let ok = tokio::time::timeout(HEARTBEAT_TIMEOUT, self.write_heartbeat())
+            .await
+            .unwrap_or(false);
+        let was = self.healthy.swap(ok, Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                tracing::info!(node = %self.node, "cluster heartbeat reaches redis");
+            } else {
+                tracing::error!(node = %self.node, "cluster heartbeat failed: redis unreachable");
+            }
+        }
+    }
+
+    /// Writes this node's heartbeat; true when Redis took it.
+    async fn write_heartbeat(&self) -> bool {
         let now = now_ms();
         let pipeline = self.redis.pipeline();
         let _: Result<(), _> = pipeline
@@ -241,15 +262,7 @@ impl ClusterLink {
                 false,
             )
             .await;
-        let ok = pipeline.all::<Value>().await.is_ok();
-        let was = self.healthy.swap(ok, Ordering::Relaxed);
-        if was != ok {
-            if ok {
-                tracing::info!(node = %self.node, "cluster heartbeat reaches redis");
-            } else {
-                tracing::error!(node = %self.node, "cluster heartbeat failed: redis unreachable");
-            }
-        }
+        pipeline.all::<Value>().await.is_ok()
     }
 
     /// The nodes whose heartbeat is fresh, this one included.

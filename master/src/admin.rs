@@ -91,17 +91,20 @@ fn readyz(master: &Master) -> Response {
     if master.shutdown.is_cancelled() {
         return Response::json(503, &json!({"ready": false, "draining": true}));
     }
+    // With a Redis broker, ready also needs the node's heartbeat to reach
+    // Redis (the balancer then sends clients to nodes that can serve them).
+    let (broker, broker_connected) = match &master.cluster {
+        Some(cluster) => ("redis", cluster.is_healthy()),
+        None => ("embedded", true),
+    };
+    let ready = missing.is_empty() && broker_connected;
+    let mut body = json!({"ready": ready, "broker": broker, "broker_connected": broker_connected});
     if missing.is_empty() {
-        Response::json(
-            200,
-            &json!({"ready": true, "workers": master.config.server.workers, "broker": "embedded"}),
-        )
+        body["workers"] = json!(master.config.server.workers);
     } else {
-        Response::json(
-            503,
-            &json!({"ready": false, "workers_missing": missing, "broker": "embedded"}),
-        )
+        body["workers_missing"] = json!(missing);
     }
+    Response::json(if ready { 200 } else { 503 }, &body)
 }
 
 /// Compares in constant time so the token cannot be guessed byte by byte from response timing.

@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use sockhive_tests::nginx::Nginx;
 use sockhive_tests::redis::{RedisCluster, RedisServer};
-use sockhive_tests::{eventually, Driver, Node, NodeBuilder};
+use sockhive_tests::{eventually, http, Driver, Node, NodeBuilder};
 
 fn token(sub: &str) -> String {
     sockhive_tests::node::sign_token(&json!({"sub": sub, "user": {"name": sub}}))
@@ -517,4 +517,59 @@ async fn a_query_for_one_user_among_ten_thousand_sockets_asks_only_its_worker() 
     assert_eq!(everyone["workers_expected"], 4);
     let _ = futures_util::SinkExt::close(&mut needle).await;
     drop(hay);
+}
+
+/// interface.md: `/readyz` answers 503 within 2 s of the broker's Redis
+/// becoming unreachable and 200 again within 2 s of it answering (the
+/// balancers in deploy/ take nodes out and back by it).
+#[tokio::test]
+async fn readyz_follows_the_brokers_redis_within_two_seconds() {
+    let mut redis = RedisServer::start();
+    let node = node(&redis.url(), "node-r", 1);
+    let status = async || http::get(node.admin, "/readyz", &[]).await;
+    eventually(Duration::from_secs(5), "ready with redis", async || {
+        (status().await.status == 200).then_some(())
+    })
+    .await;
+    let ready = status().await.json();
+    assert_eq!(ready["broker"], "redis", "{ready}");
+    assert_eq!(ready["broker_connected"], true, "{ready}");
+
+    for outage in ["killed", "frozen"] {
+        let started = Instant::now();
+        match outage {
+            "killed" => redis.stop(),
+            _ => redis.pause(),
+        }
+        eventually(
+            Duration::from_secs(4),
+            "503 while redis is away",
+            async || (status().await.status == 503).then_some(()),
+        )
+        .await;
+        let down = started.elapsed();
+        let body = status().await.json();
+        assert_eq!(body["broker_connected"], false, "{body}");
+        let started = Instant::now();
+        match outage {
+            "killed" => redis.restart(),
+            _ => redis.resume(),
+        }
+        eventually(
+            Duration::from_secs(6),
+            "200 once redis is back",
+            async || (status().await.status == 200).then_some(()),
+        )
+        .await;
+        let up = started.elapsed();
+        eprintln!("redis {outage}: /readyz 503 after {down:?}, 200 again {up:?} after it answered");
+        assert!(
+            down <= Duration::from_secs(2),
+            "{outage}: 503 only after {down:?}"
+        );
+        assert!(
+            up <= Duration::from_secs(2),
+            "{outage}: 200 only after {up:?}"
+        );
+    }
 }
