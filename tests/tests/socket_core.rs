@@ -194,6 +194,24 @@ async fn io_control(driver: &mut Driver, node: &Node) {
     );
 }
 
+/// After a kick: `kicked` gets nothing more published on `room:1` (while
+/// `control` does) and its record holds no channel.
+async fn assert_left(driver: &Driver, node: &Node, kicked: &str, id: &str) {
+    assert_no_delivery_after_kick(driver, node, kicked, "control", 100).await;
+    assert_channels(node, id, json!([])).await;
+}
+
+/// A SocketCluster `alice` logged in with `token`, subscribed to `room:1`, and
+/// seen to receive message 1 there (as `control` does); its connect status.
+async fn sc_alice_in_room(driver: &mut Driver, node: &Node, token: &str) -> Value {
+    let status = sc_connect(driver, node, "alice", Some(token), json!({})).await;
+    driver
+        .ok("sc.subscribe", json!({"client": "alice", "channel": ROOM}))
+        .await;
+    publish_and_expect(driver, node, 1, &["alice", "control"]).await;
+    status
+}
+
 /// Waits for the SocketCluster `kickOut` of `room:1` at `client`.
 async fn sc_kick_out(driver: &Driver, client: &str, timeout: Duration) -> Value {
     let kick = driver
@@ -290,12 +308,8 @@ async fn a_protected_channel_is_left_when_the_token_expires() {
     let mut driver = Driver::start().await;
     sc_control(&mut driver, &node).await;
     let short = short_token(&mut driver, json!({"sub": "alice", "channels": [ROOM]}), 3).await;
-    let status = sc_connect(&mut driver, &node, "alice", Some(&short), json!({})).await;
+    let status = sc_alice_in_room(&mut driver, &node, &short).await;
     assert_eq!(status["isAuthenticated"], true, "{status}");
-    driver
-        .ok("sc.subscribe", json!({"client": "alice", "channel": ROOM}))
-        .await;
-    publish_and_expect(&driver, &node, 1, &["alice", "control"]).await;
 
     let kick = sc_kick_out(&driver, "alice", Duration::from_secs(6)).await;
     eprintln!("kickOut at expiry: {kick}");
@@ -308,9 +322,7 @@ async fn a_protected_channel_is_left_when_the_token_expires() {
         driver.ok("sc.state", json!({"client": "alice"})).await["authState"],
         "unauthenticated"
     );
-    assert_no_delivery_after_kick(&driver, &node, "alice", "control", 100).await;
-    let id = status["id"].as_str().unwrap();
-    assert_channels(&node, id, json!([])).await;
+    assert_left(&driver, &node, "alice", status["id"].as_str().unwrap()).await;
     driver.shutdown().await;
 }
 
@@ -322,20 +334,14 @@ async fn a_protected_channel_is_left_when_the_client_removes_its_token() {
     let mut driver = Driver::start().await;
     sc_control(&mut driver, &node).await;
     let alice = token(json!({"sub": "alice", "channels": [ROOM]}));
-    let status = sc_connect(&mut driver, &node, "alice", Some(&alice), json!({})).await;
-    driver
-        .ok("sc.subscribe", json!({"client": "alice", "channel": ROOM}))
-        .await;
-    publish_and_expect(&driver, &node, 1, &["alice", "control"]).await;
+    let status = sc_alice_in_room(&mut driver, &node, &alice).await;
 
     driver
         .ok("sc.deauthenticate", json!({"client": "alice"}))
         .await;
     let kick = sc_kick_out(&driver, "alice", Duration::from_secs(3)).await;
     eprintln!("kickOut after #removeAuthToken: {kick}");
-    assert_no_delivery_after_kick(&driver, &node, "alice", "control", 100).await;
-    let id = status["id"].as_str().unwrap();
-    assert_channels(&node, id, json!([])).await;
+    assert_left(&driver, &node, "alice", status["id"].as_str().unwrap()).await;
     driver.shutdown().await;
 }
 
@@ -347,12 +353,8 @@ async fn a_protected_channel_is_left_when_the_socket_reauthenticates_without_it(
     let mut driver = Driver::start().await;
     sc_control(&mut driver, &node).await;
     let alice = token(json!({"sub": "alice", "channels": [ROOM]}));
-    let status = sc_connect(&mut driver, &node, "alice", Some(&alice), json!({})).await;
+    let status = sc_alice_in_room(&mut driver, &node, &alice).await;
     let id = status["id"].as_str().unwrap().to_string();
-    driver
-        .ok("sc.subscribe", json!({"client": "alice", "channel": ROOM}))
-        .await;
-    publish_and_expect(&driver, &node, 1, &["alice", "control"]).await;
 
     // A new token that still grants the channel (by prefix) keeps it.
     let still = token(json!({"sub": "alice", "channels": ["room:*"]}));
@@ -382,8 +384,7 @@ async fn a_protected_channel_is_left_when_the_socket_reauthenticates_without_it(
     assert_eq!(reply["isAuthenticated"], true, "{reply}");
     let kick = sc_kick_out(&driver, "alice", Duration::from_secs(3)).await;
     eprintln!("kickOut after #authenticate without rights: {kick}");
-    assert_no_delivery_after_kick(&driver, &node, "alice", "control", 100).await;
-    assert_channels(&node, &id, json!([])).await;
+    assert_left(&driver, &node, "alice", &id).await;
     driver.shutdown().await;
 }
 
@@ -426,8 +427,7 @@ async fn a_protected_channel_is_left_when_the_user_logs_out_of_the_web_app() {
         "kickOut {:?} after the web logout: {kick}",
         started.elapsed()
     );
-    assert_no_delivery_after_kick(&driver, &node, "dana", "control", 100).await;
-    assert_channels(&node, &id, json!([])).await;
+    assert_left(&driver, &node, "dana", &id).await;
     driver.shutdown().await;
 }
 
@@ -455,8 +455,7 @@ async fn a_socketio_protected_channel_is_left_when_the_token_expires() {
 
     let kick = io_kick_out(&driver, "alice", Duration::from_secs(6)).await;
     eprintln!("kickout at expiry: {kick}");
-    assert_no_delivery_after_kick(&driver, &node, "alice", "control", 100).await;
-    assert_channels(&node, &id, json!([])).await;
+    assert_left(&driver, &node, "alice", &id).await;
     // Still connected, only without the channel.
     assert_eq!(
         driver.ok("io.state", json!({"client": "alice"})).await["connected"],
@@ -496,8 +495,7 @@ async fn a_socketio_protected_channel_is_left_when_the_user_logs_out_of_the_web_
         "kickout {:?} after the web logout: {kick}",
         started.elapsed()
     );
-    assert_no_delivery_after_kick(&driver, &node, "dana", "control", 100).await;
-    assert_channels(&node, &id, json!([])).await;
+    assert_left(&driver, &node, "dana", &id).await;
     driver.shutdown().await;
 }
 

@@ -107,6 +107,16 @@ fn head(query: &str) -> RequestHead {
     }
 }
 
+/// SocketCluster pings every second, a client silent for 3 s is gone.
+fn fast_pings(layer: &mut ConfigLayer) {
+    layer.limits.ping_interval = secs(1);
+    layer.limits.ping_timeout = secs(3);
+}
+
+fn sc(worker: &Worker) -> SocketCluster {
+    SocketCluster::new(&worker.config.limits)
+}
+
 fn sio(worker: &Worker) -> SocketIo {
     SocketIo::new(&head("EIO=4&transport=websocket"), &worker.config.limits)
 }
@@ -172,7 +182,7 @@ fn first_record(worker: &Worker) -> Value {
 #[tokio::test(start_paused = true)]
 async fn no_handshake_within_the_timeout_closes_4005() {
     let worker = worker(|_| {});
-    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
     let started = Instant::now();
     assert_eq!(close_code(&mut client).await, Some(4005));
     assert_eq!(started.elapsed().as_secs(), 10);
@@ -180,11 +190,8 @@ async fn no_handshake_within_the_timeout_closes_4005() {
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_socketcluster_client_is_closed_4001_at_the_ping_timeout() {
-    let worker = worker(|layer| {
-        layer.limits.ping_interval = secs(1);
-        layer.limits.ping_timeout = secs(3);
-    });
-    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let worker = worker(fast_pings);
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
     let reply = sc_handshake(&mut client, None).await;
     assert_eq!(reply["data"]["pingTimeout"], 3000);
     let started = Instant::now();
@@ -231,12 +238,9 @@ async fn an_engine_io_ping_unanswered_closes_after_its_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_stops_reading_is_dropped_at_the_ping_timeout_even_while_it_pongs() {
-    let worker = worker(|layer| {
-        layer.limits.ping_interval = secs(1);
-        layer.limits.ping_timeout = secs(3);
-    });
+    let worker = worker(fast_pings);
     // A small pipe: the server's writes block as soon as the client stops reading.
-    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 4096).await;
+    let mut client = connect(&worker, sc(&worker), 4096).await;
     sc_handshake(&mut client, None).await;
     assert_eq!(
         sc_subscribe(&mut client, "busy", 2).await,
@@ -268,7 +272,7 @@ async fn passing_the_send_queue_limit_ends_the_socket_at_once() {
         layer.limits.max_payload = Some(ByteSize(16 * 1024));
         layer.limits.max_send_queue = Some(ByteSize(64 * 1024));
     });
-    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 4096).await;
+    let mut client = connect(&worker, sc(&worker), 4096).await;
     sc_handshake(&mut client, None).await;
     assert_eq!(
         sc_subscribe(&mut client, "busy", 2).await,
@@ -298,7 +302,7 @@ async fn passing_the_send_queue_limit_ends_the_socket_at_once() {
 #[tokio::test(start_paused = true)]
 async fn an_expiring_token_loses_its_protected_channels_with_kick_out() {
     let worker = claims_worker();
-    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
     let token = token(json!({"sub": "alice", "channels": ["room:1"]}), 5);
     let reply = sc_handshake(&mut client, Some(&token)).await;
     assert_eq!(reply["data"]["isAuthenticated"], true, "{reply}");
@@ -327,7 +331,7 @@ async fn an_expiring_token_loses_its_protected_channels_with_kick_out() {
 #[tokio::test(start_paused = true)]
 async fn removing_the_token_or_authenticating_as_someone_else_loses_the_channel() {
     let worker = claims_worker();
-    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
     let both = token(
         json!({"sub": "alice", "channels": ["room:1", "room:2"]}),
         3600,
@@ -366,7 +370,7 @@ async fn renewal_pushes_a_fresh_token_before_expiry_and_keeps_the_socket_logged_
     let worker = worker(|layer| {
         layer.auth.token_renew_before = secs(2);
     });
-    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
     let old = token(json!({"sub": "alice"}), 5);
     sc_handshake(&mut client, Some(&old)).await;
     let started = Instant::now();
@@ -418,7 +422,7 @@ async fn names_over_the_limits_are_refused_and_never_stored() {
         layer.limits.max_channel_length = Some(8);
         layer.limits.max_event_length = Some(8);
     });
-    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
     sc_handshake(&mut client, None).await;
     let refused = sc_subscribe(&mut client, "123456789", 2).await;
     assert_eq!(
@@ -445,7 +449,7 @@ async fn names_over_the_limits_are_refused_and_never_stored() {
 #[tokio::test(start_paused = true)]
 async fn a_drain_closes_registered_sockets_with_1001() {
     let worker = worker(|_| {});
-    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
     sc_handshake(&mut client, None).await;
     worker.shutdown.cancel();
     assert_eq!(close_code(&mut client).await, Some(1001));
@@ -461,7 +465,7 @@ async fn channel_rules_give_each_user_a_private_channel_and_its_loss_kicks_out()
         ]);
         layer.channels.rule = Some(serde_json::from_value(rules).unwrap());
     });
-    let mut client = connect(&worker, SocketCluster::new(&worker.config.limits), 1 << 16).await;
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
     let alice = token(json!({"sub": "alice", "user": {"role": "user"}}), 3600);
     sc_handshake(&mut client, Some(&alice)).await;
     assert_eq!(
