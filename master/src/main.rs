@@ -232,10 +232,26 @@ fn banner_lines(config: &Config, admin: std::net::SocketAddr) -> Vec<String> {
     vec![
         format!("auth: {}; login {mode}", methods.join(", ")),
         format!("broker: {broker}"),
-        "hooks: off".to_string(),
+        hooks_line(&config.hooks),
         format!("admin API: {api}"),
         format!("metrics: http://{admin}/metrics"),
     ]
+}
+
+/// The banner's `hooks:` line: where the app is called, and for what.
+fn hooks_line(hooks: &sockhive_shared::config::HooksConfig) -> String {
+    match &hooks.hook_url {
+        None => "hooks: off".to_string(),
+        Some(url) => {
+            let names: Vec<&str> = hooks.hooks.iter().map(|h| h.as_str()).collect();
+            format!(
+                "hooks: {} at {url}/{{hook}} (timeout {:?}, {} in flight per worker)",
+                names.join(", "),
+                hooks.hook_timeout,
+                hooks.hook_concurrency
+            )
+        }
+    }
 }
 
 /// Tells the person (or test) who started the node where to connect.

@@ -332,6 +332,15 @@ impl Master {
             }
             ToMaster::Publish { channel, data } => self.publish(&channel, data),
             ToMaster::Users { joined, left } => self.index_users(id, joined, left),
+            ToMaster::Command { command } => {
+                let master = self.clone();
+                tokio::spawn(async move {
+                    let outcome = master.cluster_command(command).await;
+                    if let Some(error) = outcome.broker_error {
+                        tracing::warn!(%error, "a hook's emit reached only this node");
+                    }
+                });
+            }
             ToMaster::Metrics { request, .. } | ToMaster::Cluster { request, .. } => {
                 self.collect(request, id, message)
             }

@@ -71,6 +71,9 @@ pub enum Verdict {
     Deny,
     /// The application's hook decides.
     Hook,
+    /// No rule matches the channel: refused, unless the app's hook for the
+    /// action is on (then it decides).
+    Unmatched,
 }
 
 /// One `:`-separated piece of a pattern.
@@ -165,7 +168,7 @@ impl ChannelRules {
                 Side::When(_) => Verdict::Deny,
             };
         }
-        Verdict::Deny
+        Verdict::Unmatched
     }
 }
 
@@ -298,12 +301,12 @@ mod tests {
         );
         assert_eq!(
             rules.decide("user:alice:x", sub, &alice()),
-            Verdict::Deny,
+            Verdict::Unmatched,
             "one segment"
         );
         assert_eq!(
             rules.decide("user:", sub, &alice()),
-            Verdict::Deny,
+            Verdict::Unmatched,
             "empty capture"
         );
         assert_eq!(
@@ -323,7 +326,7 @@ mod tests {
         assert_eq!(rules.decide("news:x", sub, &anonymous), Verdict::Deny);
         assert_eq!(
             rules.decide("elsewhere", sub, &alice()),
-            Verdict::Deny,
+            Verdict::Unmatched,
             "no rule matches"
         );
     }

@@ -19,6 +19,7 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::channel_rules::{ChannelRules, RuleSpec};
+use crate::http_url::HttpUrl;
 pub use crate::jwt::{JwtAlgorithm, DEFAULT_JWT_LEEWAY, MAX_JWT_LEEWAY};
 use crate::jwt::{JwtKeys, TokenSigner, TokenVerifier};
 use crate::units::{ByteSize, HumanDuration};
@@ -135,6 +136,83 @@ pub enum ChannelAuth {
     Claims,
     /// The `[[channels.rule]]` entries decide, from the socket's record.
     Rules,
+}
+
+/// One of the app hooks (interface.md "App hooks"): which client action
+/// sockhive hands to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HookKind {
+    /// A call that wants an answer: SocketCluster `invoke`, Socket.IO emit with an ack.
+    Rpc,
+    /// An event without an answer: SocketCluster `transmit`, Socket.IO emit without an ack.
+    Event,
+    /// A subscribe the channel rules leave to the app.
+    Subscribe,
+    /// A publish the channel rules leave to the app.
+    Publish,
+    /// A new socket, after its credential is resolved and before it exists.
+    Connect,
+    /// `connected` / `disconnected` records, batched, best effort.
+    Lifecycle,
+}
+
+impl HookKind {
+    /// Every hook, in the order the contract lists them.
+    pub const ALL: [HookKind; 6] = [
+        HookKind::Rpc,
+        HookKind::Event,
+        HookKind::Subscribe,
+        HookKind::Publish,
+        HookKind::Connect,
+        HookKind::Lifecycle,
+    ];
+
+    /// The hook's name: its URL segment, body `hook` field and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::Rpc => "rpc",
+            HookKind::Event => "event",
+            HookKind::Subscribe => "subscribe",
+            HookKind::Publish => "publish",
+            HookKind::Connect => "connect",
+            HookKind::Lifecycle => "lifecycle",
+        }
+    }
+}
+
+/// `[hooks]`: the application's HTTP routes that answer its sockets.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksLayer {
+    /// Base URL of the app's hook routes; sockhive POSTs to {hook-url}/{hook}, e.g. http://127.0.0.1:3000/sockhive [default: none, hooks off].
+    #[arg(long, env = "SOCKHIVE_HOOK_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook_url: Option<String>,
+    /// HMAC-SHA256 key signing each hook request; repeat for rotation (the first signs, every one's signature is sent) [required with --hook-url].
+    #[arg(
+        long = "hook-secret",
+        env = "SOCKHIVE_HOOK_SECRET",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook_secret: Option<Vec<String>>,
+    /// Which hooks are on: rpc, event, subscribe, publish, connect, lifecycle [default: rpc,event].
+    #[arg(long, env = "SOCKHIVE_HOOKS", value_enum, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Vec<HookKind>>,
+    /// Time limit of one hook call (rpc, subscribe, publish; connect uses at most 1s) [default: 5s].
+    #[arg(long, env = "SOCKHIVE_HOOK_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook_timeout: Option<HumanDuration>,
+    /// Hook calls in flight per worker; more wait for a free slot [default: 256].
+    #[arg(long, env = "SOCKHIVE_HOOK_CONCURRENCY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook_concurrency: Option<u32>,
+    /// Calls one socket may have waiting for the app; beyond it an rpc is answered HookUnavailableError and an event dropped, both counted [default: 64].
+    #[arg(long, env = "SOCKHIVE_HOOK_QUEUE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook_queue: Option<u32>,
 }
 
 /// `[server]`: processes, addresses and lifecycle.
@@ -428,6 +506,9 @@ pub struct ConfigLayer {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub session: SessionLayer,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub hooks: HooksLayer,
 }
 
 impl ConfigLayer {
@@ -560,6 +641,8 @@ pub struct Config {
     pub channels: ChannelConfig,
     pub broker: BrokerConfig,
     pub session: SessionConfig,
+    #[serde(default)]
+    pub hooks: HooksConfig,
     /// Which values were defaulted or read from files; only `check-config`'s
     /// output needs it, so a worker's copy may leave it empty.
     #[serde(default)]
@@ -614,6 +697,50 @@ impl SessionConfig {
         !self.session_secret.is_empty()
     }
 }
+
+/// Resolved `[hooks]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct HooksConfig {
+    /// Absent: hooks are off and the contract's behaviour without them holds.
+    pub hook_url: Option<String>,
+    /// The first signs; every one's signature is sent.
+    pub hook_secret: Vec<String>,
+    pub hooks: Vec<HookKind>,
+    #[serde(with = "duration_text")]
+    pub hook_timeout: Duration,
+    pub hook_concurrency: u32,
+    pub hook_queue: u32,
+}
+
+impl Default for HooksConfig {
+    fn default() -> HooksConfig {
+        HooksConfig {
+            hook_url: None,
+            hook_secret: Vec::new(),
+            hooks: DEFAULT_HOOKS.to_vec(),
+            hook_timeout: DEFAULT_HOOK_TIMEOUT,
+            hook_concurrency: DEFAULT_HOOK_CONCURRENCY,
+            hook_queue: DEFAULT_HOOK_QUEUE,
+        }
+    }
+}
+
+impl HooksConfig {
+    /// True when `hook` will be called (a hook URL is set and the hook is listed).
+    pub fn enabled(&self, hook: HookKind) -> bool {
+        self.hook_url.is_some() && self.hooks.contains(&hook)
+    }
+}
+
+/// Default of `hooks.hooks`.
+pub const DEFAULT_HOOKS: [HookKind; 2] = [HookKind::Rpc, HookKind::Event];
+/// Default of `hooks.hook_timeout`.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of `hooks.hook_concurrency`.
+pub const DEFAULT_HOOK_CONCURRENCY: u32 = 256;
+/// Default of `hooks.hook_queue`.
+pub const DEFAULT_HOOK_QUEUE: u32 = 64;
 
 /// Default of `session.session_store_timeout`.
 pub const DEFAULT_SESSION_STORE_TIMEOUT: Duration = Duration::from_millis(250);
@@ -735,20 +862,8 @@ fn check_user_lookup(lookup: &str) -> Result<(), String> {
     if !template.contains("{id}") {
         return Err(format!("`{lookup}` has no {{id}}: {EXPECTED}"));
     }
-    if let Some(rest) = lookup.strip_prefix("http://") {
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let port_ok = match authority.rsplit_once(':') {
-            Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
-            None => true,
-        };
-        if authority.is_empty()
-            || authority.contains('@')
-            || authority.contains(char::is_whitespace)
-            || !port_ok
-            || path.contains(|c: char| c.is_whitespace() || c.is_control())
-        {
-            return Err(format!("`{lookup}` is not http://host[:port]/path with {{id}} (IPv6 hosts need a port; no user:password@)"));
-        }
+    if lookup.starts_with("http://") {
+        HttpUrl::parse(lookup).map_err(|e| format!("{e}, with {{id}} in it"))?;
     }
     Ok(())
 }
@@ -773,6 +888,7 @@ impl Config {
             channels,
             broker,
             session,
+            hooks,
         } = layer;
         let default_workers = std::thread::available_parallelism()
             .map(|n| n.get().min(MAX_WORKERS as usize) as u16)
@@ -881,6 +997,14 @@ impl Config {
             broker: BrokerConfig {
                 redis_url: broker.redis_url.filter(|url| !url.trim().is_empty()),
                 query_timeout: duration(broker.query_timeout, DEFAULT_QUERY_TIMEOUT),
+            },
+            hooks: HooksConfig {
+                hook_url: hooks.hook_url.filter(|url| !url.trim().is_empty()),
+                hook_secret: hooks.hook_secret.unwrap_or_default(),
+                hooks: hooks.hooks.unwrap_or_else(|| DEFAULT_HOOKS.to_vec()),
+                hook_timeout: duration(hooks.hook_timeout, DEFAULT_HOOK_TIMEOUT),
+                hook_concurrency: hooks.hook_concurrency.unwrap_or(DEFAULT_HOOK_CONCURRENCY),
+                hook_queue: hooks.hook_queue.unwrap_or(DEFAULT_HOOK_QUEUE),
             },
             provenance,
         };
@@ -1109,7 +1233,35 @@ impl Config {
             check_channel_pattern(pattern)
                 .map_err(|reason| invalid("channels.public_channel", reason))?;
         }
-        self.check_channel_rules()
+        self.check_channel_rules()?;
+        self.check_hooks()
+    }
+
+    /// `[hooks]`: a URL a worker can call, signed requests, sane bounds.
+    fn check_hooks(&self) -> Result<(), ConfigError> {
+        let hooks = &self.hooks;
+        if let Some(url) = &hooks.hook_url {
+            HttpUrl::parse(url).map_err(|e| invalid("hooks.hook_url", e.to_string()))?;
+            if hooks.hook_secret.is_empty() {
+                return Err(invalid(
+                    "hooks.hook_secret",
+                    "is required with hooks.hook_url: the app must be able to tell sockhive's calls from anyone else's",
+                ));
+            }
+        }
+        if hooks.hook_secret.iter().any(|s| s.is_empty()) {
+            return Err(invalid("hooks.hook_secret", "must not be empty"));
+        }
+        if hooks.hook_timeout.is_zero() {
+            return Err(invalid("hooks.hook_timeout", "must be above zero"));
+        }
+        if hooks.hook_concurrency == 0 {
+            return Err(invalid("hooks.hook_concurrency", "must be above zero"));
+        }
+        if hooks.hook_queue == 0 {
+            return Err(invalid("hooks.hook_queue", "must be above zero"));
+        }
+        Ok(())
     }
 
     /// Compiles `[[channels.rule]]` as every worker will, so a bad rule is
@@ -1125,11 +1277,11 @@ impl Config {
                 let rules = ChannelRules::compile(&channels.rule)
                     .map_err(|e| invalid("channels.rule", e.to_string()))?;
                 match rules.first_hook_rule() {
-                    Some(index) => Err(invalid(
+                    Some(index) if self.hooks.hook_url.is_none() => Err(invalid(
                         "channels.rule",
-                        format!("channel rule {index}: \"hook\" needs the app hooks, which this version of sockhive does not have; use true, false or a filter"),
+                        format!("channel rule {index}: \"hook\" needs the app hooks (hooks.hook_url); use true, false or a filter, or set the hook URL"),
                     )),
-                    None => Ok(()),
+                    _ => Ok(()),
                 }
             }
             (_, false) => Err(invalid(
@@ -1220,6 +1372,12 @@ impl Config {
             notes.push(format!(
                 "session.session_secret: {} set, not shown (SOCKHIVE_SESSION_SECRET, comma-separated, or --session-secret)",
                 session.session_secret.len()
+            ));
+        }
+        if !self.hooks.hook_secret.is_empty() {
+            notes.push(format!(
+                "hooks.hook_secret: {} set, not shown (SOCKHIVE_HOOK_SECRET, comma-separated, or --hook-secret)",
+                self.hooks.hook_secret.len()
             ));
         }
         if !session.user_lookup_header.is_empty() {
@@ -1320,6 +1478,14 @@ impl Config {
                 duplicate_cookie: Some(session.duplicate_cookie),
                 negotiate_expiry: Some(HumanDuration(session.negotiate_expiry)),
                 accept_query_session_id: Some(session.accept_query_session_id),
+            },
+            hooks: HooksLayer {
+                hook_url: self.hooks.hook_url.clone(),
+                hook_secret: None,
+                hooks: Some(self.hooks.hooks.clone()),
+                hook_timeout: Some(HumanDuration(self.hooks.hook_timeout)),
+                hook_concurrency: Some(self.hooks.hook_concurrency),
+                hook_queue: Some(self.hooks.hook_queue),
             },
         };
         (layer, notes)

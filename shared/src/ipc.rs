@@ -220,6 +220,12 @@ pub enum ToMaster {
         /// User ids no longer present.
         left: Vec<String>,
     },
+    /// A cluster command a socket's app hook asked for (an `emit` effect):
+    /// the master runs it as it runs the admin API's, and answers nobody.
+    Command {
+        /// What to do.
+        command: ClusterCommand,
+    },
     /// The answer to a [`ToWorker::Cluster`].
     Cluster {
         /// The request being answered.

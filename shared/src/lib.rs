@@ -14,6 +14,7 @@ pub mod channel_rules;
 pub mod config;
 pub mod filter;
 pub mod http;
+pub mod http_url;
 pub mod ipc;
 pub mod jwt;
 pub mod metrics;

@@ -9,6 +9,7 @@ use sockhive_shared::channel_rules::ChannelRules;
 use sockhive_shared::config::Config;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::{AppHooks, HookKind};
 use crate::auth::Credentials;
 use crate::hub::channels::LocalChannels;
 use crate::hub::registry::SocketRegistry;
@@ -37,4 +38,14 @@ pub struct Worker {
     pub shutdown: CancellationToken,
     /// WebSocket connections open now, for `max_connections`.
     pub open_connections: AtomicUsize,
+    /// The application's hooks: over HTTP with `--hook-url`, or an
+    /// embedder's own; `None`: no hooks, the contract without them.
+    pub app: Option<Arc<dyn AppHooks>>,
+}
+
+impl Worker {
+    /// Whether `hook` is called: there are hooks, and `--hooks` lists it.
+    pub fn hook_on(&self, hook: HookKind) -> bool {
+        self.app.is_some() && self.config.hooks.hooks.contains(&hook)
+    }
 }

@@ -25,9 +25,11 @@
 //! A worker is single-threaded (a current-thread tokio runtime): the node runs
 //! one worker per core, so threads inside a worker would only add contention.
 
+pub mod app;
 pub mod auth;
 pub mod context;
 pub mod front_door;
+pub mod http_client;
 pub mod hub;
 pub mod json_text;
 pub mod master_link;

@@ -62,6 +62,11 @@ pub const PROTOCOL_ERROR_REASONS: [&str; 9] = [
 /// Reasons only one protocol counts, as (protocol, reason).
 pub const PROTOCOL_SPECIFIC_ERRORS: [(&str, &str); 1] = [("socketio", "bad_namespace")];
 
+/// Every `outcome` of `sockhive_hook_calls_total`: answered (`ok`), answered
+/// with the app's error (`error`), no answer in time, no answer at all, or
+/// refused because the socket's queue of calls was full (`queue_full`).
+pub const HOOK_OUTCOMES: [&str; 5] = ["ok", "error", "timeout", "unavailable", "queue_full"];
+
 /// The `result` of `sockhive_session_logins_total` for a login that worked;
 /// the others are [`SessionAuthError::REASONS`].
 pub const SESSION_LOGIN_OK: &str = "ok";
@@ -90,6 +95,10 @@ pub struct WorkerMetrics {
     pub slow_consumers: IntCounter,
     /// Time for a message to go to the broker and back (publish acknowledged).
     pub broker_roundtrip: Histogram,
+    /// Calls to the application's hooks, by hook and outcome.
+    pub hook_calls: IntCounterVec,
+    /// Time from starting a hook call to its answer, by hook.
+    pub hook_duration: HistogramVec,
 }
 
 impl WorkerMetrics {
@@ -169,6 +178,31 @@ impl WorkerMetrics {
             ]),
         )
         .expect("valid metric");
+        let hook_calls = IntCounterVec::new(
+            Opts::new(
+                "sockhive_hook_calls_total",
+                "Calls to the application's hooks, by hook and outcome.",
+            ),
+            &["hook", "outcome"],
+        )
+        .expect("valid metric");
+        let hook_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sockhive_hook_duration_seconds",
+                "Time from starting a hook call to the application's answer, by hook.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["hook"],
+        )
+        .expect("valid metric");
+        for hook in sockhive_shared::config::HookKind::ALL {
+            hook_duration.with_label_values(&[hook.as_str()]);
+            for outcome in HOOK_OUTCOMES {
+                hook_calls.with_label_values(&[hook.as_str(), outcome]);
+            }
+        }
         // Every known series exists from the start with 0, so a dashboard
         // or an alert can tell "none yet" from "not exported".
         for protocol in PROTOCOLS {
@@ -209,6 +243,8 @@ impl WorkerMetrics {
             Box::new(session_logins.clone()),
             Box::new(logouts.clone()),
             Box::new(broker_roundtrip.clone()),
+            Box::new(hook_calls.clone()),
+            Box::new(hook_duration.clone()),
         ] {
             registry
                 .register(collector)
@@ -226,6 +262,18 @@ impl WorkerMetrics {
             broker_roundtrip,
             session_logins,
             logouts,
+            hook_calls,
+            hook_duration,
+        }
+    }
+
+    /// Counts one finished hook call.
+    pub fn hook_call(&self, hook: &str, outcome: &str, took: std::time::Duration) {
+        self.hook_calls.with_label_values(&[hook, outcome]).inc();
+        if outcome != "queue_full" {
+            self.hook_duration
+                .with_label_values(&[hook])
+                .observe(took.as_secs_f64());
         }
     }
 
@@ -339,7 +387,7 @@ mod tests {
             Rejection::BadUpgrade(""),
             Rejection::UnsupportedVersion(String::new()),
             Rejection::Origin(String::new()),
-            Rejection::Unauthorized("", String::new()),
+            Rejection::Unauthorized("".into(), String::new()),
             Rejection::MaxConnections,
         ] {
             assert!(REJECTION_REASONS.contains(&rejection.metric_reason()));

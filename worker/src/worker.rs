@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::http::HttpHooks;
+use crate::app::AppHooks;
 use crate::auth::passport::LogoutCause;
 use crate::auth::{Credentials, SessionSupport};
 use crate::context::Worker;
@@ -26,11 +28,24 @@ use crate::metrics::WorkerMetrics;
 
 /// Serves the public port until `shutdown` is cancelled (or the master goes
 /// away), then drains. `ipc` is this worker's end of the master's socket
-/// pair; the master's `Hello` comes first on it.
+/// pair; the master's `Hello` comes first on it. The app hooks are the
+/// configured ones (`--hook-url`), if any.
 pub async fn serve(
     listener: TcpListener,
     ipc: UnixStream,
     shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_with_hooks(listener, ipc, shutdown, None).await
+}
+
+/// [`serve`], answering the app hooks with `hooks` (an embedding Rust
+/// program's own [`AppHooks`], in-process) instead of `--hook-url`'s HTTP
+/// calls. `--hooks` still says which hooks are called.
+pub async fn serve_with_hooks(
+    listener: TcpListener,
+    ipc: UnixStream,
+    shutdown: CancellationToken,
+    hooks: Option<Arc<dyn AppHooks>>,
 ) -> anyhow::Result<()> {
     let (mut ipc_read, mut ipc_write) = ipc.into_split();
     let Some(ToWorker::Hello { slot, config }) = ipc::read_message(&mut ipc_read).await? else {
@@ -61,7 +76,15 @@ pub async fn serve(
     let metrics = WorkerMetrics::new();
     let credentials = Credentials::new(&config, sessions, metrics.session_logins.clone())
         .context("auth settings")?;
+    let app: Option<Arc<dyn AppHooks>> = match hooks {
+        Some(hooks) => Some(hooks),
+        None if config.hooks.hook_url.is_some() => Some(Arc::new(
+            HttpHooks::new(&config.hooks, slot, metrics.clone()).context("app hooks")?,
+        )),
+        None => None,
+    };
     let worker = Arc::new(Worker {
+        app,
         slot,
         credentials: Arc::new(credentials),
         sockets: SocketRegistry::new(node.clone(), slot, master.clone(), records.clone()),
@@ -239,16 +262,7 @@ fn run_cluster_command(
             ClusterReply::Emit { delivered }
         }
         ClusterCommand::PatchSession { id, changes } => {
-            let session = worker.sockets.update(&id, |entry| {
-                for (key, value) in changes {
-                    if value.is_null() {
-                        entry.session.remove(&key);
-                    } else {
-                        entry.session.insert(key, value);
-                    }
-                }
-                entry.session.clone()
-            });
+            let session = worker.sockets.patch_session(&id, changes);
             ClusterReply::PatchSession { session }
         }
         ClusterCommand::Kick { filter, reason } => {

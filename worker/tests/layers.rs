@@ -11,11 +11,13 @@ const LAYERS: &[&[&str]] = &[
     &["protocol"],
     &["socket"],
     &["context"],
+    // The app's hooks: the trait the core dispatches through, and its HTTP client.
+    &["app"],
     &["hub"],
     // The registry pre-creates a series for every refusal reason, auth's included.
     &["metrics"],
     &["auth"],
-    &["master_link", "transport", "json_text"],
+    &["master_link", "transport", "json_text", "http_client"],
 ];
 
 /// Names the crate root re-exports, and the module each comes from.

@@ -14,6 +14,7 @@
 //! out in the app (or logging in as someone else) also ends the tokens minted
 //! from it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,8 +78,9 @@ pub struct Identity {
 pub struct Refusal {
     /// How it was presented.
     pub method: Method,
-    /// The protocol-visible error name (`AuthTokenExpiredError`, `SessionNotFoundError`, ...).
-    pub name: &'static str,
+    /// The protocol-visible error name (`AuthTokenExpiredError`,
+    /// `SessionNotFoundError`, ..., or the app's own from its `connect` hook).
+    pub name: Cow<'static, str>,
     /// Readable text.
     pub message: String,
     /// The metric reason.
@@ -102,10 +104,11 @@ pub enum Credential {
 }
 
 /// Metric reasons of refusals that are the server's fault, not the credential's.
-const SERVER_FAULT_REASONS: [&str; 3] = [
+const SERVER_FAULT_REASONS: [&str; 4] = [
     "store_unavailable",
     "user_lookup_unavailable",
     "sign_failed",
+    "hook_unavailable",
 ];
 
 impl Refusal {
@@ -136,7 +139,7 @@ impl Refusal {
         fields.remove("name");
         Refusal {
             method,
-            name: error.name(),
+            name: error.name().into(),
             message: error.to_string(),
             reason: error.reason(),
             fields: Box::new(fields),
@@ -147,7 +150,7 @@ impl Refusal {
     fn from_session(error: &SessionAuthError) -> Refusal {
         Refusal {
             method: Method::Session,
-            name: error.name(),
+            name: error.name().into(),
             message: error.to_string(),
             reason: error.reason(),
             fields: Box::default(),
@@ -428,7 +431,7 @@ fn session_gone(method: Method, message: &str) -> Refusal {
     fields.insert("isBadToken".into(), json!(true));
     Refusal {
         method,
-        name: "SessionNotFoundError",
+        name: "SessionNotFoundError".into(),
         message: message.into(),
         reason: "logged_out",
         fields: Box::new(fields),
@@ -539,7 +542,7 @@ impl Credentials {
                 tracing::error!(error = %e, "cannot mint a token for a session login");
                 Err(Refusal {
                     method: Method::Session,
-                    name: "AuthTokenError",
+                    name: "AuthTokenError".into(),
                     message: format!("the server failed to sign an auth token: {e}"),
                     reason: "sign_failed",
                     fields: Box::default(),
@@ -578,7 +581,7 @@ impl Credentials {
                 Err(e) => {
                     return Credential::Refused(Refusal {
                         method,
-                        name: "SessionStoreUnavailableError",
+                        name: "SessionStoreUnavailableError".into(),
                         message: format!("the session store is unavailable ({e})"),
                         reason: "store_unavailable",
                         fields: Box::default(),
@@ -600,7 +603,7 @@ impl Credentials {
         let Some(sessions) = self.sessions.as_ref() else {
             return Err(Refusal {
                 method: Method::Session,
-                name: "SessionNotFoundError",
+                name: "SessionNotFoundError".into(),
                 message: "session logins are not configured".into(),
                 reason: "no_cookie",
                 fields: Box::default(),
@@ -612,7 +615,7 @@ impl Credentials {
         match sessions.authenticator.authenticate(&cookies, None).await {
             SessionOutcome::Anonymous => Err(Refusal {
                 method: Method::Session,
-                name: "SessionNotFoundError",
+                name: "SessionNotFoundError".into(),
                 message: "no session cookie".into(),
                 reason: "no_cookie",
                 fields: Box::default(),
@@ -674,7 +677,7 @@ impl PendingCredential {
                 tracing::error!(error = %e, "credential task failed");
                 Credential::Refused(Refusal {
                     method: Method::Session,
-                    name: "SessionStoreUnavailableError",
+                    name: "SessionStoreUnavailableError".into(),
                     message: "the credential could not be checked".into(),
                     reason: "store_unavailable",
                     fields: Box::default(),
@@ -774,7 +777,7 @@ mod tests {
     fn server_faults_are_503_and_credential_faults_401() {
         let refusal = |reason: &'static str| Refusal {
             method: Method::Session,
-            name: "SessionNotFoundError",
+            name: "SessionNotFoundError".into(),
             message: String::new(),
             reason,
             fields: Box::default(),

@@ -193,7 +193,10 @@ pub async fn credential_for_upgrade(
             refuse(
                 ctx,
                 stream,
-                Rejection::Unauthorized("AuthTokenError", "a valid credential is required".into()),
+                Rejection::Unauthorized(
+                    "AuthTokenError".into(),
+                    "a valid credential is required".into(),
+                ),
             )
             .await;
             None

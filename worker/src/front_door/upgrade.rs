@@ -34,7 +34,7 @@ pub enum Rejection {
     Origin(String),
     /// `--reject-at-upgrade`: no valid credential at the upgrade (401).
     #[error("{0}: {1}")]
-    Unauthorized(&'static str, String),
+    Unauthorized(std::borrow::Cow<'static, str>, String),
     /// The worker is at `max_connections` (503).
     #[error("worker is at its connection limit")]
     MaxConnections,

@@ -301,6 +301,31 @@ impl SocketRegistry {
         })
     }
 
+    /// The record of the socket `id`, if registered here.
+    pub fn record_of(&self, id: &str) -> Option<Value> {
+        let inner = self.lock();
+        inner.entries.get(id).map(|entry| self.record(id, entry))
+    }
+
+    /// Merges `changes` into a socket's key-value session (`null` deletes a
+    /// key); the session after the change, if the socket is here.
+    pub fn patch_session(
+        &self,
+        id: &str,
+        changes: Map<String, Value>,
+    ) -> Option<Map<String, Value>> {
+        self.update(id, |entry| {
+            for (key, value) in changes {
+                if value.is_null() {
+                    entry.session.remove(&key);
+                } else {
+                    entry.session.insert(key, value);
+                }
+            }
+            entry.session.clone()
+        })
+    }
+
     /// Records of the sockets matching `filter`, at most `limit`.
     pub fn query(&self, filter: &Filter, limit: usize) -> Vec<Value> {
         let inner = self.lock();

@@ -40,6 +40,14 @@ pub enum CloseReason {
     BadFrame(String),
     /// The protocol's own close for input it refuses: code and reason.
     Protocol(u16, String),
+    /// The application's `disconnect` effect: its code (1000 or 4000-4999)
+    /// and reason, after the reply.
+    App {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
     /// The client said goodbye at the protocol level (Socket.IO DISCONNECT);
     /// a normal close follows.
     ClientLeft,

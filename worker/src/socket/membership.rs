@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sockhive_shared::channel_rules::{ChannelAction, Verdict};
-use sockhive_shared::config::{ChannelAuth, ChannelConfig};
+use sockhive_shared::config::{ChannelAuth, ChannelConfig, HookKind};
 
 use super::protocol::ReplyError;
 use crate::hub::channels::DeliveryEncoder;
@@ -98,28 +98,57 @@ fn pattern_covers(pattern: &str, channel: &str) -> bool {
     }
 }
 
-/// Whether the socket may `action` on `channel` under `--channel-auth`:
-/// `open` allows all, `claims` reads the token's `channels` claim, `rules`
-/// asks the compiled channel rules with the socket's record (`record`; only
-/// built under `rules`).
+/// What the channel rules say about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Go ahead.
+    Allow,
+    /// Refused (`ChannelForbiddenError`).
+    Deny,
+    /// The application's `subscribe` / `publish` hook decides: a rule says
+    /// `"hook"`, or no rule decides and that hook is on.
+    AskApp,
+}
+
+/// What `--channel-auth` says about `action` on `channel`: `open` allows
+/// all, `claims` reads the token's `channels` claim, `rules` asks the
+/// compiled channel rules with the socket's record (`record`; only built
+/// under `rules`). Where the mode leaves the channel undecided (open mode,
+/// a channel no claim lists or no rule matches) and the action's hook is on,
+/// the application decides.
 ///
 /// Hot path (every subscribe and publish): no allocation.
-pub fn allowed(
+pub fn decide(
     worker: &Worker,
     action: ChannelAction,
     channel: &str,
     subject: Subject<'_>,
-) -> bool {
+) -> Decision {
     let Subject { claims, record } = subject;
     let config = &worker.config.channels;
+    let hook = match action {
+        ChannelAction::Subscribe => HookKind::Subscribe,
+        ChannelAction::Publish => HookKind::Publish,
+    };
+    let undecided = if worker.hook_on(hook) {
+        Decision::AskApp
+    } else {
+        Decision::Deny
+    };
     match config.channel_auth {
-        ChannelAuth::Open => true,
-        ChannelAuth::Claims => claims_allow(config, claims, channel),
-        // Configuration refuses `"hook"` sides until app hooks exist, so a
-        // verdict other than Allow is a refusal.
-        ChannelAuth::Rules => {
-            worker.channel_rules.decide(channel, action, record) == Verdict::Allow
-        }
+        ChannelAuth::Open if undecided == Decision::AskApp => Decision::AskApp,
+        ChannelAuth::Open => Decision::Allow,
+        ChannelAuth::Claims if claims_allow(config, claims, channel) => Decision::Allow,
+        ChannelAuth::Claims => undecided,
+        ChannelAuth::Rules => match worker.channel_rules.decide(channel, action, record) {
+            Verdict::Allow => Decision::Allow,
+            Verdict::Deny => Decision::Deny,
+            // Configuration refuses "hook" sides without a hook URL; an
+            // embedder's in-process hooks answer them too.
+            Verdict::Hook if worker.app.is_some() => Decision::AskApp,
+            Verdict::Hook => Decision::Deny,
+            Verdict::Unmatched => undecided,
+        },
     }
 }
 
@@ -172,22 +201,45 @@ impl Membership {
         self.channels.iter().map(String::as_str)
     }
 
-    /// Joins a channel (a no-op when already in it).
-    pub async fn subscribe(
+    /// Whether the socket holds `channel`.
+    pub fn holds(&self, channel: &str) -> bool {
+        self.channels.contains(channel)
+    }
+
+    /// The first step of every client subscribe and publish: the name limit,
+    /// then the rules. A channel already held needs no new permission to
+    /// subscribe again (a no-op).
+    pub fn check(
+        &self,
+        worker: &Worker,
+        action: ChannelAction,
+        channel: &str,
+        subject: Subject<'_>,
+    ) -> Result<Decision, ChannelRefusal> {
+        check_name(worker, channel)?;
+        if action == ChannelAction::Subscribe && self.holds(channel) {
+            return Ok(Decision::Allow);
+        }
+        match decide(worker, action, channel, subject) {
+            Decision::Deny => Err(ChannelRefusal::Forbidden),
+            allowed_or_ask => Ok(allowed_or_ask),
+        }
+    }
+
+    /// Joins a channel the rules (or the app) allowed, or that an app hook's
+    /// `join` effect names: `--max-subscriptions`, the hub, the registry. A
+    /// no-op when already in it.
+    pub async fn join(
         &mut self,
         worker: &Worker,
         socket: &Arc<str>,
         outbox: &Outbox,
         encoder: &'static DeliveryEncoder,
         channel: String,
-        subject: Subject<'_>,
     ) -> Result<(), ChannelRefusal> {
         check_name(worker, &channel)?;
         if self.channels.contains(&channel) {
             return Ok(());
-        }
-        if !allowed(worker, ChannelAction::Subscribe, &channel, subject) {
-            return Err(ChannelRefusal::Forbidden);
         }
         let max = worker.config.limits.max_subscriptions;
         if self.channels.len() >= max as usize {
@@ -223,17 +275,12 @@ impl Membership {
         Ok(())
     }
 
-    /// Publishes to a channel the rules let this socket use.
+    /// Publishes to a channel the rules (or the app) let this socket use.
     pub async fn publish(
         worker: &Worker,
         channel: &str,
         data: Box<RawValue>,
-        subject: Subject<'_>,
     ) -> Result<(), ChannelRefusal> {
-        check_name(worker, channel)?;
-        if !allowed(worker, ChannelAction::Publish, channel, subject) {
-            return Err(ChannelRefusal::Forbidden);
-        }
         let started = std::time::Instant::now();
         let published = worker.channels.publish(channel, data).await;
         worker
@@ -247,13 +294,19 @@ impl Membership {
     /// the socket may no longer use and returns their names.
     pub fn recheck(&mut self, worker: &Worker, socket: &str, subject: Subject<'_>) -> Vec<String> {
         if worker.config.channels.channel_auth == ChannelAuth::Open {
+            // Open channels stay open; the subscribe hook's grants stay too.
             return Vec::new();
         }
-        // Holding a channel needs the right to subscribe to it.
+        // Holding a channel needs the right to subscribe to it. A channel
+        // the app granted stays until the app says otherwise (its `leave`
+        // effect): asking it again on every identity change would make a
+        // login wait on the app.
         let lost: Vec<String> = self
             .channels
             .iter()
-            .filter(|channel| !allowed(worker, ChannelAction::Subscribe, channel, subject))
+            .filter(|channel| {
+                decide(worker, ChannelAction::Subscribe, channel, subject) == Decision::Deny
+            })
             .cloned()
             .collect();
         for channel in &lost {

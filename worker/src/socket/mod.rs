@@ -15,7 +15,11 @@
 //! - [`heartbeat`]: pings and the silence deadline.
 //! - [`writer`]: queued writes that never block the loop.
 //! - [`ending`]: why a socket ends.
+//! - [`app_calls`] (and its effects): the app hooks, dispatched through
+//!   [`AppHooks`], one call in flight per socket, in the client's order.
 
+pub mod app_calls;
+mod app_effects;
 pub mod ending;
 pub mod heartbeat;
 pub mod login;
@@ -26,21 +30,27 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use sockhive_shared::config::ChannelAuth;
+use sockhive_shared::channel_rules::ChannelAction;
+use sockhive_shared::config::{ChannelAuth, HookKind};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+pub use crate::app::AppHooks;
 pub use ending::CloseReason;
-pub use protocol::{HandshakeLogin, HandshakeToken, Protocol, ReplyError, ReplyTo, SocketEvent};
+pub use protocol::{
+    AppEvent, HandshakeLogin, HandshakeToken, Protocol, ReplyError, ReplyTo, SocketEvent,
+};
 
+use crate::app::{HookAnswer, HookCall, LifecycleEvent};
 use crate::auth::{Credential, Method, PendingCredential, Refusal};
 use crate::hub::outbox::{outbox, Inbox, Outbound, Outbox};
 use crate::hub::registry::{login_view, SocketEntry};
@@ -86,6 +96,8 @@ struct Socket<P: Protocol, S: Transport> {
     /// boxed, so other sockets pay one pointer).
     rule_record: Option<Box<Value>>,
     heartbeat: Heartbeat,
+    /// Calls to the app waiting or in flight (boxed, created at the first).
+    calls: Option<Box<app_calls::AppCalls>>,
     /// The upgrade's credential, resolved at the protocol handshake.
     upgrade_credential: Option<PendingCredential>,
     peer: SocketAddr,
@@ -115,6 +127,7 @@ pub async fn run_socket<P: Protocol, S: Transport>(
         login: Login::default(),
         membership: Membership::default(),
         rule_record: None,
+        calls: None,
         upgrade_credential: Some(credential),
         peer: upgraded.peer,
         started: upgraded.started,
@@ -181,6 +194,14 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                         return if drain_grace { CloseReason::GoingAway } else { CloseReason::HandshakeTimeout };
                     }
                     if let Some(ending) = self.on_timer().await {
+                        return ending;
+                    }
+                }
+                finished = std::future::poll_fn(|cx| match self.calls.as_mut() {
+                    Some(calls) => calls.poll_answer(cx),
+                    None => std::task::Poll::Pending,
+                }), if self.calls.as_ref().is_some_and(|c| c.busy()) => {
+                    if let Some(ending) = Box::pin(self.on_app_answer(finished)).await {
                         return ending;
                     }
                 }
@@ -314,21 +335,8 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                 return self.on_handshake(token, reply).await
             }
             SocketEvent::Subscribe { channel, reply } => {
-                let result = self
-                    .membership
-                    .subscribe(
-                        &worker,
-                        &self.id,
-                        &self.outbox,
-                        P::DELIVERY,
-                        channel.clone(),
-                        Subject {
-                            claims: self.login.claims(),
-                            record: self.rule_record.as_deref().unwrap_or(&Value::Null),
-                        },
-                    )
+                self.channel_request(ChannelAction::Subscribe, channel, None, reply)
                     .await;
-                self.answer_channel(reply, &channel, result);
             }
             SocketEvent::Unsubscribe { channel, reply } => {
                 let result = self.membership.unsubscribe(&worker, &self.id, &channel);
@@ -339,20 +347,8 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                 data,
                 reply,
             } => {
-                let result = Membership::publish(
-                    &worker,
-                    &channel,
-                    data,
-                    Subject {
-                        claims: self.login.claims(),
-                        record: self.rule_record.as_deref().unwrap_or(&Value::Null),
-                    },
-                )
-                .await;
-                if let (Err(e), None) = (&result, reply) {
-                    tracing::debug!(socket = %self.id, error = ?e, "publish without ack refused or not fully delivered");
-                }
-                self.answer_channel(reply, &channel, result);
+                self.channel_request(ChannelAction::Publish, channel, Some(data), reply)
+                    .await;
             }
             SocketEvent::Authenticate { token, reply } => {
                 return self.on_authenticate(&token, reply).await
@@ -367,24 +363,37 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             SocketEvent::TokenRefused => {
                 return self.lose_login("AuthTokenInvalidError", "the token was refused")
             }
-            SocketEvent::Call { name, reply } => {
-                let error = match self.check_event_name(&name) {
-                    Err(error) => error,
-                    // sockhive runs no application procedures yet: answer at
-                    // once instead of leaving the client to time out.
-                    Ok(()) => ReplyError::new(
+            SocketEvent::Call { event, reply } => {
+                if let Err(error) = self.check_event_name(&event.name) {
+                    self.protocol.call_result(&mut self.out, reply, Err(&error));
+                } else if worker.hook_on(HookKind::Rpc) {
+                    self.call_app(app_calls::Waiting::app_event(event, Some(reply)));
+                } else {
+                    // No app hooks: answer at once instead of leaving the
+                    // client to time out.
+                    let error = ReplyError::new(
                         "UnknownProcedureError",
-                        format!("No handler for event \"{name}\""),
-                    ),
-                };
-                self.protocol.reply(&mut self.out, reply, Err(&error));
+                        format!("No handler for event \"{}\"", event.name),
+                    );
+                    self.protocol.call_result(&mut self.out, reply, Err(&error));
+                }
             }
-            SocketEvent::Message { name } => {
-                // No application handlers: an event without an answer is dropped.
-                let _ = self.check_event_name(&name);
+            SocketEvent::Message(event) => {
+                // Without the `event` hook, an event without an answer is dropped.
+                if self.check_event_name(&event.name).is_ok() && worker.hook_on(HookKind::Event) {
+                    self.call_app(app_calls::Waiting::app_event(event, None));
+                }
             }
         }
         None
+    }
+
+    /// The socket as the channel rules see it.
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            claims: self.login.claims(),
+            record: self.rule_record.as_deref().unwrap_or(&Value::Null),
+        }
     }
 
     /// `--max-event-length`: a longer name is refused and never echoed.
@@ -473,6 +482,18 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             }
             Credential::Refused(refusal) => (refusal.method.label(), Some(refusal)),
         };
+        // The app's `connect` hook has the last word on who the socket is.
+        let mut refusal = refusal;
+        let mut connect_effects = Vec::new();
+        if worker.hook_on(HookKind::Connect) {
+            match self.connect_hook().await {
+                Ok(effects) => connect_effects = effects,
+                Err(refused) => {
+                    self.login.clear(&worker);
+                    refusal = Some(refused);
+                }
+            }
+        }
         let authenticated = self.login.is_authenticated();
         let handshakes = &worker.metrics.handshakes;
         if worker.config.auth.require_auth && !authenticated {
@@ -512,8 +533,69 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                 .handshake_duration
                 .with_label_values(&[P::NAME])
                 .observe(self.started.elapsed().as_secs_f64());
+            if !connect_effects.is_empty() {
+                return self.apply_effects(connect_effects).await;
+            }
         }
         None
+    }
+
+    /// Asks the app's `connect` hook about the socket about to exist: its
+    /// effects (applied once it exists), or the refusal the client gets.
+    async fn connect_hook(&mut self) -> Result<Vec<crate::app::Effect>, Refusal> {
+        let worker = self.worker.clone();
+        let Some(app) = worker.app.clone() else {
+            return Ok(Vec::new());
+        };
+        let entry = SocketEntry::new(
+            P::NAME,
+            self.peer,
+            self.outbox.clone(),
+            self.login.claims(),
+            self.login.web_session(),
+        );
+        let record = worker.sockets.record(&self.id, &entry);
+        drop(entry);
+        let limit = worker
+            .config
+            .hooks
+            .hook_timeout
+            .min(app_calls::CONNECT_TIMEOUT_CAP);
+        let started = Instant::now();
+        let answer =
+            app_calls::bounded(app.call(HookCall::new(HookKind::Connect, record)), limit).await;
+        let (outcome, result) = match answer {
+            Ok(HookAnswer {
+                outcome: Ok(_),
+                effects,
+            }) => ("ok", Ok(effects)),
+            Ok(HookAnswer {
+                outcome: Err(error),
+                ..
+            }) => (
+                "error",
+                Err((Cow::Owned(error.name), error.message, "hook_refused")),
+            ),
+            Err(failure) => (
+                failure.outcome(),
+                Err((
+                    Cow::Borrowed(failure.name()),
+                    failure.message(HookKind::Connect),
+                    "hook_unavailable",
+                )),
+            ),
+        };
+        worker
+            .metrics
+            .hook_call(HookKind::Connect.as_str(), outcome, started.elapsed());
+        result.map_err(|(name, message, reason)| Refusal {
+            method: Method::Token,
+            name,
+            message,
+            reason,
+            fields: Box::default(),
+            bad_token: false,
+        })
     }
 
     async fn on_authenticate(&mut self, token: &str, reply: ReplyTo) -> Option<CloseReason> {
@@ -543,7 +625,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
                 self.protocol
                     .authenticate_reply(&mut self.out, reply, Err(&refusal));
                 if refusal.bad_token {
-                    return self.lose_login(refusal.name, &refusal.message);
+                    return self.lose_login(&refusal.name, &refusal.message);
                 }
                 None
             }
@@ -559,7 +641,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
     /// The server ended the login (expiry, logout, a bad token): the client
     /// hears it, the channels it granted are left, and under `--require-auth`
     /// the socket ends.
-    fn lose_login(&mut self, name: &'static str, message: &str) -> Option<CloseReason> {
+    fn lose_login(&mut self, name: &str, message: &str) -> Option<CloseReason> {
         self.login.clear(&self.worker);
         self.protocol.deauthenticated(&mut self.out, name, message);
         self.identity_changed();
@@ -619,6 +701,24 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
         );
         self.worker.sockets.insert(self.id.clone(), entry);
         self.registered = true;
+        self.tell_lifecycle("connected");
+    }
+
+    /// The `lifecycle` hook's `connected` / `disconnected` record.
+    fn tell_lifecycle(&self, kind: &'static str) {
+        let Some(app) = self.worker.app.as_ref() else {
+            return;
+        };
+        if !self.worker.hook_on(HookKind::Lifecycle) {
+            return;
+        }
+        let Some(socket) = self.worker.sockets.record_of(&self.id) else {
+            return;
+        };
+        let at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        app.lifecycle(LifecycleEvent { kind, socket, at });
     }
 
     /// Leaves every channel, forgets the socket and closes the connection so
@@ -626,6 +726,9 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
     async fn finish(&mut self, reason: CloseReason) {
         let worker = self.worker.clone();
         self.login.clear(&worker);
+        if self.registered {
+            self.tell_lifecycle("disconnected");
+        }
         self.membership.leave_all(&worker, &self.id);
         if self.registered {
             worker.sockets.remove(&self.id);
@@ -689,7 +792,7 @@ fn malformed_token(why: &str) -> Refusal {
     fields.insert("isBadToken".into(), Value::Bool(true));
     Refusal {
         method: Method::Token,
-        name: "AuthTokenInvalidError",
+        name: "AuthTokenInvalidError".into(),
         message: why.into(),
         reason: "invalid",
         fields: Box::new(fields),
@@ -701,7 +804,7 @@ fn malformed_token(why: &str) -> Refusal {
 fn credential_required() -> Refusal {
     Refusal {
         method: Method::Token,
-        name: "AuthTokenError",
+        name: "AuthTokenError".into(),
         message: "a valid credential is required".into(),
         reason: "required",
         fields: Box::default(),

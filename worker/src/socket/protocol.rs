@@ -7,6 +7,8 @@
 //! frames, [`CloseReason`]s into close codes. Deadlines, logins, channel rules,
 //! the outbox and the ending live in the core, once for every protocol.
 
+use std::borrow::Cow;
+
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -81,39 +83,50 @@ pub enum SocketEvent {
     /// The client's token turned out bad while decoding (already answered by
     /// the adapter); the socket loses its login as for any bad token.
     TokenRefused,
-    /// An application procedure call that wants an answer.
+    /// An application procedure call that wants an answer (SocketCluster
+    /// `invoke`, Socket.IO emit with an ack): the app's `rpc` hook.
     Call {
-        /// Procedure or event name.
-        name: String,
+        /// What was sent.
+        event: AppEvent,
         /// Where the answer goes.
         reply: ReplyTo,
     },
-    /// An application event without an answer.
-    Message {
-        /// Event name.
-        name: String,
-    },
+    /// An application event without an answer (SocketCluster `transmit`,
+    /// Socket.IO emit without an ack): the app's `event` hook.
+    Message(AppEvent),
     /// Input the protocol refused without closing: count it.
     Counted(&'static str),
     /// End the socket.
     Close(CloseReason),
 }
 
+/// An application event as the client sent it.
+#[derive(Debug)]
+pub struct AppEvent {
+    /// Procedure or event name.
+    pub name: String,
+    /// SocketCluster's `data`; Socket.IO's first argument (`null` without one).
+    pub data: Box<RawValue>,
+    /// Socket.IO: every argument, as a JSON array (binary ones inlined).
+    pub args: Option<Box<RawValue>>,
+}
+
 /// An error reply in protocol-neutral form; each adapter encodes it
 /// (SocketCluster's error object, Socket.IO's `{"error": {name, message}}` ack).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyError {
-    /// The error name the client sees, e.g. `ChannelForbiddenError`.
-    pub name: &'static str,
+    /// The error name the client sees, e.g. `ChannelForbiddenError` (or the
+    /// application's own, from a hook).
+    pub name: Cow<'static, str>,
     /// Readable text.
     pub message: String,
 }
 
 impl ReplyError {
     /// An error with this name and text.
-    pub fn new(name: &'static str, message: impl Into<String>) -> ReplyError {
+    pub fn new(name: impl Into<Cow<'static, str>>, message: impl Into<String>) -> ReplyError {
         ReplyError {
-            name,
+            name: name.into(),
             message: message.into(),
         }
     }
@@ -182,6 +195,9 @@ pub trait Protocol: Send + 'static {
         -> CloseReason;
     /// Answers a channel request or call.
     fn reply(&mut self, out: &mut Out, reply: ReplyTo, result: Result<(), &ReplyError>);
+    /// Answers an application call with the app's result or error
+    /// (SocketCluster `{rid, data}` / `{rid, error}`, Socket.IO's ack).
+    fn call_result(&mut self, out: &mut Out, reply: ReplyTo, result: Result<&Value, &ReplyError>);
     /// Answers SocketCluster's `#authenticate`.
     fn authenticate_reply(&mut self, out: &mut Out, reply: ReplyTo, result: Result<(), &Refusal>);
     /// Hands the client a token it should store (login, renewal), with the

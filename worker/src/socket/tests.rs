@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{run_socket, Protocol};
+use super::{run_socket, AppHooks, Protocol};
+use crate::app::{Effect, EmitTarget, HookAnswer, HookCall, HookFuture, HookKind};
 use crate::auth::{now_unix, Credential, Credentials, PendingCredential};
 use crate::hub::channels::LocalChannels;
 use crate::hub::registry::SocketRegistry;
@@ -33,6 +34,14 @@ const KEY: &str = "core-test-key";
 
 /// A worker without a master or Redis: what the core needs, in-process.
 fn worker(tune: impl FnOnce(&mut ConfigLayer)) -> Arc<Worker> {
+    worker_with_app(tune, None)
+}
+
+/// [`worker`] with in-process app hooks.
+fn worker_with_app(
+    tune: impl FnOnce(&mut ConfigLayer),
+    app: Option<Arc<dyn AppHooks>>,
+) -> Arc<Worker> {
     let mut layer = ConfigLayer::default();
     layer.auth.auth_key = Some(KEY.into());
     layer.server.node_id = Some("core-test".into());
@@ -54,6 +63,7 @@ fn worker(tune: impl FnOnce(&mut ConfigLayer)) -> Arc<Worker> {
         master,
         shutdown: CancellationToken::new(),
         open_connections: AtomicUsize::new(0),
+        app,
     })
 }
 
@@ -494,4 +504,172 @@ async fn channel_rules_give_each_user_a_private_channel_and_its_loss_kicks_out()
     assert_eq!(kicked["event"], "#kickOut", "{kicked}");
     assert_eq!(kicked["data"]["channel"], "user:alice");
     assert_eq!(first_record(&worker)["channels"], json!(["news:today"]));
+}
+
+/// The app, in-process: what it was asked, in order, and scripted answers.
+#[derive(Default)]
+struct ScriptedApp {
+    seen: std::sync::Mutex<Vec<(HookKind, String)>>,
+}
+
+impl AppHooks for ScriptedApp {
+    fn call(&self, call: HookCall) -> HookFuture {
+        let name = call.name.clone().unwrap_or_default();
+        self.seen.lock().unwrap().push((call.hook, name.clone()));
+        let data: Value = call
+            .data
+            .as_ref()
+            .map(|d| serde_json::from_str(d.get()).unwrap())
+            .unwrap_or(Value::Null);
+        Box::pin(async move {
+            Ok(match name.as_str() {
+                "login" => {
+                    HookAnswer::result(json!({"ok": true})).with_effect(Effect::SetAuthToken {
+                        claims: json!({"sub": data["username"], "username": data["username"]})
+                            .as_object()
+                            .unwrap()
+                            .clone(),
+                        expires_in: None,
+                    })
+                }
+                "slow" => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    HookAnswer::result(json!("late"))
+                }
+                "refuse" => HookAnswer::error("NopeError", "no"),
+                "kick" => HookAnswer::result(json!(1)).with_effect(Effect::Disconnect {
+                    code: 4321,
+                    reason: "bye".into(),
+                }),
+                "wave" => HookAnswer::result(Value::Null).with_effect(Effect::Emit {
+                    to: EmitTarget::SelfSocket,
+                    event: "waved".into(),
+                    data: serde_json::value::to_raw_value(&data).unwrap(),
+                }),
+                _ => HookAnswer::result(data),
+            })
+        })
+    }
+}
+
+fn hooks_worker(app: &Arc<ScriptedApp>, tune: impl FnOnce(&mut ConfigLayer)) -> Arc<Worker> {
+    let app: Arc<dyn AppHooks> = app.clone();
+    worker_with_app(
+        |layer| {
+            layer.hooks.hooks = Some(vec![HookKind::Rpc, HookKind::Event]);
+            tune(layer)
+        },
+        Some(app),
+    )
+}
+
+async fn sc_invoke(client: &mut Client, event: &str, data: Value, cid: u64) {
+    send(
+        client,
+        &json!({"event": event, "data": data, "cid": cid}).to_string(),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_app_login_sets_the_token_before_the_reply_and_calls_keep_the_client_order() {
+    let app = Arc::new(ScriptedApp::default());
+    let worker = hooks_worker(&app, |_| {});
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
+    sc_handshake(&mut client, None).await;
+    for n in 1..=3 {
+        send(
+            &mut client,
+            &json!({"event": "note", "data": n}).to_string(),
+        )
+        .await;
+    }
+    sc_invoke(&mut client, "login", json!({"username": "alice"}), 2).await;
+    let set = next_json(&mut client).await;
+    assert_eq!(set["event"], "#setAuthToken", "{set}");
+    let reply = next_json(&mut client).await;
+    assert_eq!(reply, json!({"rid": 2, "data": {"ok": true}}));
+    assert_eq!(first_record(&worker)["user"], json!({"id": "alice"}));
+    sc_invoke(&mut client, "refuse", json!(null), 3).await;
+    let refused = next_json(&mut client).await;
+    assert_eq!(refused["error"]["name"], "NopeError", "{refused}");
+    let seen = app.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            (HookKind::Event, "note".into()),
+            (HookKind::Event, "note".into()),
+            (HookKind::Event, "note".into()),
+            (HookKind::Rpc, "login".into()),
+            (HookKind::Rpc, "refuse".into()),
+        ]
+    );
+    sc_invoke(&mut client, "wave", json!("hi"), 4).await;
+    assert_eq!(
+        next_json(&mut client).await,
+        json!({"event": "waved", "data": "hi"})
+    );
+    assert_eq!(next_json(&mut client).await["rid"], 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_app_times_out_fills_the_queue_and_never_stalls_the_socket() {
+    let app = Arc::new(ScriptedApp::default());
+    let worker = hooks_worker(&app, |layer| {
+        layer.hooks.hook_timeout = secs(2);
+        layer.hooks.hook_queue = Some(3);
+    });
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
+    sc_handshake(&mut client, None).await;
+    let started = Instant::now();
+    for cid in 2..=7 {
+        sc_invoke(&mut client, "slow", json!(null), cid).await;
+    }
+    // Three fit (one in flight, two waiting); the other three are refused at once.
+    for cid in 5..=7 {
+        let refused = next_json(&mut client).await;
+        assert_eq!(refused["rid"], cid);
+        assert_eq!(
+            refused["error"]["name"], "HookUnavailableError",
+            "{refused}"
+        );
+    }
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    // The socket still answers channel requests while the app is slow.
+    assert!(sc_subscribe(&mut client, "room", 9).await["error"].is_null());
+    // Each waiting call gets its own full timeout, one after the other.
+    for (cid, at) in [(2, 2), (3, 4), (4, 6)] {
+        let late = next_json(&mut client).await;
+        assert_eq!(late["rid"], cid);
+        assert_eq!(late["error"]["name"], "HookTimeoutError", "{late}");
+        assert_eq!(started.elapsed().as_secs(), at);
+    }
+    let calls = |outcome: &str| {
+        worker
+            .metrics
+            .hook_calls
+            .with_label_values(&["rpc", outcome])
+            .get()
+    };
+    assert_eq!((calls("queue_full"), calls("timeout")), (3, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disconnect_effect_closes_after_the_reply_and_no_hooks_means_unknown_procedure() {
+    let app = Arc::new(ScriptedApp::default());
+    let hooked = hooks_worker(&app, |_| {});
+    let mut client = connect(&hooked, sc(&hooked), 1 << 16).await;
+    sc_handshake(&mut client, None).await;
+    sc_invoke(&mut client, "kick", json!(null), 2).await;
+    assert_eq!(next_json(&mut client).await, json!({"rid": 2, "data": 1}));
+    assert_eq!(close_code(&mut client).await, Some(4321));
+
+    let plain = worker(|_| {});
+    let mut client = connect(&plain, sc(&plain), 1 << 16).await;
+    sc_handshake(&mut client, None).await;
+    sc_invoke(&mut client, "login", json!({}), 2).await;
+    assert_eq!(
+        next_json(&mut client).await["error"]["name"],
+        "UnknownProcedureError"
+    );
 }

@@ -10,8 +10,9 @@
 use std::time::Duration;
 
 use serde_json::{Map, Value as Json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use sockhive_shared::http_url::HttpUrl;
+
+use crate::http_client::get_once;
 
 use super::store::{SessionStore, StoredSession, UserRecordShape};
 
@@ -20,9 +21,6 @@ pub const PASSPORT_SESSION_KEY: &str = "passport";
 
 /// Placeholder in user key and URL templates.
 pub const ID_PLACEHOLDER: &str = "{id}";
-
-/// Response bodies larger than this from the app's user endpoint are refused.
-const MAX_HTTP_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// Why a stored session logs nobody in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,7 +149,9 @@ impl UserResolver {
                 if !url_template.contains(ID_PLACEHOLDER) {
                     return Err(UserResolverConfigError::NoPlaceholder(url_template.clone()));
                 }
-                HttpTarget::parse(url_template).map(|_| ())
+                HttpUrl::parse(url_template)
+                    .map(|_| ())
+                    .map_err(|_| UserResolverConfigError::BadUrl(url_template.clone()))
             }
         }
     }
@@ -189,9 +189,9 @@ impl UserResolver {
             } => {
                 let id = lookup_id(passport_user).ok_or(UserLookupError::NotFound)?;
                 let url = url_template.replace(ID_PLACEHOLDER, &encode_uri_component(&id));
-                let target = HttpTarget::parse(&url)
+                let target = HttpUrl::parse(&url)
                     .map_err(|error| UserLookupError::Unavailable(error.to_string()))?;
-                let answer = tokio::time::timeout(*timeout, http_get(&target, headers))
+                let answer = tokio::time::timeout(*timeout, get_once(&target, headers))
                     .await
                     .map_err(|_| {
                         UserLookupError::Unavailable(format!("no answer within {timeout:?}"))
@@ -315,174 +315,6 @@ fn encode_uri_component(text: &str) -> String {
     out
 }
 
-/// Where an HTTP user lookup goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct HttpTarget {
-    /// `host:port` to connect to and to send as `Host`.
-    authority: String,
-    /// Path and query, starting with `/`.
-    path: String,
-}
-
-impl HttpTarget {
-    fn parse(url: &str) -> Result<HttpTarget, UserResolverConfigError> {
-        let bad = || UserResolverConfigError::BadUrl(url.to_owned());
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
-        let (authority, path) = match rest.find('/') {
-            Some(slash) => (&rest[..slash], &rest[slash..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty()
-            || authority.contains('@')
-            || authority.contains(char::is_whitespace)
-        {
-            return Err(bad());
-        }
-        // IPv6 literals need an explicit port (`[::1]:3000`).
-        let authority = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                authority.to_owned()
-            }
-            Some(_) => return Err(bad()),
-            None => format!("{authority}:80"),
-        };
-        if path.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(bad());
-        }
-        Ok(HttpTarget {
-            authority,
-            path: path.to_owned(),
-        })
-    }
-}
-
-/// An HTTP answer: status and body.
-struct HttpAnswer {
-    status: u16,
-    body: Vec<u8>,
-}
-
-/// A minimal HTTP/1.1 GET with `Connection: close` (the caller bounds it in
-/// time). `headers` were checked by [`UserLookup::new`]: no CR or LF in them.
-async fn http_get(target: &HttpTarget, headers: &[(String, String)]) -> Result<HttpAnswer, String> {
-    let mut stream = TcpStream::connect(target.authority.as_str())
-        .await
-        .map_err(|e| format!("connect {}: {e}", target.authority))?;
-    let mut request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n",
-        target.path, target.authority
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    let mut response = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let read = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if read == 0 {
-            break;
-        }
-        response.extend_from_slice(&chunk[..read]);
-        if response.len() > MAX_HTTP_RESPONSE_BYTES {
-            return Err("response too large".to_owned());
-        }
-        // Stop as soon as a Content-Length body is complete; the server may
-        // keep the socket open a little longer despite `Connection: close`.
-        if let Some(Ok(answer)) = parse_response(&response, false) {
-            return Ok(answer);
-        }
-    }
-    parse_response(&response, true).unwrap_or_else(|| Err("incomplete response".to_owned()))
-}
-
-/// Parses a response; `None` while more bytes are needed. With `at_eof`,
-/// a body without length runs to the end.
-fn parse_response(bytes: &[u8], at_eof: bool) -> Option<Result<HttpAnswer, String>> {
-    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = match std::str::from_utf8(&bytes[..head_end]) {
-        Ok(head) => head,
-        Err(_) => return Some(Err("response head is not text".to_owned())),
-    };
-    let body = &bytes[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    let status = parts.next().and_then(|s| s.parse::<u16>().ok());
-    let status = match status {
-        Some(status) if version.starts_with("HTTP/1.") => status,
-        _ => return Some(Err(format!("bad status line {status_line:?}"))),
-    };
-    let mut content_length: Option<usize> = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            match value.parse::<usize>() {
-                Ok(length) => content_length = Some(length),
-                Err(_) => return Some(Err("bad Content-Length".to_owned())),
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        }
-    }
-    if chunked {
-        return match decode_chunked(body) {
-            Some(Ok(body)) => Some(Ok(HttpAnswer { status, body })),
-            Some(Err(error)) => Some(Err(error)),
-            None if at_eof => Some(Err("truncated chunked body".to_owned())),
-            None => None,
-        };
-    }
-    match content_length {
-        Some(length) if body.len() >= length => Some(Ok(HttpAnswer {
-            status,
-            body: body[..length].to_vec(),
-        })),
-        Some(_) if at_eof => Some(Err("truncated body".to_owned())),
-        Some(_) => None,
-        None if at_eof => Some(Ok(HttpAnswer {
-            status,
-            body: body.to_vec(),
-        })),
-        None => None,
-    }
-}
-
-/// Decodes a chunked body; `None` while incomplete.
-fn decode_chunked(mut bytes: &[u8]) -> Option<Result<Vec<u8>, String>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = bytes.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&bytes[..line_end]).ok()?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = match usize::from_str_radix(size_text, 16) {
-            Ok(size) => size,
-            Err(_) => return Some(Err("bad chunk size".to_owned())),
-        };
-        bytes = &bytes[line_end + 2..];
-        if size == 0 {
-            return Some(Ok(body));
-        }
-        if bytes.len() < size.checked_add(2)? {
-            return None;
-        }
-        body.extend_from_slice(&bytes[..size]);
-        bytes = &bytes[size + 2..];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::store::{StoreError, StoreFuture};
@@ -572,37 +404,6 @@ mod tests {
         assert_eq!(encode_uri_component("u-7f3a9c"), "u-7f3a9c");
         assert_eq!(encode_uri_component("../admin?x=1"), "..%2Fadmin%3Fx%3D1");
         assert_eq!(encode_uri_component("é"), "%C3%A9");
-    }
-
-    #[test]
-    fn responses_parse_with_length_chunked_or_eof() {
-        let full = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        let answer = parse_response(full, false).expect("complete").expect("ok");
-        assert_eq!((answer.status, answer.body.as_slice()), (200, &b"{}"[..]));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}", false).is_none());
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
-        let answer = parse_response(chunked, false)
-            .expect("complete")
-            .expect("ok");
-        assert_eq!(answer.body, b"{\"a\":1}");
-        let eof = b"HTTP/1.0 404 Not Found\r\n\r\nnope";
-        assert!(parse_response(eof, false).is_none());
-        assert_eq!(
-            parse_response(eof, true)
-                .expect("complete")
-                .expect("ok")
-                .status,
-            404
-        );
-        assert!(parse_response(b"garbage\r\n\r\n", true)
-            .expect("complete")
-            .is_err());
-        assert!(parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            true
-        )
-        .expect("complete")
-        .is_err());
     }
 
     #[tokio::test]

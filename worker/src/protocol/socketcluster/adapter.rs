@@ -19,7 +19,8 @@ use crate::socket::ending::{GOING_AWAY_TEXT, NOT_READING_TEXT};
 use crate::socket::heartbeat::{HeartbeatPolicy, HeartbeatStyle};
 use crate::socket::writer::Out;
 use crate::socket::{
-    CloseReason, HandshakeLogin, HandshakeToken, Protocol, ReplyError, ReplyTo, SocketEvent,
+    AppEvent, CloseReason, HandshakeLogin, HandshakeToken, Protocol, ReplyError, ReplyTo,
+    SocketEvent,
 };
 
 /// Low bits of socket ids, as the real server's per-process counter.
@@ -127,10 +128,7 @@ impl SocketCluster {
                 reply: cid,
             },
             ClientEvent::Publish { channel, data, cid } => {
-                let data = serde_json::value::to_raw_value(&data.unwrap_or(Value::Null))
-                    .unwrap_or_else(|_| {
-                        RawValue::from_string("null".into()).expect("null is JSON")
-                    });
+                let data = json_value(data);
                 SocketEvent::Publish {
                     channel,
                     data,
@@ -141,17 +139,17 @@ impl SocketCluster {
                 SocketEvent::Authenticate { token, reply: cid }
             }
             ClientEvent::RemoveAuthToken { cid } => SocketEvent::Deauthenticate { reply: cid },
-            ClientEvent::App {
-                event,
-                cid: Some(cid),
-                ..
-            } => SocketEvent::Call {
-                name: event,
-                reply: cid,
-            },
-            ClientEvent::App {
-                event, cid: None, ..
-            } => SocketEvent::Message { name: event },
+            ClientEvent::App { event, data, cid } => {
+                let event = AppEvent {
+                    name: event,
+                    data: json_value(data),
+                    args: None,
+                };
+                match cid {
+                    Some(cid) => SocketEvent::Call { event, reply: cid },
+                    None => SocketEvent::Message(event),
+                }
+            }
         });
     }
 }
@@ -159,9 +157,15 @@ impl SocketCluster {
 /// The wire error object of a refused credential, exactly as SocketCluster sends it.
 fn refusal_object(refusal: &Refusal) -> ErrorObject {
     refusal.fields.iter().fold(
-        ErrorObject::new(refusal.name, refusal.message.clone()),
+        ErrorObject::new(refusal.name.clone(), refusal.message.clone()),
         |object, (key, value)| object.with_field(key.clone(), value.clone()),
     )
+}
+
+/// A decoded `data` field as JSON text (`null` when absent).
+fn json_value(data: Option<Value>) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&data.unwrap_or(Value::Null))
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
 }
 
 impl Protocol for SocketCluster {
@@ -287,7 +291,7 @@ impl Protocol for SocketCluster {
     ) -> CloseReason {
         let reason = format!("{}: {}", refusal.name, refusal.message);
         let error = ErrorObject::handshake_rejected(reason.clone(), close_code::AUTH_REQUIRED)
-            .with_field("reason", refusal.name);
+            .with_field("reason", refusal.name.clone());
         out.text(codec::encode_error_response(reply, &error));
         CloseReason::HandshakeRejected(reason)
     }
@@ -297,9 +301,16 @@ impl Protocol for SocketCluster {
             Ok(()) => codec::encode_empty_success(reply),
             Err(error) => codec::encode_error_response(
                 reply,
-                &ErrorObject::new(error.name, error.message.clone()),
+                &ErrorObject::new(error.name.clone(), error.message.clone()),
             ),
         });
+    }
+
+    fn call_result(&mut self, out: &mut Out, reply: ReplyTo, result: Result<&Value, &ReplyError>) {
+        match result {
+            Ok(value) => out.text(codec::encode_success(reply, value)),
+            Err(error) => self.reply(out, reply, Err(error)),
+        }
     }
 
     fn authenticate_reply(&mut self, out: &mut Out, reply: ReplyTo, result: Result<(), &Refusal>) {
@@ -363,7 +374,9 @@ impl Protocol for SocketCluster {
             CloseReason::TooBig { .. } => (close_code::MESSAGE_TOO_BIG, String::new()),
             CloseReason::BadUtf8 => (close_code::INVALID_PAYLOAD, String::new()),
             CloseReason::BadFrame(why) => (1002, why.clone()),
-            CloseReason::Protocol(code, reason) => (*code, reason.clone()),
+            CloseReason::Protocol(code, reason) | CloseReason::App { code, reason } => {
+                (*code, reason.clone())
+            }
             CloseReason::ClientLeft | CloseReason::Gone => (close_code::NORMAL, String::new()),
         })
     }

@@ -27,7 +27,8 @@ use crate::socket::ending::{GOING_AWAY_TEXT, NOT_READING_TEXT};
 use crate::socket::heartbeat::{HeartbeatPolicy, HeartbeatStyle};
 use crate::socket::writer::Out;
 use crate::socket::{
-    CloseReason, HandshakeLogin, HandshakeToken, Protocol, ReplyError, ReplyTo, SocketEvent,
+    AppEvent, CloseReason, HandshakeLogin, HandshakeToken, Protocol, ReplyError, ReplyTo,
+    SocketEvent,
 };
 
 /// Close code for input the Socket.IO parser refuses. The client ignores close
@@ -130,6 +131,27 @@ impl SocketIo {
         }
     }
 
+    /// An application event's arguments for the app: the first as `data`,
+    /// all of them as `args` (binary attachments inlined as in a publish).
+    fn app_arguments(name: &str, args: &[&str], attachments: Option<&[Vec<u8>]>) -> AppEvent {
+        let texts: Vec<String> = args
+            .iter()
+            .map(|arg| match attachments {
+                Some(attachments) => inline_attachments(Some(arg), attachments),
+                None => (*arg).to_string(),
+            })
+            .collect();
+        let raw = |text: String| {
+            RawValue::from_string(text)
+                .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
+        };
+        AppEvent {
+            name: name.to_string(),
+            data: raw(texts.first().cloned().unwrap_or_else(|| "null".into())),
+            args: Some(raw(format!("[{}]", texts.join(",")))),
+        }
+    }
+
     /// A client event: a channel request, or an application call or message.
     fn app_event(
         name: &str,
@@ -141,15 +163,11 @@ impl SocketIo {
     ) {
         let request = match ChannelRequest::from_event(name, args) {
             None => {
+                let event = Self::app_arguments(name, args, attachments);
                 return events.push(match ack_id {
-                    Some(reply) => SocketEvent::Call {
-                        name: name.to_string(),
-                        reply,
-                    },
-                    None => SocketEvent::Message {
-                        name: name.to_string(),
-                    },
-                })
+                    Some(reply) => SocketEvent::Call { event, reply },
+                    None => SocketEvent::Message(event),
+                });
             }
             Some(Err(e)) => {
                 events.push(SocketEvent::Counted(e.metric_reason()));
@@ -359,7 +377,7 @@ impl Protocol for SocketIo {
         // Socket.IO has no "connected but refused": a bad credential is a
         // CONNECT_ERROR, which the client surfaces and does not retry.
         if let Some(refusal) = login.refusal {
-            let text = codec::auth_refusal_message(refusal.name, &refusal.message);
+            let text = codec::auth_refusal_message(&refusal.name, &refusal.message);
             out.text(codec::encode_connect_error(
                 MAIN_NAMESPACE,
                 &text,
@@ -380,7 +398,7 @@ impl Protocol for SocketIo {
         _reply: ReplyTo,
         refusal: &Refusal,
     ) -> CloseReason {
-        let text = codec::auth_refusal_message(refusal.name, &refusal.message);
+        let text = codec::auth_refusal_message(&refusal.name, &refusal.message);
         out.text(codec::encode_connect_error(
             MAIN_NAMESPACE,
             &text,
@@ -393,15 +411,27 @@ impl Protocol for SocketIo {
         out.text(match result {
             Ok(()) => codec::encode_channel_ack_ok(MAIN_NAMESPACE, reply),
             Err(error) => {
-                codec::encode_channel_ack_error(MAIN_NAMESPACE, reply, error.name, &error.message)
+                codec::encode_channel_ack_error(MAIN_NAMESPACE, reply, &error.name, &error.message)
             }
         });
+    }
+
+    /// The ack carries the app's result as its one argument; an error as
+    /// `{"error": {name, message}}` (Socket.IO acks have no error channel).
+    fn call_result(&mut self, out: &mut Out, reply: ReplyTo, result: Result<&Value, &ReplyError>) {
+        match result {
+            Ok(value) => {
+                let body = value.to_string();
+                out.text(codec::encode_ack_json(MAIN_NAMESPACE, reply, &[&body]));
+            }
+            Err(error) => self.reply(out, reply, Err(error)),
+        }
     }
 
     fn authenticate_reply(&mut self, out: &mut Out, reply: ReplyTo, result: Result<(), &Refusal>) {
         let error = result
             .err()
-            .map(|r| ReplyError::new(r.name, r.message.clone()));
+            .map(|r| ReplyError::new(r.name.clone(), r.message.clone()));
         self.reply(out, reply, error.as_ref().map_or(Ok(()), Err));
     }
 
@@ -462,6 +492,10 @@ impl Protocol for SocketIo {
             CloseReason::Kicked(reason) => {
                 out.text_static(codec::DISCONNECT_FRAME);
                 (1000, reason.clone())
+            }
+            CloseReason::App { code, reason } => {
+                out.text_static(codec::DISCONNECT_FRAME);
+                (*code, reason.clone())
             }
             CloseReason::AuthRequired(reason) => {
                 out.text_static(codec::DISCONNECT_FRAME);
