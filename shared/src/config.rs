@@ -1639,10 +1639,11 @@ mod tests {
             layer.auth.auth_key = Some("jwt-secret".into());
             layer.session.session_secret = Some(vec!["cookie-one".into(), "cookie-two".into()]);
             layer.broker.redis_url = Some("redis://app:redis-pass@127.0.0.1:6379".into());
+            layer.hooks.hook_secret = Some(vec!["hook-new".into(), "hook-old".into()]);
             layer
         };
         let file = ConfigLayer::from_toml(
-            "[server]\nworkers = 3\nlisten = \"localhost:8001\"\n[limits]\nmax_payload = \"2MiB\"\nmax_send_queue = 16777216\n[auth]\ntoken_renew_before = \"1h\"\n[session]\nuser_lookup = \"redis:user:{id}\"\n",
+            "[server]\nworkers = 3\nlisten = \"localhost:8001\"\n[limits]\nmax_payload = \"2MiB\"\nmax_send_queue = 16777216\n[auth]\ntoken_renew_before = \"1h\"\n[session]\nuser_lookup = \"redis:user:{id}\"\n[hooks]\nhook_url = \"http://127.0.0.1:3000/sockhive\"\nhooks = [\"rpc\", \"connect\"]\nhook_timeout = \"2s\"\n",
         )
         .unwrap();
         let first = Config::resolve(secrets().over(file)).unwrap();
@@ -1653,6 +1654,8 @@ mod tests {
             "cookie-one",
             "redis-pass",
             "auth_key_is_random",
+            "hook-new",
+            "hook-old",
         ] {
             assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
         }
@@ -1666,6 +1669,10 @@ mod tests {
         );
         assert!(printed.contains("max_payload = \"2MiB\""), "{printed}");
         assert!(
+            printed.contains("#   hooks.hook_secret: 2 set, not shown"),
+            "{printed}"
+        );
+        assert!(
             !printed.contains("node_id ="),
             "a per-start default is not pinned:\n{printed}"
         );
@@ -1678,6 +1685,41 @@ mod tests {
             first.session.session_redis_url
         );
         assert_eq!(second.server.listen, first.server.listen);
+        assert_eq!(second.hooks.hooks, vec![HookKind::Rpc, HookKind::Connect]);
+        assert_eq!(second.hooks.hook_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn hooks_need_a_callable_url_and_a_secret_and_allow_hook_rules() {
+        let url = "[hooks]\nhook_url = \"http://127.0.0.1:3000/sockhive\"\n";
+        let error = resolve_toml(url).unwrap_err();
+        assert!(error.contains("hooks.hook_secret"), "{error}");
+        let signed = format!("{url}hook_secret = [\"s\"]\n");
+        let config = resolve_toml(&signed).unwrap();
+        assert!(config.hooks.enabled(HookKind::Rpc) && !config.hooks.enabled(HookKind::Connect));
+        for (bad, key) in [
+            ("hook_url = \"https://app/sockhive\"", "hooks.hook_url"),
+            (
+                "hook_url = \"http://app/x\"\nhook_secret = [\"s\"]\nhook_concurrency = 0",
+                "hooks.hook_concurrency",
+            ),
+            (
+                "hook_url = \"http://app/x\"\nhook_secret = [\"s\"]\nhook_queue = 0",
+                "hooks.hook_queue",
+            ),
+            ("hooks = [\"rpc\", \"everything\"]", "everything"),
+        ] {
+            let error = match ConfigLayer::from_toml(&format!("[hooks]\n{bad}\n")) {
+                Ok(layer) => Config::resolve(layer).unwrap_err().to_string(),
+                Err(parse) => parse,
+            };
+            assert!(error.contains(key), "{bad}: {error}");
+        }
+        let rule = "[channels]\nchannel_auth = \"rules\"\n[[channels.rule]]\npattern = \"room:*\"\nsubscribe = \"hook\"\npublish = false\n";
+        assert!(resolve_toml(rule)
+            .unwrap_err()
+            .contains("channel rule 0: \"hook\""));
+        assert!(resolve_toml(&format!("{signed}{rule}")).is_ok());
     }
 
     #[test]

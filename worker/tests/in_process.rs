@@ -1,18 +1,32 @@
 //! A worker booted in-process: the test plays the master over a socket pair
-//! and owns the shutdown, as `worker::serve` takes it as a value.
+//! and owns the shutdown, as `worker::serve` takes it as a value; and a Rust
+//! program answering the app hooks in-process, as the `app` module documents.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
 use sockhive_shared::config::{Config, ConfigLayer};
 use sockhive_shared::ipc::{self, ToMaster, ToWorker};
+use sockhive_worker::app::{AppHooks, Effect, HookAnswer, HookCall, HookFuture};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test]
-async fn a_worker_serves_until_its_shutdown_is_cancelled_then_closes_sockets_with_1001() {
+/// A booted worker: its address, the master's end of the IPC pair, its shutdown.
+struct Booted {
+    addr: SocketAddr,
+    _master: UnixStream,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn boot(hooks: Option<Arc<dyn AppHooks>>) -> Booted {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (mut master, worker_end) = UnixStream::pair().unwrap();
@@ -29,10 +43,11 @@ async fn a_worker_serves_until_its_shutdown_is_cancelled_then_closes_sockets_wit
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(sockhive_worker::worker::serve(
+    let handle = tokio::spawn(sockhive_worker::worker::serve_with_hooks(
         listener,
         worker_end,
         shutdown.clone(),
+        hooks,
     ));
     let ready: Option<ToMaster> =
         tokio::time::timeout(Duration::from_secs(5), ipc::read_message(&mut master))
@@ -40,8 +55,18 @@ async fn a_worker_serves_until_its_shutdown_is_cancelled_then_closes_sockets_wit
             .expect("the worker reports ready")
             .unwrap();
     assert!(matches!(ready, Some(ToMaster::Ready)), "{ready:?}");
+    Booted {
+        addr,
+        _master: master,
+        shutdown,
+        handle,
+    }
+}
 
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+type Client = WebSocketStream<TcpStream>;
+
+async fn handshake(addr: SocketAddr) -> (Client, Value) {
+    let stream = TcpStream::connect(addr).await.unwrap();
     let (mut ws, _) =
         tokio_tungstenite::client_async(format!("ws://{addr}/socketcluster/"), stream)
             .await
@@ -51,15 +76,31 @@ async fn a_worker_serves_until_its_shutdown_is_cancelled_then_closes_sockets_wit
     ))
     .await
     .unwrap();
-    let reply = loop {
-        match ws.next().await.unwrap().unwrap() {
-            Message::Text(text) if !text.is_empty() => break text.to_string(),
+    let reply = next_json(&mut ws).await;
+    (ws, reply)
+}
+
+async fn next_json(ws: &mut Client) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(text) if !text.is_empty() => return serde_json::from_str(&text).unwrap(),
             _ => continue,
         }
-    };
-    assert!(reply.contains("\"isAuthenticated\":false"), "{reply}");
+    }
+}
 
-    shutdown.cancel();
+#[tokio::test]
+async fn a_worker_serves_until_its_shutdown_is_cancelled_then_closes_sockets_with_1001() {
+    let worker = boot(None).await;
+    let (mut ws, reply) = handshake(worker.addr).await;
+    assert_eq!(reply["data"]["isAuthenticated"], false, "{reply}");
+
+    worker.shutdown.cancel();
     let close = loop {
         match tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
@@ -72,9 +113,54 @@ async fn a_worker_serves_until_its_shutdown_is_cancelled_then_closes_sockets_wit
     };
     assert_eq!(close, Some(1001));
     drop(ws);
-    tokio::time::timeout(Duration::from_secs(10), worker)
+    tokio::time::timeout(Duration::from_secs(10), worker.handle)
         .await
         .expect("the worker drains and returns")
         .unwrap()
         .unwrap();
+}
+
+/// The application, in Rust and in-process: `login` logs the socket in,
+/// anything else echoes its data with who asked.
+struct InProcessApp;
+
+impl AppHooks for InProcessApp {
+    fn call(&self, call: HookCall) -> HookFuture {
+        Box::pin(async move {
+            let data: Value = call
+                .data
+                .as_ref()
+                .map_or(Value::Null, |d| serde_json::from_str(d.get()).unwrap());
+            Ok(match call.name.as_deref() {
+                Some("login") => HookAnswer::result(json!("welcome")).with_effect(
+                    Effect::parse(json!({"set_auth_token": {"sub": data["username"]}})).unwrap(),
+                ),
+                _ => HookAnswer::result(json!({"echo": data, "user": call.socket["user"]})),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_embedding_program_answers_the_hooks_in_process() {
+    let worker = boot(Some(Arc::new(InProcessApp))).await;
+    let (mut ws, _) = handshake(worker.addr).await;
+    ws.send(Message::text(
+        r#"{"event":"login","data":{"username":"ada"},"cid":2}"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["event"], "#setAuthToken");
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"rid": 2, "data": "welcome"})
+    );
+    ws.send(Message::text(r#"{"event":"ask","data":[1],"cid":3}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"rid": 3, "data": {"echo": [1], "user": {"id": "ada"}}})
+    );
+    worker.shutdown.cancel();
 }

@@ -8,8 +8,38 @@
 //! [`crate::worker::serve_with_hooks`]. Either way the core applies the same
 //! effects, with the same timeouts, ordering and metrics.
 //!
+//! Answering in-process, from a Rust program that runs the worker itself
+//! (tested in `worker/tests/in_process.rs`):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use sockhive_worker::app::{AppHooks, Effect, HookAnswer, HookCall, HookFuture};
+//!
+//! struct MyApp;
+//!
+//! impl AppHooks for MyApp {
+//!     fn call(&self, call: HookCall) -> HookFuture {
+//!         Box::pin(async move {
+//!             Ok(match call.name.as_deref() {
+//!                 // `socket.invoke('login', {username})`: log the socket in.
+//!                 Some("login") => HookAnswer::result(serde_json::json!("welcome")).with_effect(
+//!                     Effect::parse(serde_json::json!({"set_auth_token": {"sub": "ada"}}))
+//!                         .expect("a valid effect"),
+//!                 ),
+//!                 _ => HookAnswer::error("UnknownProcedureError", "no such procedure"),
+//!             })
+//!         })
+//!     }
+//! }
+//!
+//! # async fn run(listener: tokio::net::TcpListener, ipc: tokio::net::UnixStream) -> anyhow::Result<()> {
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! sockhive_worker::worker::serve_with_hooks(listener, ipc, shutdown, Some(Arc::new(MyApp))).await
+//! # }
+//! ```
+//!
 //! (This layer sits under the shared [`crate::Worker`] so that the worker can
-//! hold the hooks; the core re-exports it as `socket::AppHooks`.)
+//! hold the hooks; the core re-exports the trait as `socket::AppHooks`.)
 
 pub mod effects;
 pub mod http;

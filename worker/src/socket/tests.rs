@@ -521,8 +521,15 @@ impl AppHooks for ScriptedApp {
             .as_ref()
             .map(|d| serde_json::from_str(d.get()).unwrap())
             .unwrap_or(Value::Null);
+        let channel = call.channel.clone();
         Box::pin(async move {
             Ok(match name.as_str() {
+                _ if call.hook == HookKind::Subscribe && channel.as_deref() == Some("secret") => {
+                    HookAnswer::error("ChannelForbiddenError", "not for you")
+                }
+                _ if call.hook == HookKind::Publish => {
+                    HookAnswer::result(json!({"data": {"stamped": data}}))
+                }
                 "login" => {
                     HookAnswer::result(json!({"ok": true})).with_effect(Effect::SetAuthToken {
                         claims: json!({"sub": data["username"], "username": data["username"]})
@@ -671,5 +678,35 @@ async fn a_disconnect_effect_closes_after_the_reply_and_no_hooks_means_unknown_p
     assert_eq!(
         next_json(&mut client).await["error"]["name"],
         "UnknownProcedureError"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_subscribe_and_publish_hooks_decide_channels() {
+    let app = Arc::new(ScriptedApp::default());
+    let worker = hooks_worker(&app, |layer| {
+        layer.hooks.hooks = Some(vec![HookKind::Subscribe, HookKind::Publish]);
+    });
+    let mut client = connect(&worker, sc(&worker), 1 << 16).await;
+    sc_handshake(&mut client, None).await;
+    let refused = sc_subscribe(&mut client, "secret", 2).await;
+    assert_eq!(
+        refused["error"]["name"], "ChannelForbiddenError",
+        "{refused}"
+    );
+    assert!(sc_subscribe(&mut client, "room", 3).await["error"].is_null());
+    send(
+        &mut client,
+        &json!({"event": "#publish", "data": {"channel": "room", "data": "hi"}, "cid": 4})
+            .to_string(),
+    )
+    .await;
+    // Acknowledged once the app allowed it (the stamped delivery travels
+    // through the master, which this test has not: the integration tests see it).
+    assert_eq!(next_json(&mut client).await, json!({"rid": 4}));
+    let seen: Vec<HookKind> = app.seen.lock().unwrap().iter().map(|s| s.0).collect();
+    assert_eq!(
+        seen,
+        [HookKind::Subscribe, HookKind::Subscribe, HookKind::Publish]
     );
 }
