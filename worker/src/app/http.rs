@@ -199,6 +199,151 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An app that answers `{"result": n}` for the n-th request on each
+    /// connection, closing each connection after `per_connection` answers;
+    /// returns its URL and the count of connections it accepted.
+    async fn app(per_connection: usize) -> (String, Arc<AtomicU64>) {
+        let (url, accepted, _) = app_counting(per_connection).await;
+        (url, accepted)
+    }
+
+    /// [`app`], also counting the requests answered.
+    async fn app_counting(per_connection: usize) -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let counting = accepted.clone();
+        let answering = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counting.fetch_add(1, Ordering::SeqCst);
+                let answering = answering.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut answered = 0;
+                    let mut chunk = [0u8; 4096];
+                    while answered < per_connection {
+                        let Ok(read) = stream.read(&mut chunk).await else {
+                            return;
+                        };
+                        if read == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..read]);
+                        // One whole request: head, then Content-Length bytes.
+                        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buffer.len() < end + 4 + length {
+                            continue;
+                        }
+                        buffer.drain(..end + 4 + length);
+                        answered += 1;
+                        answering.fetch_add(1, Ordering::SeqCst);
+                        let body = format!("{{\"result\":{answered}}}");
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted, requests)
+    }
+
+    fn hooks(url: String) -> HttpHooks {
+        let config = HooksConfig {
+            hook_url: Some(url),
+            hook_secret: vec!["s".into()],
+            ..HooksConfig::default()
+        };
+        HttpHooks::new(&config, 1, WorkerMetrics::new()).unwrap()
+    }
+
+    fn call() -> HookCall {
+        HookCall::new(HookKind::Rpc, serde_json::json!({"id": "s1"}))
+    }
+
+    #[tokio::test]
+    async fn calls_reuse_one_kept_alive_connection() {
+        let (url, accepted) = app(usize::MAX).await;
+        let hooks = hooks(url);
+        for n in 1..=3 {
+            let answer = hooks.call(call()).await.unwrap();
+            assert_eq!(answer.outcome, Ok(serde_json::json!(n)));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_app_closed_while_idle_is_replaced_without_failing_the_call() {
+        let (url, accepted) = app(1).await;
+        let hooks = hooks(url);
+        for _ in 1..=3 {
+            let answer = hooks.call(call()).await.unwrap();
+            assert_eq!(answer.outcome, Ok(serde_json::json!(1)));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn lifecycle_events_go_in_batches_of_at_most_one_hundred() {
+        let (url, _, requests) = app_counting(usize::MAX).await;
+        let config = HooksConfig {
+            hook_url: Some(url),
+            hook_secret: vec!["s".into()],
+            hooks: vec![HookKind::Lifecycle],
+            ..HooksConfig::default()
+        };
+        let metrics = WorkerMetrics::new();
+        let hooks = HttpHooks::new(&config, 1, metrics.clone()).unwrap();
+        for n in 0..150 {
+            hooks.lifecycle(LifecycleEvent {
+                kind: "connected",
+                socket: serde_json::json!({"id": n}),
+                at: String::new(),
+            });
+        }
+        let ok = || {
+            metrics
+                .hook_calls
+                .with_label_values(&["lifecycle", "ok"])
+                .get()
+        };
+        for _ in 0..100 {
+            if ok() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!((ok(), requests.load(Ordering::SeqCst)), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unavailable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        drop(listener);
+        let failure = hooks(url).call(call()).await.unwrap_err();
+        assert!(
+            matches!(failure, HookFailure::Unavailable(_)),
+            "{failure:?}"
+        );
+        assert_eq!(failure.name(), "HookUnavailableError");
+    }
 
     #[test]
     fn every_secret_signs_the_body_in_order() {

@@ -248,3 +248,37 @@ pub trait AppHooks: Send + Sync + 'static {
     /// implementation may batch, retry or drop; the default drops).
     fn lifecycle(&self, _event: LifecycleEvent) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read_whole_or_refused_whole() {
+        let ok =
+            HookAnswer::from_json(br#"{"result": {"a": 1}, "effects": [{"join": "c"}]}"#).unwrap();
+        assert_eq!(ok.outcome, Ok(serde_json::json!({"a": 1})));
+        assert_eq!(ok.effects.len(), 1);
+        let refused =
+            HookAnswer::from_json(br#"{"error": {"name": "LoginFailedError", "message": "no"}}"#)
+                .unwrap();
+        assert_eq!(refused.outcome.unwrap_err().name, "LoginFailedError");
+        assert_eq!(
+            HookAnswer::from_json(b"{}").unwrap().outcome,
+            Ok(Value::Null)
+        );
+        for (bad, says) in [
+            (&b"<html>"[..], "not JSON"),
+            (b"[1]", "not a JSON object"),
+            (br#"{"effects": {"join": "c"}}"#, "array"),
+            (
+                br#"{"result": 1, "effects": [{"join": "c"}, {"fly": 1}]}"#,
+                "effects[1]",
+            ),
+            (br#"{"error": 7}"#, "`error`"),
+        ] {
+            let error = HookAnswer::from_json(bad).expect_err("refused");
+            assert!(error.contains(says), "{error}");
+        }
+    }
+}
