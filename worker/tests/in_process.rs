@@ -10,7 +10,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sockhive_shared::config::{Config, ConfigLayer};
 use sockhive_shared::ipc::{self, ToMaster, ToWorker};
-use sockhive_worker::app::{AppHooks, Effect, HookAnswer, HookCall, HookFuture};
+use sockhive_worker::app::{
+    AppHooks, Effect, HookAnswer, HookCall, HookFailure, HookFuture, HookKind,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::task::JoinHandle;
@@ -27,12 +29,20 @@ struct Booted {
 }
 
 async fn boot(hooks: Option<Arc<dyn AppHooks>>) -> Booted {
+    boot_with(hooks, |_| {}).await
+}
+
+async fn boot_with(
+    hooks: Option<Arc<dyn AppHooks>>,
+    tune: impl FnOnce(&mut ConfigLayer),
+) -> Booted {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (mut master, worker_end) = UnixStream::pair().unwrap();
     let mut layer = ConfigLayer::default();
     layer.server.node_id = Some("in-process".into());
     layer.auth.auth_key = Some("k".into());
+    tune(&mut layer);
     let config = Config::resolve(layer).unwrap();
     let hello = ToWorker::Hello {
         slot: 1,
@@ -162,5 +172,68 @@ async fn an_embedding_program_answers_the_hooks_in_process() {
         next_json(&mut ws).await,
         json!({"rid": 3, "data": {"echo": [1], "user": {"id": "ada"}}})
     );
+    worker.shutdown.cancel();
+}
+
+/// An app whose `connect` hook refuses `mallory` and is down for `dave`.
+struct Gatekeeper;
+
+impl AppHooks for Gatekeeper {
+    fn call(&self, call: HookCall) -> HookFuture {
+        Box::pin(async move {
+            match call.socket["user"]["id"].as_str() {
+                Some("mallory") => Ok(HookAnswer::error("BannedError", "not today")),
+                Some("dave") => Err(HookFailure::Unavailable("the app is restarting".into())),
+                _ => Ok(HookAnswer::result(Value::Null)),
+            }
+        })
+    }
+}
+
+/// The raw HTTP answer to an upgrade with `?access_token=` for `user`.
+async fn upgrade_as(addr: SocketAddr, user: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let keys = sockhive_shared::jwt::JwtKeys::hs256("k").unwrap();
+    let Value::Object(claims) = json!({"sub": user}) else {
+        unreachable!()
+    };
+    let token = sockhive_shared::jwt::TokenSigner::new(&keys)
+        .unwrap()
+        .sign(
+            claims,
+            Duration::from_secs(60),
+            sockhive_worker::auth::now_unix(),
+        )
+        .unwrap();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /socketcluster/?access_token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}
+
+#[tokio::test]
+async fn at_the_upgrade_the_connect_hook_refuses_with_401_or_503_when_the_app_is_down() {
+    let worker = boot_with(Some(Arc::new(Gatekeeper)), |layer| {
+        layer.auth.require_auth = Some(true);
+        layer.auth.reject_at_upgrade = Some(true);
+        layer.hooks.hooks = Some(vec![HookKind::Connect]);
+    })
+    .await;
+    let refused = upgrade_as(worker.addr, "mallory").await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(refused.contains("BannedError"), "{refused}");
+    let down = upgrade_as(worker.addr, "dave").await;
+    assert!(down.starts_with("HTTP/1.1 503"), "{down}");
+    assert!(down.contains("Retry-After: 1"), "{down}");
+    assert!(down.contains("HookUnavailableError"), "{down}");
+    let welcome = upgrade_as(worker.addr, "alice").await;
+    assert!(welcome.starts_with("HTTP/1.1 101"), "{welcome}");
     worker.shutdown.cancel();
 }

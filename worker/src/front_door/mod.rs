@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sockhive_shared::http::{self, HeadError, RequestHead};
+use sockhive_shared::http::{self, HeadError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -19,9 +19,11 @@ use tokio_tungstenite::WebSocketStream;
 pub mod http_routes;
 pub mod upgrade;
 
+use crate::app::HookKind;
 use crate::auth::{Credential, PendingCredential};
 use crate::protocol::{socketcluster, socketio};
-use crate::socket::run_socket;
+use crate::socket::app_calls::ask_connect;
+use crate::socket::{run_socket, Admission, Admitted, Protocol};
 use crate::transport::{linger, Rewind, Upgraded, Ws};
 use crate::Worker;
 use upgrade::Rejection;
@@ -40,14 +42,14 @@ impl Drop for OpenConnection {
 
 /// A connection that became a WebSocket, with the protocol adapter its route chose.
 enum Handover {
-    SocketCluster(Ws, Upgraded, OpenConnection, PendingCredential),
-    SocketIo(
+    SocketCluster(
         Ws,
         Upgraded,
         OpenConnection,
-        PendingCredential,
-        socketio::SocketIo,
+        Admission,
+        socketcluster::SocketCluster,
     ),
+    SocketIo(Ws, Upgraded, OpenConnection, Admission, socketio::SocketIo),
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -60,12 +62,11 @@ pub async fn serve(ctx: Arc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let handover = Box::pin(front(ctx.clone(), stream, peer)).await;
     match handover {
         None => {}
-        Some(Handover::SocketCluster(ws, upgraded, _open, credential)) => {
-            let protocol = socketcluster::SocketCluster::new(&ctx.config.limits);
-            run_socket(ctx, ws, upgraded, credential, protocol).await
+        Some(Handover::SocketCluster(ws, upgraded, _open, admission, protocol)) => {
+            run_socket(ctx, ws, upgraded, admission, protocol).await
         }
-        Some(Handover::SocketIo(ws, upgraded, _open, credential, protocol)) => {
-            run_socket(ctx, ws, upgraded, credential, protocol).await
+        Some(Handover::SocketIo(ws, upgraded, _open, admission, protocol)) => {
+            run_socket(ctx, ws, upgraded, admission, protocol).await
         }
     }
 }
@@ -111,17 +112,19 @@ async fn front(ctx: Arc<Worker>, mut stream: TcpStream, peer: SocketAddr) -> Opt
             None
         }
         socketcluster::PATH => {
+            let protocol = socketcluster::SocketCluster::new(&ctx.config.limits);
             let upgraded = Upgraded {
                 head,
                 peer,
                 started,
             };
-            let (ws, open, credential) = upgrade(&ctx, stream, rest, &upgraded).await?;
+            let (ws, open, admission) = upgrade(&ctx, stream, rest, &upgraded, &protocol).await?;
             Some(Handover::SocketCluster(
                 ws,
                 slimmed(upgraded),
                 open,
-                credential,
+                admission,
+                protocol,
             ))
         }
         socketio::PATH => {
@@ -140,12 +143,12 @@ async fn front(ctx: Arc<Worker>, mut stream: TcpStream, peer: SocketAddr) -> Opt
                 peer,
                 started,
             };
-            let (ws, open, credential) = upgrade(&ctx, stream, rest, &upgraded).await?;
+            let (ws, open, admission) = upgrade(&ctx, stream, rest, &upgraded, &protocol).await?;
             Some(Handover::SocketIo(
                 ws,
                 slimmed(upgraded),
                 open,
-                credential,
+                admission,
                 protocol,
             ))
         }
@@ -165,21 +168,53 @@ fn slimmed(mut upgraded: Upgraded) -> Upgraded {
 }
 
 /// Starts deciding the upgrade's credential. With `--reject-at-upgrade` it is
-/// decided here and a connection without a valid one gets 401 (and `None`).
-/// Called after the origin check: a cross-site page never gets to touch a session.
-pub async fn credential_for_upgrade(
+/// decided here, and so is the app's `connect` hook: a connection without a
+/// valid credential gets 401, one the app refuses gets 401 with the app's
+/// error, and one the app cannot answer for gets 503 with `Retry-After` (and
+/// `None`). Called after the origin check: a cross-site page never gets to
+/// touch a session.
+pub async fn credential_for_upgrade<P: Protocol>(
     ctx: &Arc<Worker>,
     stream: &mut TcpStream,
-    head: &RequestHead,
-) -> Option<PendingCredential> {
-    let pending = PendingCredential::start(&ctx.credentials, head);
+    upgraded: &Upgraded,
+    protocol: &P,
+) -> Option<Admission> {
+    let pending = PendingCredential::start(&ctx.credentials, &upgraded.head);
     if !(ctx.config.auth.require_auth && ctx.config.auth.reject_at_upgrade) {
-        return Some(pending);
+        return Some(pending.into());
     }
     match pending.resolve().await {
-        Credential::Accepted(identity) => Some(PendingCredential::Ready(Box::new(
-            Credential::Accepted(identity),
-        ))),
+        Credential::Accepted(identity) => {
+            let mut admitted = None;
+            if ctx.hook_on(HookKind::Connect) {
+                let socket_id = protocol.new_socket_id();
+                let asked = ask_connect(
+                    ctx,
+                    P::NAME,
+                    &socket_id,
+                    upgraded.peer,
+                    Some(&identity.claims),
+                    identity.session.as_ref().map(|s| s.sid.clone()),
+                )
+                .await;
+                match asked {
+                    Ok(effects) => admitted = Some(Admitted { socket_id, effects }),
+                    Err(refusal) => {
+                        let rejection = if refusal.server_fault() {
+                            Rejection::Unavailable(refusal.name, refusal.message)
+                        } else {
+                            Rejection::Unauthorized(refusal.name, refusal.message)
+                        };
+                        refuse(ctx, stream, rejection).await;
+                        return None;
+                    }
+                }
+            }
+            Some(Admission {
+                credential: PendingCredential::Ready(Box::new(Credential::Accepted(identity))),
+                admitted,
+            })
+        }
         Credential::Refused(refusal) => {
             refuse(
                 ctx,
@@ -207,12 +242,13 @@ pub async fn credential_for_upgrade(
 /// Runs the upgrade checks and, when they pass, answers 101 and wraps the stream.
 /// The returned guard keeps the connection counted until the socket ends; the
 /// credential is the upgrade's (possibly still being decided).
-async fn upgrade(
+async fn upgrade<P: Protocol>(
     ctx: &Arc<Worker>,
     mut stream: TcpStream,
     rest: Vec<u8>,
     upgraded: &Upgraded,
-) -> Option<(Ws, OpenConnection, PendingCredential)> {
+    protocol: &P,
+) -> Option<(Ws, OpenConnection, Admission)> {
     let checks = (|| {
         upgrade::check_origin(&upgraded.head, &ctx.config.server.allowed_origin)?;
         let accept = upgrade::accept_key(&upgraded.head)?;
@@ -236,7 +272,7 @@ async fn upgrade(
         }
     };
     let guard = OpenConnection(ctx.clone());
-    let credential = credential_for_upgrade(ctx, &mut stream, &upgraded.head).await?;
+    let admission = credential_for_upgrade(ctx, &mut stream, upgraded, protocol).await?;
     if stream
         .write_all(&upgrade::switching_protocols(&accept))
         .await
@@ -250,7 +286,7 @@ async fn upgrade(
         Some(websocket_config(ctx)),
     )
     .await;
-    Some((ws, guard, credential))
+    Some((ws, guard, admission))
 }
 
 /// The WebSocket limits of every socket: frame and message capped at `max_payload`.

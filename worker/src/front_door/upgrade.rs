@@ -35,6 +35,10 @@ pub enum Rejection {
     /// `--reject-at-upgrade`: no valid credential at the upgrade (401).
     #[error("{0}: {1}")]
     Unauthorized(std::borrow::Cow<'static, str>, String),
+    /// `--reject-at-upgrade`: the app's `connect` hook did not answer (503,
+    /// `Retry-After`): the app is down, not the credential bad.
+    #[error("{0}: {1}")]
+    Unavailable(std::borrow::Cow<'static, str>, String),
     /// The worker is at `max_connections` (503).
     #[error("worker is at its connection limit")]
     MaxConnections,
@@ -52,7 +56,7 @@ impl Rejection {
             Rejection::NotFound(_) => "not_found",
             Rejection::Origin(_) => "origin",
             Rejection::MaxConnections => "max_connections",
-            Rejection::Unauthorized(..) => "auth",
+            Rejection::Unauthorized(..) | Rejection::Unavailable(..) => "auth",
         }
     }
 
@@ -72,6 +76,10 @@ impl Rejection {
             Rejection::Origin(_) => Response::text(403, format!("{self}\n")),
             Rejection::Unauthorized(name, message) => {
                 Response::json(401, &serde_json::json!({"error": name, "message": message}))
+            }
+            Rejection::Unavailable(name, message) => {
+                Response::json(503, &serde_json::json!({"error": name, "message": message}))
+                    .with_header("Retry-After", "1")
             }
             Rejection::MaxConnections => {
                 Response::text(503, format!("{self}\n")).with_header("Retry-After", "1")

@@ -4,20 +4,26 @@
 //! `--hook-queue` bounds what one socket may have waiting; beyond it a call
 //! is answered at once (`HookUnavailableError`) and counted.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sockhive_shared::channel_rules::ChannelAction;
 use tokio::time::Instant;
 
 use super::membership::{ChannelRefusal, Membership};
 use super::protocol::{AppEvent, Protocol, ReplyError, ReplyTo};
 use super::{CloseReason, Socket};
-use crate::app::{HookAnswer, HookCall, HookFailure, HookFuture, HookKind};
+use crate::app::{Effect, HookAnswer, HookCall, HookFailure, HookFuture, HookKind};
+use crate::auth::{Method, Refusal};
+use crate::hub::outbox::outbox;
+use crate::hub::registry::SocketEntry;
 use crate::transport::Transport;
+use crate::Worker;
 
 /// The `connect` hook's time limit never exceeds this: a handshake waits on it.
 pub const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(1);
@@ -133,6 +139,62 @@ pub fn bounded(answer: HookFuture, limit: Duration) -> HookFuture {
         tokio::time::timeout(limit, answer)
             .await
             .unwrap_or(Err(HookFailure::Timeout))
+    })
+}
+
+/// Asks the app's `connect` hook about a socket about to exist (`id`,
+/// logged in with `claims`): its effects, to apply once it exists, or the
+/// refusal its client gets (the app's error, or `HookTimeoutError` /
+/// `HookUnavailableError`, which count as the server's fault).
+pub async fn ask_connect(
+    worker: &Worker,
+    protocol: &'static str,
+    id: &str,
+    peer: SocketAddr,
+    claims: Option<&Map<String, Value>>,
+    web_session: Option<String>,
+) -> Result<Vec<Effect>, Refusal> {
+    let Some(app) = worker.app.clone() else {
+        return Ok(Vec::new());
+    };
+    let (outbox, _) = outbox(0);
+    let entry = SocketEntry::new(protocol, peer, outbox, claims, web_session);
+    let record = worker.sockets.record(id, &entry);
+    drop(entry);
+    let limit = worker.config.hooks.hook_timeout.min(CONNECT_TIMEOUT_CAP);
+    let started = Instant::now();
+    let answer = bounded(app.call(HookCall::new(HookKind::Connect, record)), limit).await;
+    let (outcome, result) = match answer {
+        Ok(HookAnswer {
+            outcome: Ok(_),
+            effects,
+        }) => ("ok", Ok(effects)),
+        Ok(HookAnswer {
+            outcome: Err(error),
+            ..
+        }) => (
+            "error",
+            Err((Cow::Owned(error.name), error.message, "hook_refused")),
+        ),
+        Err(failure) => (
+            failure.outcome(),
+            Err((
+                Cow::Borrowed(failure.name()),
+                failure.message(HookKind::Connect),
+                "hook_unavailable",
+            )),
+        ),
+    };
+    worker
+        .metrics
+        .hook_call(HookKind::Connect.as_str(), outcome, started.elapsed());
+    result.map_err(|(name, message, reason)| Refusal {
+        method: Method::Token,
+        name,
+        message,
+        reason,
+        fields: Box::default(),
+        bad_token: false,
     })
 }
 

@@ -30,7 +30,6 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +49,7 @@ pub use protocol::{
     AppEvent, HandshakeLogin, HandshakeToken, Protocol, ReplyError, ReplyTo, SocketEvent,
 };
 
-use crate::app::{HookAnswer, HookCall, LifecycleEvent};
+use crate::app::LifecycleEvent;
 use crate::auth::{Credential, Method, PendingCredential, Refusal};
 use crate::hub::outbox::{outbox, Inbox, Outbound, Outbox};
 use crate::hub::registry::{login_view, SocketEntry};
@@ -100,9 +99,38 @@ struct Socket<P: Protocol, S: Transport> {
     calls: Option<Box<app_calls::AppCalls>>,
     /// The upgrade's credential, resolved at the protocol handshake.
     upgrade_credential: Option<PendingCredential>,
+    /// The `connect` hook's effects when it was asked at the upgrade.
+    admitted: Option<Box<Vec<crate::app::Effect>>>,
     peer: SocketAddr,
     /// When the upgrade request began, for handshake latency.
     started: std::time::Instant,
+}
+
+/// How a connection was let in: its credential (possibly still being
+/// resolved) and, when the front door already asked the app's `connect` hook
+/// (`--reject-at-upgrade`), the socket id the app saw and its effects.
+pub struct Admission {
+    /// The upgrade's credential.
+    pub credential: PendingCredential,
+    /// The `connect` hook's answer at the upgrade.
+    pub admitted: Option<Admitted>,
+}
+
+/// The `connect` hook answered before the upgrade.
+pub struct Admitted {
+    /// The id the hook saw; the socket keeps it.
+    pub socket_id: String,
+    /// Applied once the socket exists.
+    pub effects: Vec<crate::app::Effect>,
+}
+
+impl From<PendingCredential> for Admission {
+    fn from(credential: PendingCredential) -> Admission {
+        Admission {
+            credential,
+            admitted: None,
+        }
+    }
 }
 
 /// Serves one upgraded connection with `protocol` until it ends.
@@ -110,13 +138,21 @@ pub async fn run_socket<P: Protocol, S: Transport>(
     worker: Arc<Worker>,
     ws: Ws<S>,
     upgraded: Upgraded,
-    credential: PendingCredential,
+    admission: Admission,
     protocol: P,
 ) {
+    let Admission {
+        credential,
+        admitted,
+    } = admission;
+    let (id, admitted) = match admitted {
+        Some(Admitted { socket_id, effects }) => (socket_id, Some(Box::new(effects))),
+        None => (protocol.new_socket_id(), None),
+    };
     let (outbox, inbox) = outbox(worker.config.limits.max_send_queue as usize);
     let sent = worker.metrics.messages.with_label_values(&["out"]);
     let mut socket = Socket {
-        id: protocol.new_socket_id().into(),
+        id: id.into(),
         heartbeat: Heartbeat::new(protocol.heartbeat()),
         out: Out::new(inbox.budget().clone(), sent),
         worker: worker.clone(),
@@ -129,6 +165,7 @@ pub async fn run_socket<P: Protocol, S: Transport>(
         rule_record: None,
         calls: None,
         upgrade_credential: Some(credential),
+        admitted,
         peer: upgraded.peer,
         started: upgraded.started,
     };
@@ -485,14 +522,17 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
         // The app's `connect` hook has the last word on who the socket is.
         let mut refusal = refusal;
         let mut connect_effects = Vec::new();
-        if worker.hook_on(HookKind::Connect) {
-            match self.connect_hook().await {
+        match self.admitted.take() {
+            // Asked at the upgrade already (`--reject-at-upgrade`).
+            Some(effects) => connect_effects = *effects,
+            None if worker.hook_on(HookKind::Connect) => match self.connect_hook().await {
                 Ok(effects) => connect_effects = effects,
                 Err(refused) => {
                     self.login.clear(&worker);
                     refusal = Some(refused);
                 }
-            }
+            },
+            None => {}
         }
         let authenticated = self.login.is_authenticated();
         let handshakes = &worker.metrics.handshakes;
@@ -543,59 +583,15 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
     /// Asks the app's `connect` hook about the socket about to exist: its
     /// effects (applied once it exists), or the refusal the client gets.
     async fn connect_hook(&mut self) -> Result<Vec<crate::app::Effect>, Refusal> {
-        let worker = self.worker.clone();
-        let Some(app) = worker.app.clone() else {
-            return Ok(Vec::new());
-        };
-        let entry = SocketEntry::new(
+        app_calls::ask_connect(
+            &self.worker,
             P::NAME,
+            &self.id,
             self.peer,
-            self.outbox.clone(),
             self.login.claims(),
             self.login.web_session(),
-        );
-        let record = worker.sockets.record(&self.id, &entry);
-        drop(entry);
-        let limit = worker
-            .config
-            .hooks
-            .hook_timeout
-            .min(app_calls::CONNECT_TIMEOUT_CAP);
-        let started = Instant::now();
-        let answer =
-            app_calls::bounded(app.call(HookCall::new(HookKind::Connect, record)), limit).await;
-        let (outcome, result) = match answer {
-            Ok(HookAnswer {
-                outcome: Ok(_),
-                effects,
-            }) => ("ok", Ok(effects)),
-            Ok(HookAnswer {
-                outcome: Err(error),
-                ..
-            }) => (
-                "error",
-                Err((Cow::Owned(error.name), error.message, "hook_refused")),
-            ),
-            Err(failure) => (
-                failure.outcome(),
-                Err((
-                    Cow::Borrowed(failure.name()),
-                    failure.message(HookKind::Connect),
-                    "hook_unavailable",
-                )),
-            ),
-        };
-        worker
-            .metrics
-            .hook_call(HookKind::Connect.as_str(), outcome, started.elapsed());
-        result.map_err(|(name, message, reason)| Refusal {
-            method: Method::Token,
-            name,
-            message,
-            reason,
-            fields: Box::default(),
-            bad_token: false,
-        })
+        )
+        .await
     }
 
     async fn on_authenticate(&mut self, token: &str, reply: ReplyTo) -> Option<CloseReason> {
