@@ -99,8 +99,9 @@ struct Socket<P: Protocol, S: Transport> {
     calls: Option<Box<app_calls::AppCalls>>,
     /// The upgrade's credential, resolved at the protocol handshake.
     upgrade_credential: Option<PendingCredential>,
-    /// The `connect` hook's effects when it was asked at the upgrade.
-    admitted: Option<Box<Vec<crate::app::Effect>>>,
+    /// The `connect` hook's answer when it was asked at the upgrade (boxed:
+    /// rare, and every idle socket would carry it).
+    admitted: Option<Box<Admitted>>,
     peer: SocketAddr,
     /// When the upgrade request began, for handshake latency.
     started: std::time::Instant,
@@ -146,7 +147,10 @@ pub async fn run_socket<P: Protocol, S: Transport>(
         admitted,
     } = admission;
     let (id, admitted) = match admitted {
-        Some(Admitted { socket_id, effects }) => (socket_id, Some(Box::new(effects))),
+        Some(mut admitted) => (
+            std::mem::take(&mut admitted.socket_id),
+            Some(Box::new(admitted)),
+        ),
         None => (protocol.new_socket_id(), None),
     };
     let (outbox, inbox) = outbox(worker.config.limits.max_send_queue as usize);
@@ -524,7 +528,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
         let mut connect_effects = Vec::new();
         match self.admitted.take() {
             // Asked at the upgrade already (`--reject-at-upgrade`).
-            Some(effects) => connect_effects = *effects,
+            Some(admitted) => connect_effects = admitted.effects,
             None if worker.hook_on(HookKind::Connect) => match self.connect_hook().await {
                 Ok(effects) => connect_effects = effects,
                 Err(refused) => {

@@ -102,7 +102,7 @@ async fn connect<P: Protocol>(worker: &Arc<Worker>, protocol: P, pipe: usize) ->
         worker.clone(),
         ws,
         upgraded,
-        credential,
+        credential.into(),
         protocol,
     ));
     WebSocketStream::from_raw_socket(client, Role::Client, None).await
