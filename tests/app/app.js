@@ -14,6 +14,7 @@
 
 const path = require('path');
 const http = require('http');
+const crypto = require('crypto');
 const { createRequire } = require('module');
 
 // The pinned packages live in ../js/node_modules (one lockfile for all JS the
@@ -80,6 +81,8 @@ function parseConfig(env) {
     maxAgeMs = Number(env.SESSION_MAX_AGE_MS);
     if (!Number.isInteger(maxAgeMs) || maxAgeMs <= 0) fail('SESSION_MAX_AGE_MS must be a positive integer');
   }
+  const hookDelayMs = env.HOOK_DELAY_MS == null || env.HOOK_DELAY_MS === '' ? 0 : Number(env.HOOK_DELAY_MS);
+  if (!Number.isInteger(hookDelayMs) || hookDelayMs < 0) fail('HOOK_DELAY_MS must be a non-negative integer');
   return {
     redisUrl: env.REDIS_URL,
     host: env.HOST || '127.0.0.1',
@@ -91,6 +94,9 @@ function parseConfig(env) {
     maxAgeMs,
     users: parseUsers(env.USERS),
     exitOnStdinClose: env.EXIT_ON_STDIN_CLOSE !== '0',
+    hookSecrets: (env.HOOK_SECRETS == null ? 'hook-secret' : env.HOOK_SECRETS).split(',').filter((s) => s !== ''),
+    hookDelayMs,
+    banned: (env.BANNED_USERS == null ? 'carol' : env.BANNED_USERS).split(',').filter((s) => s !== ''),
   };
 }
 
@@ -127,6 +133,229 @@ function makePassport(config) {
   return passport;
 }
 
+// ---------------------------------------------------------------------------
+// sockhive app hooks: the application answers its sockets.
+//
+// sockhive POSTs {hook, socket, name, data, args, channel} to /sockhive/<hook>
+// (socket = the socket's record: id, logged_in, user, auth, channels, session,
+// ...). The answer is {result} or {error: {name, message}}, plus optional
+// "effects" sockhive applies before the client hears the reply. This section is
+// what sockhive's README shows as the migration example.
+
+// sockhive signs every request body with each secret it holds (rotation):
+// X-Sockhive-Signature: sha256=<hex>,sha256=<hex>. Any match with a secret we
+// know is enough; anything else is refused before the body is looked at.
+function verifySockhiveSignature(secrets) {
+  return (req, res, next) => {
+    const sent = (req.get('X-Sockhive-Signature') || '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s.startsWith('sha256='))
+      .map((s) => Buffer.from(s.slice('sha256='.length), 'hex'));
+    const valid =
+      req.rawBody !== undefined &&
+      secrets.some((secret) => {
+        const expected = crypto.createHmac('sha256', secret).update(req.rawBody).digest();
+        return sent.some((sig) => sig.length === expected.length && crypto.timingSafeEqual(sig, expected));
+      });
+    if (!valid) return res.status(401).json({ error: { name: 'BadSignatureError', message: 'bad or missing signature' } });
+    next();
+  };
+}
+
+function sockhiveHooks({ passport, users, secrets, banned, store }) {
+  const hooks = express.Router();
+  // Keep the raw bytes: the signature is over the body exactly as sent.
+  hooks.use(express.json({ limit: '2mb', verify: (req, _res, buf) => { req.rawBody = buf; } }));
+  hooks.use(verifySockhiveSignature(secrets));
+
+  // The same passport-local strategy the /login form uses, without a session.
+  const checkPassword = (credentials) =>
+    new Promise((resolve, reject) => {
+      const req = { body: credentials || {}, query: {} };
+      passport.authenticate('local', { session: false }, (err, user) => (err ? reject(err) : resolve(user)))(req, {}, reject);
+    });
+
+  // rpc: SocketCluster invoke(name, data); Socket.IO emit(name, ...args, ack).
+  const procedures = {
+    // SocketCluster's auth guide: socket.procedure('login') + socket.setAuthToken().
+    async login({ data }) {
+      const user = await checkPassword(data);
+      if (!user) return { error: { name: 'LoginFailedError', message: 'Invalid username or password' } };
+      return {
+        result: { username: user.username },
+        effects: [{ set_auth_token: { sub: user.id, username: user.username, user } }],
+      };
+    },
+    async logout() {
+      return { result: true, effects: [{ deauthenticate: true }] };
+    },
+    // A socket.io chat: socket.on('chat message', (text, ack) => ...).
+    async 'chat message'({ socket, data: text }) {
+      if (!socket.logged_in) return { error: { name: 'NotLoggedInError', message: 'log in to chat' } };
+      const message = { id: store.messages.length + 1, from: socket.user.id, text };
+      store.messages.push(message);
+      return {
+        result: { ok: true, id: message.id },
+        effects: [{ emit: { to: { channel: 'room:lobby' }, event: 'chat message', data: { from: message.from, text } } }],
+      };
+    },
+    ...testProcedures(store),
+  };
+
+  hooks.post('/rpc', async (req, res) => {
+    const { name } = req.body;
+    if (!Object.hasOwn(procedures, name)) {
+      return res.json({ error: { name: 'UnknownProcedureError', message: `no procedure ${name}` } });
+    }
+    res.json(await procedures[name](req.body));
+  });
+
+  // event: SocketCluster transmit(name, data); Socket.IO emit(name, ...args)
+  // without an ack. One socket's calls arrive one at a time, in order.
+  hooks.post('/event', (req, res) => {
+    const { socket, name, data } = req.body;
+    if (name === 'note') store.notes.push({ socket: socket.id, data });
+    res.json({ result: true });
+  });
+
+  // Channels whose rule says "hook" (or any channel no rule decides, with
+  // --hooks subscribe,publish): rooms are for logged-in users, and a message
+  // published to a room carries its sender.
+  hooks.post('/subscribe', (req, res) => {
+    const { socket, channel } = req.body;
+    if (channel.startsWith('room:') && socket.logged_in) return res.json({ result: true });
+    res.json({ error: { name: 'ChannelForbiddenError', message: `you may not subscribe to ${channel}` } });
+  });
+  hooks.post('/publish', (req, res) => {
+    const { socket, channel, data } = req.body;
+    if (channel.startsWith('room:') && socket.logged_in) return res.json({ result: { data: { from: socket.user.id, text: data } } });
+    res.json({ error: { name: 'ChannelForbiddenError', message: `you may not publish to ${channel}` } });
+  });
+
+  // connect: before the socket exists; an error refuses its credential.
+  hooks.post('/connect', (req, res) => {
+    const { user } = req.body.socket;
+    const account = user && users.find((u) => String(u.id) === String(user.id));
+    if (account && banned.includes(account.username)) {
+      return res.json({ error: { name: 'BannedError', message: `${account.username} is banned` } });
+    }
+    res.json({ result: true });
+  });
+
+  // lifecycle: batches of {type: "connected"|"disconnected", socket, at}.
+  hooks.post('/lifecycle', (req, res) => {
+    store.lifecycle.push(...req.body.events);
+    res.json({ result: true });
+  });
+
+  hooks.use((req, res) => res.status(404).json({ error: { name: 'UnknownHookError', message: `no hook ${req.path}` } }));
+  return hooks;
+}
+
+// Procedures only the tests use (each sockhive effect, a slow answer).
+function testProcedures(store) {
+  return {
+    async whoami({ socket }) {
+      return { result: socket };
+    },
+    async echo({ data, args }) {
+      return { result: { data, args } };
+    },
+    async sleep({ data }) {
+      const ms = Number((data && data.ms) || 0);
+      await new Promise((resolve) => setTimeout(resolve, ms));
+      return { result: { slept: ms } };
+    },
+    async fail({ data }) {
+      return { error: { name: (data && data.name) || 'TestError', message: (data && data.message) || 'failed on purpose' } };
+    },
+    async 'join-room'({ data }) {
+      const channel = `room:${data.room}`;
+      return { result: { joined: channel }, effects: [{ join: channel }] };
+    },
+    async 'leave-room'({ data }) {
+      const channel = `room:${data.room}`;
+      return { result: { left: channel }, effects: [{ leave: channel }] };
+    },
+    async 'set-session'({ data }) {
+      return { result: true, effects: [{ set_session: data }] };
+    },
+    async 'emit-self'({ data }) {
+      return { result: true, effects: [{ emit: { to: 'self', event: data.event || 'notice', data: data.data } }] };
+    },
+    async 'emit-user'({ data }) {
+      return { result: true, effects: [{ emit: { to: { user: data.user }, event: data.event || 'notice', data: data.data } }] };
+    },
+    async 'emit-filter'({ data }) {
+      return { result: true, effects: [{ emit: { to: { filter: data.filter }, event: data.event || 'notice', data: data.data } }] };
+    },
+    async 'kick-me'({ data }) {
+      const { code = 4000, reason = 'kicked by the app' } = data || {};
+      return { result: true, effects: [{ disconnect: { code, reason } }] };
+    },
+    async 'set-token'({ data }) {
+      const effect = { set_auth_token: data.claims };
+      if (data.expires_in) effect.expires_in = data.expires_in;
+      return { result: true, effects: [effect] };
+    },
+    // Counts the notes this socket sent so far (an rpc after N events sees all N).
+    async 'count-notes'({ socket }) {
+      return { result: store.notes.filter((n) => n.socket === socket.id).length };
+    },
+  };
+}
+
+// What the tests read back about the hook calls (not part of the example):
+// every call's status, signature header, event id and body, plus a delay put
+// in front of every hook (HOOK_DELAY_MS, or POST /hook-delay {ms}).
+function hookInstrumentation(store) {
+  return (req, res, next) => {
+    const started = Date.now();
+    res.on('finish', () => {
+      const hook = req.path.replace(/^\//, '');
+      if (res.statusCode === 401) store.refused += 1;
+      else store.calls[hook] = (store.calls[hook] || 0) + 1;
+      const eventId = req.get('X-Sockhive-Event-Id') || null;
+      if (eventId === null) store.missingEventId += 1;
+      store.requests.push({
+        hook,
+        status: res.statusCode,
+        signature: req.get('X-Sockhive-Signature') || null,
+        contentType: req.get('Content-Type') || null,
+        eventId,
+        ms: Date.now() - started,
+        body: req.body === undefined ? null : req.body,
+        raw: req.rawBody === undefined ? null : req.rawBody.toString('utf8'),
+      });
+      if (store.requests.length > 200) store.requests.splice(0, store.requests.length - 200);
+    });
+    if (store.delayMs > 0) setTimeout(next, store.delayMs);
+    else next();
+  };
+}
+
+function testRoutes(store) {
+  const routes = express.Router();
+  routes.get('/hook-stats', (req, res) => {
+    res.json({ refused: store.refused, calls: store.calls, missingEventId: store.missingEventId, delayMs: store.delayMs });
+  });
+  routes.get('/hook-log', (req, res) => res.json(store.notes));
+  routes.get('/hook-lifecycle', (req, res) => res.json(store.lifecycle));
+  routes.get('/hook-requests', (req, res) => {
+    const hook = req.query.hook;
+    res.json(hook ? store.requests.filter((r) => r.hook === hook) : store.requests);
+  });
+  routes.get('/messages', (req, res) => res.json(store.messages));
+  routes.post('/hook-delay', express.json(), (req, res) => {
+    const ms = Number(req.body && req.body.ms);
+    if (!Number.isInteger(ms) || ms < 0) return res.status(400).json({ ok: false, error: 'ms must be a non-negative integer' });
+    store.delayMs = ms;
+    res.json({ ok: true, delayMs: ms });
+  });
+  return routes;
+}
+
 function buildApp(config, redis) {
   const store = new RedisStore({ client: redis, prefix: config.prefix });
   const passport = makePassport(config);
@@ -134,6 +363,19 @@ function buildApp(config, redis) {
   if (config.maxAgeMs != null) cookie.maxAge = config.maxAgeMs;
 
   const app = express();
+
+  // sockhive's hook calls carry no cookie: mount them before the session.
+  const hookStore = {
+    messages: [], notes: [], lifecycle: [], requests: [],
+    calls: {}, refused: 0, missingEventId: 0, delayMs: config.hookDelayMs,
+  };
+  app.use(
+    '/sockhive',
+    hookInstrumentation(hookStore),
+    sockhiveHooks({ passport, users: config.users, secrets: config.hookSecrets, banned: config.banned, store: hookStore })
+  );
+  app.use(testRoutes(hookStore));
+
   app.use(
     session({
       store,

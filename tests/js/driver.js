@@ -87,6 +87,19 @@
 //             fires `count` invokes of `event` with data {"n": i, "pad": "a" x bytes}
 //             without waiting for their replies (replies and errors are ignored);
 //             replies once all are handed to the client.
+// sc.login {client, event?="login", data, timeoutMs?} -> {result, authToken,
+//             signedAuthToken}: SocketCluster's documented login pattern,
+//             Promise.all([socket.invoke(event, data), socket.listener('authenticate').once()]);
+//             error = the invoke's rejection (the server's error name) or a timeout.
+// sc.reconnect {client, timeoutMs?} -> the `connect` status (as sc.connect) after
+//             socket.reconnect(): the same client (and its stored token) connects again.
+// sc.invokeBurst {client, event, count, data, timeoutMs?} -> {ok, errors: {<name>: n},
+//             elapsedMs, lastErrorMs, lastOkMs}: fires `count` invokes of `event`
+//             with the same data at once and waits until every one settled
+//             (timeoutMs = each invoke's ackTimeout, default 30000); *Ms are
+//             measured from the first invoke.
+// sc.transmitMany {client, event, count, data?} -> null: transmits `event` `count`
+//             times at once, with data {"n": 1..count, ...data}.
 // sc.pauseReading {client} -> {bytesRead} stops reading the connection: pauses the
 //             ws WebSocket (socket.transport.socket.pause(), which pauses its
 //             net.Socket) so the kernel buffers fill and the server's writes back up,
@@ -115,6 +128,8 @@
 // io.emit {client, event, args?:[..], ack?:false, timeoutMs?} -> ack ? [ack args] : null
 //             (ack timeout -> error from the client, name "Error", message
 //             "operation has timed out").
+// io.emitWithAck {client, event, args?:[..], timeoutMs?} -> the ack's first argument,
+//             through the client's own socket.timeout(ms).emitWithAck(event, ...args).
 // io.disconnect {client} -> {connected}
 // io.state {client} -> {connected, disconnected, active, id, recovered}
 //   io.connect also takes elide?: N (see sc.connect) for this client's receive events,
@@ -602,6 +617,68 @@ async function scDeauthenticate(cmd) {
   return null;
 }
 
+function scLogin(cmd) {
+  const entry = getSc(cmd);
+  const { socket } = entry;
+  const event = typeof cmd.event === 'string' && cmd.event !== '' ? cmd.event : 'login';
+  const opts = {};
+  if (typeof cmd.timeoutMs === 'number') opts.ackTimeout = cmd.timeoutMs;
+  const ackMs = opts.ackTimeout ?? socket.ackTimeout;
+  // As SocketCluster's authentication guide writes it.
+  const login = Promise.all([socket.invoke(event, cmd.data, opts), socket.listener('authenticate').once()])
+    .then(([result, status]) => ({ result, authToken: status.authToken ?? null, signedAuthToken: status.signedAuthToken ?? null }));
+  return withTimeout(Promise.race([login, entry.closed]), ackMs + 2000, 'sc.login');
+}
+
+function scReconnect(cmd) {
+  const entry = getSc(cmd);
+  const { socket } = entry;
+  const connected = socket.listener('connect').once();
+  socket.reconnect();
+  return withTimeout(Promise.race([connected, entry.closed]), waitMsOf(cmd), 'sc.reconnect')
+    .then((status) => ({ ...SC_EVENT_PAYLOAD.connect(status || {}), socketId: socket.id }));
+}
+
+function scInvokeBurst(cmd) {
+  const { socket } = getSc(cmd);
+  const event = requireString(cmd, 'event');
+  const count = Number.isInteger(cmd.count) && cmd.count > 0 ? cmd.count : 1;
+  const ackTimeout = typeof cmd.timeoutMs === 'number' ? cmd.timeoutMs : 30000;
+  const tally = { ok: 0, errors: {}, elapsedMs: 0, lastErrorMs: null, lastOkMs: null };
+  const started = Date.now();
+  const calls = [];
+  for (let n = 0; n < count; n++) {
+    calls.push(
+      socket.invoke(event, cmd.data, { ackTimeout }).then(
+        () => {
+          tally.ok += 1;
+          tally.lastOkMs = Date.now() - started;
+        },
+        (err) => {
+          const name = (err && err.name) || 'Error';
+          tally.errors[name] = (tally.errors[name] || 0) + 1;
+          tally.lastErrorMs = Date.now() - started;
+        }
+      )
+    );
+  }
+  return withTimeout(Promise.all(calls), ackTimeout + 2000, 'sc.invokeBurst').then(() => {
+    tally.elapsedMs = Date.now() - started;
+    return tally;
+  });
+}
+
+async function scTransmitMany(cmd) {
+  const { socket } = getSc(cmd);
+  const event = requireString(cmd, 'event');
+  const count = Number.isInteger(cmd.count) && cmd.count > 0 ? cmd.count : 1;
+  const extra = cmd.data && typeof cmd.data === 'object' ? cmd.data : {};
+  const sent = [];
+  for (let n = 1; n <= count; n++) sent.push(socket.transmit(event, { ...extra, n }));
+  await Promise.all(sent);
+  return null;
+}
+
 function scDisconnect(cmd) {
   const { socket } = getSc(cmd);
   socket.disconnect(typeof cmd.code === 'number' ? cmd.code : 1000, cmd.reason);
@@ -785,6 +862,14 @@ function ioEmit(cmd) {
     socket.timeout(ms).emit(event, ...args, (err, ...ackArgs) => (err ? reject(err) : resolve(ackArgs)));
   });
   return withTimeout(acked, ms + 2000, 'io.emit');
+}
+
+function ioEmitWithAck(cmd) {
+  const { socket } = getIo(cmd);
+  const event = requireString(cmd, 'event');
+  const args = Array.isArray(cmd.args) ? cmd.args : cmd.args === undefined ? [] : [cmd.args];
+  const ms = waitMsOf(cmd);
+  return withTimeout(socket.timeout(ms).emitWithAck(event, ...args), ms + 2000, 'io.emitWithAck');
 }
 
 function ioDisconnect(cmd) {
@@ -973,6 +1058,10 @@ const OPS = {
   'sc.authenticate': scAuthenticate,
   'sc.deauthenticate': scDeauthenticate,
   'sc.disconnect': scDisconnect,
+  'sc.login': scLogin,
+  'sc.reconnect': scReconnect,
+  'sc.invokeBurst': scInvokeBurst,
+  'sc.transmitMany': scTransmitMany,
   'sc.invokeMany': scInvokeMany,
   'sc.pauseReading': scPauseReading,
   'sc.resumeReading': scResumeReading,
@@ -980,6 +1069,7 @@ const OPS = {
   'io.connect': ioConnect,
   'io.listen': ioListen,
   'io.emit': ioEmit,
+  'io.emitWithAck': ioEmitWithAck,
   'io.disconnect': ioDisconnect,
   'io.state': ioState,
   'io.pauseReading': ioPauseReading,

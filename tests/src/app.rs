@@ -71,6 +71,18 @@ impl WebApp {
         http::raw(self.addr, request.as_bytes()).await
     }
 
+    /// `GET path` (no cookie), its body as JSON (panics unless 200).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let reply = http::get(self.addr, path, &[]).await;
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
+        reply.json()
+    }
+
+    /// The base URL of its sockhive hook routes, for `--hook-url`.
+    pub fn hook_url(&self) -> String {
+        format!("http://{}/sockhive", self.addr)
+    }
+
     /// Logs a user in and returns the `name=value` cookie pair a browser would send back.
     pub async fn login(&self, username: &str, password: &str) -> String {
         let reply = self

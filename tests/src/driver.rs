@@ -79,6 +79,17 @@ impl Driver {
 
     /// Runs one op; `Ok(result)` or `Err(error object)`.
     pub async fn call(&mut self, op: &str, fields: Value) -> Result<Value, Value> {
+        self.call_within(op, fields, Duration::from_secs(30)).await
+    }
+
+    /// Like [`Driver::call`], waiting up to `limit` for the reply (for ops
+    /// that legitimately run longer than the usual 30 s).
+    pub async fn call_within(
+        &mut self,
+        op: &str,
+        fields: Value,
+        limit: Duration,
+    ) -> Result<Value, Value> {
         let id = self.next_id;
         self.next_id += 1;
         let mut command = match fields {
@@ -95,7 +106,7 @@ impl Driver {
             .write_all(line.as_bytes())
             .await
             .expect("write to driver");
-        let reply = tokio::time::timeout(Duration::from_secs(30), rx)
+        let reply = tokio::time::timeout(limit, rx)
             .await
             .unwrap_or_else(|_| panic!("driver did not answer {op} in time"))
             .expect("driver alive");

@@ -246,6 +246,26 @@ impl Node {
         self.known_workers.lock().unwrap().clone()
     }
 
+    /// The summed VmRSS of the workers alive now, in KiB.
+    pub fn workers_rss_kib(&self) -> u64 {
+        self.worker_pids()
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmRSS:"))
+                    .and_then(|rest| {
+                        rest.trim()
+                            .trim_end_matches("kB")
+                            .trim()
+                            .parse::<u64>()
+                            .ok()
+                    })
+            })
+            .sum()
+    }
+
     /// Sends a signal to the master.
     pub fn signal(&self, signal: Signal) {
         let _ = kill(Pid::from_raw(self.pid()), signal);

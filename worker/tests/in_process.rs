@@ -237,3 +237,20 @@ async fn at_the_upgrade_the_connect_hook_refuses_with_401_or_503_when_the_app_is
     assert!(welcome.starts_with("HTTP/1.1 101"), "{welcome}");
     worker.shutdown.cancel();
 }
+
+#[tokio::test]
+async fn under_require_auth_an_app_that_cannot_answer_is_a_503_and_its_refusal_stays_readable() {
+    let worker = boot_with(Some(Arc::new(Gatekeeper)), |layer| {
+        layer.auth.require_auth = Some(true);
+        layer.hooks.hooks = Some(vec![HookKind::Connect]);
+    })
+    .await;
+    // The app is down: a retryable 503 before the upgrade, not a final close.
+    let down = upgrade_as(worker.addr, "dave").await;
+    assert!(down.starts_with("HTTP/1.1 503"), "{down}");
+    assert!(down.contains("Retry-After: 1"), "{down}");
+    // The app refuses: the protocol's own, readable rejection after the upgrade.
+    let refused = upgrade_as(worker.addr, "mallory").await;
+    assert!(refused.starts_with("HTTP/1.1 101"), "{refused}");
+    worker.shutdown.cancel();
+}

@@ -217,6 +217,21 @@ impl HookFailure {
     }
 }
 
+/// Logs why a call failed: a warning at most once a second per worker (a
+/// dead app fails every socket's calls at once), the rest at debug level.
+pub fn log_failure(hook: HookKind, failure: &HookFailure) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_WARNED.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(hook = hook.as_str(), ?failure, "an app hook call failed");
+    } else {
+        tracing::debug!(hook = hook.as_str(), ?failure, "an app hook call failed");
+    }
+}
+
 /// A call in flight: the core polls it without blocking the socket.
 pub type HookFuture = Pin<Box<dyn Future<Output = Result<HookAnswer, HookFailure>> + Send>>;
 

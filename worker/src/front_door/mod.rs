@@ -20,6 +20,7 @@ pub mod http_routes;
 pub mod upgrade;
 
 use crate::app::HookKind;
+use crate::auth::Refusal;
 use crate::auth::{Credential, PendingCredential};
 use crate::protocol::{socketcluster, socketio};
 use crate::socket::app_calls::ask_connect;
@@ -167,12 +168,15 @@ fn slimmed(mut upgraded: Upgraded) -> Upgraded {
     upgraded
 }
 
-/// Starts deciding the upgrade's credential. With `--reject-at-upgrade` it is
-/// decided here, and so is the app's `connect` hook: a connection without a
-/// valid credential gets 401, one the app refuses gets 401 with the app's
-/// error, and one the app cannot answer for gets 503 with `Retry-After` (and
-/// `None`). Called after the origin check: a cross-site page never gets to
-/// touch a session.
+/// Starts deciding the upgrade's credential. Under `--require-auth` with the
+/// app's `connect` hook on, the credential and the hook are decided here,
+/// before the 101, so that an app that cannot answer gets the client a 503
+/// with `Retry-After` (a load balancer or client retries it) instead of the
+/// protocol's final rejection; the app's own refusal still reaches the client
+/// through its protocol, readable. With `--reject-at-upgrade` everything is
+/// decided here: no valid credential, or the app's refusal, is a 401.
+/// Called after the origin check: a cross-site page never gets to touch a
+/// session. `None`: the connection was answered and is done.
 pub async fn credential_for_upgrade<P: Protocol>(
     ctx: &Arc<Worker>,
     stream: &mut TcpStream,
@@ -180,63 +184,63 @@ pub async fn credential_for_upgrade<P: Protocol>(
     protocol: &P,
 ) -> Option<Admission> {
     let pending = PendingCredential::start(&ctx.credentials, &upgraded.head);
-    if !(ctx.config.auth.require_auth && ctx.config.auth.reject_at_upgrade) {
+    let auth = &ctx.config.auth;
+    let reject_here = auth.require_auth && auth.reject_at_upgrade;
+    let connect_here = auth.require_auth && ctx.hook_on(HookKind::Connect);
+    if !(reject_here || connect_here) {
         return Some(pending.into());
     }
-    match pending.resolve().await {
-        Credential::Accepted(identity) => {
-            let mut admitted = None;
-            if ctx.hook_on(HookKind::Connect) {
-                let socket_id = protocol.new_socket_id();
-                let asked = ask_connect(
-                    ctx,
-                    P::NAME,
-                    &socket_id,
-                    upgraded.peer,
-                    Some(&identity.claims),
-                    identity.session.as_ref().map(|s| s.sid.clone()),
-                )
-                .await;
-                match asked {
-                    Ok(effects) => admitted = Some(Admitted { socket_id, effects }),
-                    Err(refusal) => {
-                        let rejection = if refusal.server_fault() {
-                            Rejection::Unavailable(refusal.name, refusal.message)
-                        } else {
-                            Rejection::Unauthorized(refusal.name, refusal.message)
-                        };
-                        refuse(ctx, stream, rejection).await;
-                        return None;
-                    }
-                }
-            }
-            Some(Admission {
-                credential: PendingCredential::Ready(Box::new(Credential::Accepted(identity))),
-                admitted,
-            })
+    let refused = |refusal: Refusal| {
+        if refusal.server_fault() {
+            Rejection::Unavailable(refusal.name, refusal.message)
+        } else {
+            Rejection::Unauthorized(refusal.name, refusal.message)
+        }
+    };
+    let identity = match pending.resolve().await {
+        Credential::Accepted(identity) => identity,
+        // A credential that arrives with the protocol handshake (a token in
+        // `#handshake` or CONNECT) is asked about there.
+        other if !reject_here => {
+            return Some(PendingCredential::Ready(Box::new(other)).into());
         }
         Credential::Refused(refusal) => {
-            refuse(
-                ctx,
-                stream,
-                Rejection::Unauthorized(refusal.name, refusal.message),
-            )
-            .await;
-            None
+            refuse(ctx, stream, refused(refusal)).await;
+            return None;
         }
         Credential::Absent => {
-            refuse(
-                ctx,
-                stream,
-                Rejection::Unauthorized(
-                    "AuthTokenError".into(),
-                    "a valid credential is required".into(),
-                ),
-            )
-            .await;
-            None
+            let rejection = Rejection::Unauthorized(
+                "AuthTokenError".into(),
+                "a valid credential is required".into(),
+            );
+            refuse(ctx, stream, rejection).await;
+            return None;
+        }
+    };
+    let mut admitted = None;
+    if connect_here {
+        let socket_id = protocol.new_socket_id();
+        let answer = ask_connect(
+            ctx,
+            P::NAME,
+            &socket_id,
+            upgraded.peer,
+            Some(&identity.claims),
+            identity.session.as_ref().map(|s| s.sid.clone()),
+        )
+        .await;
+        match answer {
+            Err(refusal) if refusal.server_fault() || reject_here => {
+                refuse(ctx, stream, refused(refusal)).await;
+                return None;
+            }
+            answer => admitted = Some(Admitted { socket_id, answer }),
         }
     }
+    Some(Admission {
+        credential: PendingCredential::Ready(Box::new(Credential::Accepted(identity))),
+        admitted,
+    })
 }
 
 /// Runs the upgrade checks and, when they pass, answers 101 and wraps the stream.

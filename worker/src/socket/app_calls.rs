@@ -176,14 +176,14 @@ pub async fn ask_connect(
             "error",
             Err((Cow::Owned(error.name), error.message, "hook_refused")),
         ),
-        Err(failure) => (
-            failure.outcome(),
+        Err(failure) => (failure.outcome(), {
+            crate::app::log_failure(HookKind::Connect, &failure);
             Err((
                 Cow::Borrowed(failure.name()),
                 failure.message(HookKind::Connect),
                 "hook_unavailable",
-            )),
-        ),
+            ))
+        }),
     };
     worker
         .metrics
@@ -303,7 +303,7 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
         let mut ending = None;
         match answer {
             Err(failure) => {
-                tracing::debug!(socket = %self.id, hook = hook.as_str(), ?failure, "hook call failed");
+                crate::app::log_failure(hook, &failure);
                 self.refuse(then, &failure_error(hook, &failure));
             }
             Ok(HookAnswer { outcome, effects }) => {

@@ -109,7 +109,7 @@ struct Socket<P: Protocol, S: Transport> {
 
 /// How a connection was let in: its credential (possibly still being
 /// resolved) and, when the front door already asked the app's `connect` hook
-/// (`--reject-at-upgrade`), the socket id the app saw and its effects.
+/// (`--require-auth`), the socket id the app saw and its answer.
 pub struct Admission {
     /// The upgrade's credential.
     pub credential: PendingCredential,
@@ -121,8 +121,9 @@ pub struct Admission {
 pub struct Admitted {
     /// The id the hook saw; the socket keeps it.
     pub socket_id: String,
-    /// Applied once the socket exists.
-    pub effects: Vec<crate::app::Effect>,
+    /// The effects to apply once the socket exists, or the app's refusal,
+    /// which the protocol handshake then reports.
+    pub answer: Result<Vec<crate::app::Effect>, Refusal>,
 }
 
 impl From<PendingCredential> for Admission {
@@ -527,8 +528,14 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
         let mut refusal = refusal;
         let mut connect_effects = Vec::new();
         match self.admitted.take() {
-            // Asked at the upgrade already (`--reject-at-upgrade`).
-            Some(admitted) => connect_effects = admitted.effects,
+            // Asked at the upgrade already (`--require-auth`).
+            Some(admitted) => match admitted.answer {
+                Ok(effects) => connect_effects = effects,
+                Err(refused) => {
+                    self.login.clear(&worker);
+                    refusal = Some(refused);
+                }
+            },
             None if worker.hook_on(HookKind::Connect) => match self.connect_hook().await {
                 Ok(effects) => connect_effects = effects,
                 Err(refused) => {
