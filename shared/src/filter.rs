@@ -307,6 +307,19 @@ impl Filter {
         pinned.map(|ids| ids.into_iter().collect())
     }
 
+    /// The channel a filter pins (`"channels": "room:1"`, a literal name): only
+    /// that channel's members can match, so a worker visits them alone. A
+    /// hint like [`Filter::user_ids`]: candidates still go through
+    /// [`Filter::matches`].
+    pub fn channel(&self) -> Option<&str> {
+        self.conditions.iter().find_map(|condition| {
+            match (&*condition.path.text, &condition.test) {
+                ("channels", Test::Equals(Value::String(name))) => Some(name.as_str()),
+                _ => None,
+            }
+        })
+    }
+
     /// The filter as JSON again, equivalent to what was parsed; lets the master forward a
     /// validated filter to other nodes (and makes `Filter` `Serialize`).
     pub fn to_json(&self) -> Value {

@@ -60,6 +60,9 @@ struct Inner {
     /// Socket ids per user id on this worker: the fast path of a query that
     /// pins users, and the master's user index (first in, last out).
     users: HashMap<String, HashSet<Arc<str>>>,
+    /// Socket ids per channel: a command for a channel's members (a hook's
+    /// `emit` to a room) visits them, not every socket.
+    channels: HashMap<String, HashSet<Arc<str>>>,
 }
 
 /// `logged_in`, `user` and `auth` as records show them, from a socket's
@@ -141,13 +144,23 @@ impl Inner {
         }
     }
 
-    /// The sockets a filter can match: those of its pinned users, or all.
+    /// The sockets a filter can match: those of its pinned users, or the
+    /// members of its pinned channel, or all.
     fn candidates<'a>(
         &'a self,
         filter: &Filter,
     ) -> Box<dyn Iterator<Item = (&'a Arc<str>, &'a SocketEntry)> + 'a> {
         match filter.user_ids() {
-            None => Box::new(self.entries.iter()),
+            None => match filter.channel() {
+                None => Box::new(self.entries.iter()),
+                Some(channel) => Box::new(
+                    self.channels
+                        .get(channel)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| self.entries.get_key_value(id)),
+                ),
+            },
             Some(users) => {
                 let ids: HashSet<&Arc<str>> = users
                     .iter()
@@ -216,6 +229,14 @@ impl SocketRegistry {
             let removed = inner.entries.remove_entry(id);
             if let Some((key, entry)) = &removed {
                 inner.index(&user_keys(entry), key, false, &mut left);
+                for channel in &entry.channels {
+                    if let Some(members) = inner.channels.get_mut(channel) {
+                        members.remove(key);
+                        if members.is_empty() {
+                            inner.channels.remove(channel);
+                        }
+                    }
+                }
                 if let Some(records) = &self.records {
                     records.remove(id);
                 }
@@ -247,6 +268,40 @@ impl SocketRegistry {
         };
         self.announce(joined, left);
         Some(result)
+    }
+
+    /// A socket joined (`true`) or left a channel: its record and the
+    /// channel index follow.
+    pub fn set_channel(&self, id: &str, channel: &str, member: bool) {
+        let mut inner = self.lock();
+        let Inner {
+            entries, channels, ..
+        } = &mut *inner;
+        let Some(key) = entries.get_key_value(id).map(|(key, _)| key.clone()) else {
+            return;
+        };
+        let Some(entry) = entries.get_mut(id) else {
+            return;
+        };
+        let changed = if member {
+            entry.channels.insert(channel.to_owned())
+        } else {
+            entry.channels.remove(channel)
+        };
+        if !changed {
+            return;
+        }
+        if let Some(records) = &self.records {
+            records.put(id, &self.record(id, entry));
+        }
+        if member {
+            channels.entry(channel.to_owned()).or_default().insert(key);
+        } else if let Some(members) = channels.get_mut(channel) {
+            members.remove(&key);
+            if members.is_empty() {
+                channels.remove(channel);
+            }
+        }
     }
 
     /// Records a socket's new login state (or its loss).
@@ -457,5 +512,35 @@ mod tests {
             1,
             "{announced:?}"
         );
+    }
+
+    #[test]
+    fn a_command_for_a_channels_members_visits_only_them() {
+        let (master, _to_master) = MasterLink::new();
+        let registry = SocketRegistry::new("n".into(), 1, master, None);
+        for id in ["s1", "s2", "s3"] {
+            registry.insert(id.into(), entry(json!({"id": id})));
+        }
+        registry.set_channel("s1", "room:1", true);
+        registry.set_channel("s2", "room:1", true);
+        registry.set_channel("s3", "room:2", true);
+        let room = Filter::parse(&json!({"channels": "room:1"})).unwrap();
+        assert_eq!(room.channel(), Some("room:1"));
+        let inner = registry.lock();
+        let visited: BTreeSet<&str> = inner.candidates(&room).map(|(id, _)| &**id).collect();
+        assert_eq!(visited, BTreeSet::from(["s1", "s2"]));
+        drop(inner);
+        registry.set_channel("s1", "room:1", false);
+        registry.remove("s2");
+        assert_eq!(registry.query(&room, 10).len(), 0);
+        assert!(!registry.lock().channels.contains_key("room:1"));
+        // The record shows the channel; a pattern is no pin.
+        assert_eq!(
+            registry.record_of("s3").unwrap()["channels"],
+            json!(["room:2"])
+        );
+        let any = Filter::parse(&json!({"channels": {"$in": ["room:2"]}})).unwrap();
+        assert_eq!(any.channel(), None);
+        assert_eq!(registry.query(&any, 10).len(), 1);
     }
 }

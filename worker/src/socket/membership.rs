@@ -250,9 +250,7 @@ impl Membership {
             .subscribe(&channel, socket.clone(), outbox.clone(), encoder)
             .await
             .map_err(|e| ChannelRefusal::Broker(e.to_string()))?;
-        worker
-            .sockets
-            .update(socket, |entry| entry.channels.insert(channel.clone()));
+        worker.sockets.set_channel(socket, &channel, true);
         self.channels.insert(channel);
         Ok(())
     }
@@ -269,9 +267,7 @@ impl Membership {
             return Err(ChannelRefusal::NotSubscribed);
         }
         worker.channels.unsubscribe(channel, socket);
-        worker
-            .sockets
-            .update(socket, |entry| entry.channels.remove(channel));
+        worker.sockets.set_channel(socket, channel, false);
         Ok(())
     }
 
