@@ -6,6 +6,9 @@
 // socket then gets a SocketCluster token for that user, as the app would do
 // to make the client "authenticated".
 //
+// The rpc scenario invokes the procedure `echo`, answered in-process with the
+// data it was given.
+//
 // Two of these run (a port each). Pub/sub between them goes through Redis:
 // each client publish is relayed to the other instance, which delivers it to
 // its own subscribers through its exchange.
@@ -85,6 +88,10 @@ async function main() {
     for await (const { socket } of agServer.listener('connection')) {
       const user = socket.request.user;
       if (user) socket.setAuthToken({ sub: String(user.id), user });
+      // The rpc scenario's procedure, answered in-process: invoke('echo', data) -> data.
+      (async () => {
+        for await (const request of socket.procedure('echo')) request.end(request.data);
+      })();
     }
   })();
   (async () => {

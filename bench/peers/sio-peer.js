@@ -70,6 +70,10 @@ async function main() {
       socket.leave(String(channel));
       if (typeof ack === 'function') ack({ ok: true });
     });
+    // The rpc scenario: emitWithAck('echo', data) -> data, answered in-process.
+    socket.on('echo', (data, ack) => {
+      if (typeof ack === 'function') ack(data);
+    });
     socket.on('publish', (message, ack) => {
       if (message && typeof message.channel === 'string') {
         io.to(message.channel).emit('publish', { channel: message.channel, data: message.data });

@@ -2,9 +2,11 @@
 //!
 //! SocketCluster (shared/spec/socketcluster-protocol.md): `#handshake` invoke,
 //! empty-text-frame pings answered with an empty frame, `#subscribe`,
-//! `#publish`, `#setAuthToken`. Socket.IO v5 over Engine.IO v4
+//! `#publish`, `#setAuthToken`, invokes of app procedures (`{event, data, cid}`
+//! answered by `{rid, data}`). Socket.IO v5 over Engine.IO v4
 //! (shared/spec/socketio-protocol.md): open packet `0{..}`, CONNECT `40`,
-//! ping `2` answered with `3`, events `42[..]` and acks `43..`.
+//! ping `2` answered with `3`, events `42[..]` and acks `43..` (an event with
+//! an ack id, `42<id>[name, data]`, is answered by `43<id>[result]`).
 //!
 //! Why hand-rolled instead of driving the npm clients: the generator must cost
 //! less CPU per operation than the servers it measures, and a Node client per
@@ -171,6 +173,73 @@ pub fn publish_frame(protocol: Protocol, channel: &str, stamp: u64, seq: u64) ->
             format!(r##"{{"event":"#publish","data":{{"channel":{channel},"data":{data}}}}}"##)
         }
         Protocol::SocketIo => format!(r#"42["publish",{{"channel":{channel},"data":{data}}}]"#),
+    }
+}
+
+/// What the server answered to one call of a procedure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallReply {
+    /// The data came back unchanged (its sequence number matched).
+    Echoed,
+    /// An error reply (SocketCluster `{rid, error}`, or a Socket.IO ack carrying
+    /// `{"error": ..}`), or a result that is not the data sent; the text is for the log.
+    Wrong(String),
+}
+
+/// The data the `rpc` scenario sends: small, like a typical call's arguments,
+/// and carrying its sequence number so the echo can be checked without parsing.
+pub fn call_data(seq: u64) -> String {
+    format!(r#"{{{SEQ_KEY}{seq},"text":"sockhive-bench echo"}}"#)
+}
+
+/// The frame that calls procedure `name` with `data` (JSON) and asks for an
+/// answer: SocketCluster's invoke `{event, data, cid}`, Socket.IO's
+/// `42<ack id>[name, data]` (ack ids start at 0 per socket, so `id - 1`).
+pub fn call_frame(protocol: Protocol, id: u64, name: &str, data: &str) -> String {
+    let name = Value::from(name).to_string();
+    match protocol {
+        Protocol::SocketCluster => format!(r#"{{"event":{name},"data":{data},"cid":{id}}}"#),
+        Protocol::SocketIo => format!("42{}[{name},{data}]", id.saturating_sub(1)),
+    }
+}
+
+/// Reads `text` as the answer to call `id` carrying `seq`; `None` when it is
+/// some other frame (a heartbeat, an event, a late answer to another call).
+pub fn call_reply(protocol: Protocol, id: u64, seq: u64, text: &str) -> Option<CallReply> {
+    let echoed = |data: &str| number_after(data, SEQ_KEY) == Some(seq);
+    match protocol {
+        Protocol::SocketCluster => {
+            // Cheap pre-check before parsing: every answer names its rid.
+            if !text.contains("\"rid\"") {
+                return None;
+            }
+            let packet: Value = serde_json::from_str(text).ok()?;
+            if packet["rid"].as_u64() != Some(id) {
+                return None;
+            }
+            if let Some(error) = packet.get("error") {
+                return Some(CallReply::Wrong(format!("error reply {error}")));
+            }
+            let data = packet.get("data").map(Value::to_string).unwrap_or_default();
+            Some(if echoed(&data) {
+                CallReply::Echoed
+            } else {
+                CallReply::Wrong(format!("not the data sent: {data}"))
+            })
+        }
+        Protocol::SocketIo => {
+            let rest = text
+                .strip_prefix("43")?
+                .strip_prefix(id.saturating_sub(1).to_string().as_str())?;
+            if !rest.starts_with('[') {
+                return None;
+            }
+            Some(if echoed(rest) {
+                CallReply::Echoed
+            } else {
+                CallReply::Wrong(format!("ack {rest}"))
+            })
+        }
     }
 }
 
@@ -429,6 +498,36 @@ impl Connection {
         }
     }
 
+    /// Calls procedure `name` with `data` (JSON carrying `"k": seq`) and waits
+    /// for its answer, answering heartbeats and skipping other frames meanwhile.
+    pub async fn call(
+        &mut self,
+        name: &str,
+        data: &str,
+        seq: u64,
+    ) -> Result<CallReply, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_text(call_frame(self.protocol, id, name, data))
+            .await?;
+        loop {
+            let text = match self.next_text().await? {
+                Ok(text) => text,
+                Err(refusal) => {
+                    return Err(ClientError::Io(format!(
+                        "closed while waiting for an answer: {refusal:?}"
+                    )))
+                }
+            };
+            if self.answer_ping(&text).await? {
+                continue;
+            }
+            if let Some(reply) = call_reply(self.protocol, id, seq, &text) {
+                return Ok(reply);
+            }
+        }
+    }
+
     /// Sends one publish of a stamped benchmark message (fire and forget).
     pub async fn publish(
         &mut self,
@@ -489,6 +588,57 @@ mod tests {
         assert_eq!(delivery_stamp(r#"{"rid":2}"#), None);
         assert_eq!(delivery_stamp(r#"{"bt":x}"#), None);
         assert_eq!(number_after(sio, SEQ_KEY), Some(0));
+    }
+
+    #[test]
+    fn call_frames_and_replies_match_up() {
+        let data = call_data(17);
+        let sc = call_frame(Protocol::SocketCluster, 5, "echo", &data);
+        let parsed: Value = serde_json::from_str(&sc).expect("valid JSON");
+        assert_eq!(parsed["event"], "echo");
+        assert_eq!(parsed["cid"], 5);
+        assert_eq!(parsed["data"]["k"], 17);
+        let answer = format!(r#"{{"rid":5,"data":{data}}}"#);
+        let sc = Protocol::SocketCluster;
+        assert_eq!(call_reply(sc, 5, 17, &answer), Some(CallReply::Echoed));
+        assert_eq!(call_reply(sc, 6, 17, &answer), None);
+        assert!(matches!(
+            call_reply(sc, 5, 18, &answer),
+            Some(CallReply::Wrong(_))
+        ));
+        let error = r#"{"rid":5,"error":{"name":"HookUnavailableError","message":"x"}}"#;
+        assert!(matches!(
+            call_reply(sc, 5, 17, error),
+            Some(CallReply::Wrong(text)) if text.contains("HookUnavailableError")
+        ));
+        assert_eq!(call_reply(sc, 5, 17, ""), None);
+        assert_eq!(
+            call_reply(sc, 5, 17, r##"{"event":"#setAuthToken"}"##),
+            None
+        );
+
+        let sio = Protocol::SocketIo;
+        let frame = call_frame(sio, 12, "echo", &data);
+        assert_eq!(frame, format!(r#"4211["echo",{data}]"#));
+        let parsed: Value = serde_json::from_str(&frame[4..]).expect("valid JSON");
+        assert_eq!(parsed[1]["k"], 17);
+        assert_eq!(
+            call_reply(sio, 12, 17, &format!("4311[{data}]")),
+            Some(CallReply::Echoed)
+        );
+        // Ack 1 is not ack 11, nor is 110.
+        assert_eq!(call_reply(sio, 2, 17, &format!("4311[{data}]")), None);
+        assert_eq!(call_reply(sio, 12, 17, &format!("43110[{data}]")), None);
+        assert!(matches!(
+            call_reply(
+                sio,
+                12,
+                17,
+                r#"4311[{"error":{"name":"HookTimeoutError"}}]"#
+            ),
+            Some(CallReply::Wrong(_))
+        ));
+        assert_eq!(call_reply(sio, 12, 17, "2"), None);
     }
 
     #[test]

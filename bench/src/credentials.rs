@@ -115,6 +115,14 @@ pub fn login_jwt(key: &str, user_id: &str, now_unix: u64) -> String {
     )
 }
 
+/// sockhive's hook request signature (shared/interface.md, "App hooks"):
+/// `sha256=` + hex HMAC-SHA256(secret, body).
+pub fn hook_signature(secret: &str, body: &str) -> String {
+    let mac = hmac(secret.as_bytes(), body.as_bytes());
+    let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +209,15 @@ mod tests {
             &serde_json::json!({"username":"alice","role":"user","iat":1700000000,"exp":1700086400}),
         );
         assert_eq!(token, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ1c2VybmFtZSI6ImFsaWNlIiwicm9sZSI6InVzZXIiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDA4NjQwMH0.vWcUKs27foIloUQCdoSUxaEOIExtqvcJ_---_5tMoJc");
+    }
+
+    #[test]
+    fn hook_signature_is_hex_hmac_sha256() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            hook_signature("Jefe", "what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

@@ -70,10 +70,25 @@ pub async fn post_json(
     token: &str,
     body: &str,
 ) -> Result<Answer, HttpError> {
+    let authorization = format!("Bearer {token}");
+    post(addr, path, &[("Authorization", &authorization)], body).await
+}
+
+/// POSTs `body` as JSON with extra `headers` and reads the whole answer.
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Answer, HttpError> {
     let mut stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await?;

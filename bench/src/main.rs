@@ -15,6 +15,7 @@ mod redis_seed;
 mod report;
 mod scenario_handshake;
 mod scenario_query;
+mod scenario_rpc;
 mod scenario_sockets;
 mod servers;
 mod suite;
@@ -84,7 +85,13 @@ struct SuiteArgs {
     /// Measured handshake seconds.
     #[arg(long)]
     handshake_seconds: Option<f64>,
-    /// Scenario groups to run: sockets (idle + fan-out), handshake (closed + paced), reject, query [default: all].
+    /// Sockets calling `echo` in the rpc closed loop.
+    #[arg(long)]
+    rpc_clients: Option<usize>,
+    /// Measured rpc seconds.
+    #[arg(long)]
+    rpc_seconds: Option<f64>,
+    /// Scenario groups to run: sockets (idle + fan-out), handshake (closed + paced), reject, query, rpc [default: all].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Servers to measure (default: all).
@@ -183,6 +190,12 @@ fn run_suite(args: SuiteArgs) -> ExitCode {
     if let Some(s) = args.handshake_seconds {
         params.handshake_duration = std::time::Duration::from_secs_f64(s);
     }
+    if let Some(c) = args.rpc_clients {
+        params.rpc.clients = c;
+    }
+    if let Some(s) = args.rpc_seconds {
+        params.rpc.duration = std::time::Duration::from_secs_f64(s);
+    }
     if fd_limit < (params.sockets.sockets as u64) + 512 {
         eprintln!(
             "[bench] open-file limit {fd_limit} is too low for {} sockets",
@@ -203,6 +216,7 @@ fn run_suite(args: SuiteArgs) -> ExitCode {
         session_secret: "bench keyboard cat".into(),
         jwt_key: "bench-jwt-key".into(),
         admin_token: "bench-admin-token".into(),
+        hook_secret: "bench-hook-secret".into(),
         caps: caps.clone(),
     };
     let servers = args

@@ -192,6 +192,48 @@ const FIGURES: &[Figure] = &[
         pointer: "/server_cpu_ms_per_query",
         higher_is_better: false,
     },
+    Figure {
+        scenario: "rpc",
+        label: "round trips/s",
+        pointer: "/rate_per_s",
+        higher_is_better: true,
+    },
+    Figure {
+        scenario: "rpc",
+        label: "latency p50, ms",
+        pointer: "/latency/p50_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "rpc",
+        label: "latency p99, ms",
+        pointer: "/latency/p99_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "rpc",
+        label: "server CPU per call, µs (sockhive: with its hook server)",
+        pointer: "/server_cpu_us_per_call",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "rpc",
+        label: "of which the hook server, µs",
+        pointer: "/hook_cpu_us_per_call",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "rpc",
+        label: "generator CPU per call, µs",
+        pointer: "/generator_cpu_us_per_call",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "rpc",
+        label: "failed calls",
+        pointer: "/failed",
+        higher_is_better: false,
+    },
 ];
 
 /// Adds derived figures that are easier to read than the raw ones.
@@ -432,6 +474,48 @@ fn targets(output: &SuiteOutput) -> Vec<Check> {
     checks
 }
 
+/// Issue 13's targets for `rpc`, each sockhive protocol against the Node peer
+/// speaking it: CPU per call (sockhive + its hook server) ≤ 1.5x, p99 ≤ the peer's.
+fn rpc_targets(output: &SuiteOutput) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for (sockhive, peer) in [
+        (ServerKind::SockhiveSc, ServerKind::ScPeer),
+        (ServerKind::SockhiveSio, ServerKind::SioPeer),
+    ] {
+        let cpu = |kind| median_of(output, kind, "rpc", "/server_cpu_us_per_call");
+        let (ours, theirs) = (cpu(sockhive), cpu(peer));
+        checks.push(Check {
+            what: format!(
+                "{} + hook server CPU per call ≤ 1.5x {}'s",
+                sockhive.title(),
+                peer.title()
+            ),
+            measured: match (ours, theirs) {
+                (Some(a), Some(b)) if b > 0.0 => {
+                    format!("{} µs vs {} µs = {:.2}x", number(a), number(b), a / b)
+                }
+                _ => "—".into(),
+            },
+            verdict: verdict(
+                ours.zip(theirs)
+                    .filter(|(_, b)| *b > 0.0)
+                    .map(|(a, b)| a <= 1.5 * b),
+            ),
+        });
+        let p99 = |kind| median_of(output, kind, "rpc", "/latency/p99_ms");
+        let (ours, theirs) = (p99(sockhive), p99(peer));
+        checks.push(Check {
+            what: format!("{} rpc p99 ≤ {}'s", sockhive.title(), peer.title()),
+            measured: match (ours, theirs) {
+                (Some(a), Some(b)) => format!("{} ms vs {} ms", number(a), number(b)),
+                _ => "—".into(),
+            },
+            verdict: verdict(ours.zip(theirs).map(|(a, b)| a <= b)),
+        });
+    }
+    checks
+}
+
 /// Renders the whole report.
 pub fn markdown(output: &SuiteOutput) -> String {
     let mut md = String::new();
@@ -462,6 +546,13 @@ pub fn markdown(output: &SuiteOutput) -> String {
         p.reject_duration, p.sockets.sockets, p.sockets.hold, p.sockets.burst_messages,
         p.sockets.paced_rate, p.sockets.paced_duration, p.query.sockets, p.query.queries
     );
+    if output.records.iter().any(|r| r.scenario == "rpc") {
+        let _ = writeln!(
+            md,
+            "rpc: {} sockets each calling `echo` in a closed loop, {:?} measured after {:?} warm-up.\n",
+            p.rpc.clients, p.rpc.duration, p.rpc.warmup
+        );
+    }
 
     let servers: Vec<ServerKind> = ServerKind::ALL
         .iter()
@@ -478,7 +569,9 @@ pub fn markdown(output: &SuiteOutput) -> String {
         let _ = write!(md, "---|");
     }
     let _ = writeln!(md, "---|---|---|");
-    for figure in FIGURES {
+    // A targeted run (`--only`) shows only the rows of the scenarios it ran.
+    let ran = |scenario: &str| output.records.iter().any(|r| r.scenario == scenario);
+    for figure in FIGURES.iter().filter(|f| ran(f.scenario)) {
         let _ = write!(
             md,
             "| {} | {} | {} |",
@@ -521,14 +614,35 @@ pub fn markdown(output: &SuiteOutput) -> String {
         );
     }
 
-    let _ = writeln!(md, "\n## Targets (issue 7), sockhive over SocketCluster\n");
-    let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
-    for check in targets(output) {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} |",
-            check.what, check.measured, check.verdict
-        );
+    let issue_7 = [
+        "handshake",
+        "handshake_paced",
+        "idle",
+        "fanout_burst",
+        "query",
+    ];
+    if issue_7.iter().any(|scenario| ran(scenario)) {
+        let _ = writeln!(md, "\n## Targets (issue 7), sockhive over SocketCluster\n");
+        let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
+        for check in targets(output) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                check.what, check.measured, check.verdict
+            );
+        }
+    }
+
+    if ran("rpc") {
+        let _ = writeln!(md, "\n## Targets (issue 13), rpc through the app's hooks\n");
+        let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
+        for check in rpc_targets(output) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                check.what, check.measured, check.verdict
+            );
+        }
     }
 
     let _ = writeln!(md, "\n## How each server ran\n");

@@ -80,6 +80,8 @@ pub struct SockhiveCaps {
     pub redis_broker: bool,
     /// `--session-redis-url` exists: sessions from Redis with the embedded broker.
     pub session_redis: bool,
+    /// `--hook-url` exists: app hooks (the `rpc` scenario).
+    pub hooks: bool,
     /// `sockhive --version`.
     pub version: String,
 }
@@ -101,6 +103,7 @@ impl SockhiveCaps {
             cookie_auth: help.contains("--session-secret"),
             redis_broker: help.contains("--redis-url"),
             session_redis: help.contains("--session-redis-url"),
+            hooks: help.contains("--hook-url"),
             version,
         }
     }
@@ -124,6 +127,8 @@ pub struct Environment {
     pub jwt_key: String,
     /// Admin bearer token.
     pub admin_token: String,
+    /// sockhive's `--hook-secret`, which the hook server checks.
+    pub hook_secret: String,
     /// What sockhive supports.
     pub caps: SockhiveCaps,
 }
@@ -135,6 +140,9 @@ pub enum Layout {
     Serving,
     /// For `query`: two nodes sharing a broker, each with its admin API.
     TwoNodes,
+    /// For `rpc`: as `Serving`; sockhive calls the app's hook server
+    /// (`peers/hook-server.js`), started with it and counted with it.
+    Rpc,
 }
 
 /// Why a server could not be started or measured.
@@ -236,8 +244,16 @@ impl Environment {
     }
 
     /// One node serves with its embedded broker (reading sessions from Redis);
-    /// `node` names a node of a two-node cluster, which shares the Redis broker.
-    fn sockhive_command(&self, port: u16, admin: u16, workers: u16, node: Option<&str>) -> Command {
+    /// `node` names a node of a two-node cluster, which shares the Redis broker;
+    /// `hook` is the app's hook server, if calls go to one.
+    fn sockhive_command(
+        &self,
+        port: u16,
+        admin: u16,
+        workers: u16,
+        node: Option<&str>,
+        hook: Option<SocketAddr>,
+    ) -> Command {
         // BENCH_SOCKHIVE_WRAPPER="valgrind --tool=callgrind --trace-children=yes"
         // runs sockhive under a profiler (see README, "Profiles").
         let wrapper = std::env::var("BENCH_SOCKHIVE_WRAPPER").unwrap_or_default();
@@ -272,7 +288,39 @@ impl Environment {
         if let Some(node) = node {
             command.args(["--node-id", node]);
         }
+        if let Some(hook) = hook {
+            command
+                .args(["--hook-url", &format!("http://{hook}{HOOK_BASE}")])
+                .args(["--hook-secret", &self.hook_secret]);
+        }
         command
+    }
+
+    fn hook_server_command(&self, port: u16) -> Command {
+        let mut command = Command::new("node");
+        command
+            .current_dir(&self.peers)
+            .env("NODE_ENV", "production")
+            .env("PORT", port.to_string())
+            .env("HOOK_SECRET", &self.hook_secret)
+            .env("HOOK_BASE", HOOK_BASE)
+            .arg("hook-server.js");
+        command
+    }
+
+    /// Starts the app's hook server and waits until it answers a signed call
+    /// and refuses an unsigned one.
+    async fn start_hook_server(&self, label: &str) -> Result<(Child, SocketAddr), LaunchError> {
+        let port = free_port().map_err(|e| LaunchError::Spawn(label.into(), e))?;
+        let mut child = self.spawn(label, self.hook_server_command(port))?;
+        let addr = loopback(port);
+        match wait_hook_server(&mut child, addr, &self.hook_secret).await {
+            Ok(()) => Ok((child, addr)),
+            Err(why) => {
+                stop_children(std::slice::from_mut(&mut child));
+                Err(LaunchError::NotReady(label.into(), why))
+            }
+        }
     }
 
     fn node_command(&self, script: &str, port: u16, admin: u16, instance: usize) -> Command {
@@ -300,15 +348,41 @@ impl Environment {
         let port = |_: ()| free_port().map_err(|e| LaunchError::Spawn(kind.key().into(), e));
         let mut children = Vec::new();
         let mut addrs = Vec::new();
+        let mut hook_roots = Vec::new();
         let mut admin = None;
         let description;
         match kind {
+            ServerKind::SockhiveSc | ServerKind::SockhiveSio if layout == Layout::Rpc => {
+                if !self.caps.hooks {
+                    return Err(LaunchError::NotApplicable(
+                        "not available in this build: sockhive serve has no --hook-url".into(),
+                    ));
+                }
+                let label = format!("{}-hook-server", kind.key());
+                let (hook, hook_addr) = self.start_hook_server(&label).await?;
+                hook_roots.push(hook.id());
+                children.push(hook);
+                let (p, a) = (port(())?, port(())?);
+                let command = self.sockhive_command(p, a, 2, None, Some(hook_addr));
+                match self.spawn(kind.key(), command) {
+                    Ok(child) => children.push(child),
+                    Err(e) => {
+                        stop_children(&mut children);
+                        return Err(e);
+                    }
+                }
+                addrs.push(loopback(p));
+                admin = Some(loopback(a));
+                description = format!(
+                    "one node, 2 worker processes, embedded broker; rpc answered by the app's hook server (peers/hook-server.js: one node process, node:http keep-alive, signature checked) at --hook-url http://{hook_addr}{HOOK_BASE}, its CPU counted with sockhive's"
+                );
+            }
             ServerKind::SockhiveSc | ServerKind::SockhiveSio => {
                 if layout == Layout::TwoNodes && self.caps.redis_broker {
                     for node in 1..=2 {
                         let (p, a) = (port(())?, port(())?);
                         let name = format!("bench-node-{node}");
-                        let command = self.sockhive_command(p, a, 1, Some(&name));
+                        let command = self.sockhive_command(p, a, 1, Some(&name), None);
                         children.push(self.spawn(&format!("{}-{name}", kind.key()), command)?);
                         addrs.push(loopback(p));
                         admin.get_or_insert(loopback(a));
@@ -316,7 +390,8 @@ impl Environment {
                     description = "two nodes (1 worker each) sharing the Redis broker".to_string();
                 } else {
                     let (p, a) = (port(())?, port(())?);
-                    children.push(self.spawn(kind.key(), self.sockhive_command(p, a, 2, None))?);
+                    let command = self.sockhive_command(p, a, 2, None, None);
+                    children.push(self.spawn(kind.key(), command)?);
                     addrs.push(loopback(p));
                     admin = Some(loopback(a));
                     description = if layout == Layout::TwoNodes {
@@ -330,6 +405,11 @@ impl Environment {
                 if layout == Layout::TwoNodes {
                     return Err(LaunchError::NotApplicable(
                         "n/a: the bare server has no users to query".into(),
+                    ));
+                }
+                if layout == Layout::Rpc {
+                    return Err(LaunchError::NotApplicable(
+                        "n/a: the bare server has no procedures to call".into(),
                     ));
                 }
                 let p = port(())?;
@@ -376,6 +456,7 @@ impl Environment {
         );
         target.admin = admin;
         target.admin_token = self.admin_token.clone();
+        target.hook_roots = hook_roots;
         let mut running = Running {
             children,
             target: Arc::new(target),
@@ -383,6 +464,53 @@ impl Environment {
         };
         wait_ready(&mut running, book).await?;
         Ok(running)
+    }
+}
+
+/// The path sockhive's `--hook-url` ends with; calls go to `{HOOK_BASE}/{hook}`.
+const HOOK_BASE: &str = "/sockhive";
+
+/// Waits until the hook server answers a signed `echo` and refuses the same
+/// call unsigned (so the measured app does the signature check an honest one does).
+async fn wait_hook_server(child: &mut Child, addr: SocketAddr, secret: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body =
+        r#"{"hook":"rpc","socket":{"id":"probe"},"name":"echo","data":{"k":7},"args":[{"k":7}]}"#;
+    let path = format!("{HOOK_BASE}/rpc");
+    let signature = crate::credentials::hook_signature(secret, body);
+    let last = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the hook server exited ({status}); see results/tmp logs"
+            ));
+        }
+        let signed = [
+            ("X-Sockhive-Signature", signature.as_str()),
+            ("X-Sockhive-Event-Id", "probe-1"),
+        ];
+        let last = match crate::http::post(addr, &path, &signed, body).await {
+            Ok(answer) if answer.status == 200 && answer.body == r#"{"result":{"k":7}}"# => {
+                break None
+            }
+            Ok(answer) => format!("signed probe answered {} {}", answer.status, answer.body),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            break Some(last);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let Some(last) = last {
+        return Err(last);
+    }
+    let forged = crate::credentials::hook_signature("not-the-secret", body);
+    match crate::http::post(addr, &path, &[("X-Sockhive-Signature", &forged)], body).await {
+        Ok(answer) if answer.status == 401 => Ok(()),
+        Ok(answer) => Err(format!(
+            "a forged signature got {} {}",
+            answer.status, answer.body
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -446,4 +574,44 @@ async fn wait_ready(running: &mut Running, book: &CredentialBook) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts `peers/hook-server.js` and runs the readiness probe (a signed
+    /// call answered, a forged one refused). Needs node: `cargo test -- --ignored`.
+    #[test]
+    #[ignore = "needs node"]
+    fn hook_server_checks_signatures() {
+        let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers");
+        let logs = std::env::temp_dir();
+        let env = Environment {
+            sockhive: PathBuf::from("sockhive"),
+            bare: PathBuf::from("bare-ws"),
+            peers,
+            logs,
+            redis: loopback(6379),
+            session_secret: String::new(),
+            jwt_key: String::new(),
+            admin_token: String::new(),
+            hook_secret: "test-hook-secret".into(),
+            caps: SockhiveCaps {
+                cookie_auth: false,
+                redis_broker: false,
+                session_redis: false,
+                hooks: true,
+                version: String::new(),
+            },
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (mut child, _addr) = runtime
+            .block_on(env.start_hook_server("test-hook-server"))
+            .expect("the hook server answers signed calls and refuses forged ones");
+        stop_children(std::slice::from_mut(&mut child));
+    }
 }

@@ -12,6 +12,7 @@ use crate::credentials::Login;
 use crate::redis_seed::seed_sessions;
 use crate::scenario_handshake::{self, HandshakeParams, HandshakeResult, Load};
 use crate::scenario_query::{self, QueryParams};
+use crate::scenario_rpc::{self, RpcParams};
 use crate::scenario_sockets::{self, SocketsParams};
 use crate::servers::{Environment, LaunchError, Layout, Running, ServerKind};
 use crate::target::{AuthMode, CredentialBook, Target};
@@ -40,8 +41,11 @@ pub struct SuiteParams {
     pub sockets: SocketsParams,
     /// Query.
     pub query: QueryParams,
+    /// Rpc (absent from suites run before it existed).
+    #[serde(default)]
+    pub rpc: RpcParams,
     /// Scenario groups to run (`sockets` = idle + fan-out, `handshake` = closed + paced,
-    /// `reject`, `query`); all when empty.
+    /// `reject`, `query`, `rpc`); all when empty.
     #[serde(default)]
     pub only: Vec<String>,
 }
@@ -75,6 +79,7 @@ impl SuiteParams {
                 queries: 200,
                 timeout,
             },
+            rpc: RpcParams::default(),
             only: Vec::new(),
         }
     }
@@ -107,6 +112,13 @@ impl SuiteParams {
                 queries: 10,
                 timeout,
             },
+            rpc: RpcParams {
+                clients: 5,
+                connect_concurrency: 5,
+                warmup: Duration::from_millis(200),
+                duration: Duration::from_millis(700),
+                timeout,
+            },
             only: Vec::new(),
         }
     }
@@ -117,7 +129,11 @@ impl SuiteParams {
     }
 
     fn logins_needed(&self) -> usize {
-        self.sockets.sockets.max(self.query.sockets) + 16
+        self.sockets
+            .sockets
+            .max(self.query.sockets)
+            .max(self.rpc.clients)
+            + 16
     }
 }
 
@@ -372,6 +388,45 @@ impl Runner<'_> {
         }
     }
 
+    /// `rpc` on a freshly started server (sockhive with its hook server).
+    async fn rpc_scenario(&mut self, kind: ServerKind, run: usize) {
+        let running = match self.env.start(kind, Layout::Rpc, &self.book).await {
+            Ok(running) => running,
+            Err(LaunchError::NotApplicable(why)) => {
+                self.push(kind, run, "rpc", Status::Skipped, Some(why), Value::Null);
+                return;
+            }
+            Err(e) => {
+                let reason = Some(e.to_string());
+                self.push(kind, run, "rpc", Status::Failed, reason, Value::Null);
+                return;
+            }
+        };
+        if run == 1 {
+            self.descriptions.push(serde_json::json!({
+                "server": kind.key(), "scenario": "rpc", "layout": running.description,
+            }));
+        }
+        let params = self.params;
+        let result = scenario_rpc::run(&running.target, &self.book, params.rpc).await;
+        let complete = result.connected == params.rpc.clients && result.failed == 0;
+        let ok = result.ok > 0 && (!params.smoke || complete);
+        let reason = (!ok).then(|| {
+            result
+                .first_problem
+                .clone()
+                .unwrap_or_else(|| "no call answered".into())
+        });
+        self.push(
+            kind,
+            run,
+            "rpc",
+            if ok { Status::Ok } else { Status::Failed },
+            reason,
+            to_value(&result),
+        );
+    }
+
     async fn one_run(&mut self, kind: ServerKind, run: usize) {
         let serving = [
             "idle",
@@ -406,11 +461,17 @@ impl Runner<'_> {
                 );
                 self.skip_all(kind, run, &serving, Status::Skipped, &reason);
                 self.skip_all(kind, run, &["query"], Status::Skipped, &reason);
+                if self.params.wants("rpc") {
+                    self.skip_all(kind, run, &["rpc"], Status::Skipped, &reason);
+                }
                 return;
             }
             Some(Err(e)) => {
                 self.skip_all(kind, run, &serving, Status::Failed, &e.to_string());
             }
+        }
+        if self.params.wants("rpc") {
+            self.rpc_scenario(kind, run).await;
         }
         if !self.params.wants("query") {
             return;

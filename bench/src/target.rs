@@ -89,6 +89,8 @@ pub struct Target {
     pub auth: AuthMode,
     /// Processes whose CPU and memory are the server's.
     pub roots: Vec<u32>,
+    /// The application's hook server behind sockhive (also in `roots`), reported apart.
+    pub hook_roots: Vec<u32>,
     /// Admin endpoint for `POST /api/sockets/query`, if the server has one.
     pub admin: Option<SocketAddr>,
     /// Bearer token for the admin endpoint.
@@ -112,6 +114,7 @@ impl Target {
             addrs,
             auth,
             roots,
+            hook_roots: Vec::new(),
             admin: None,
             admin_token: String::new(),
             cursor: AtomicUsize::new(0),

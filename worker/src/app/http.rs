@@ -47,7 +47,11 @@ pub struct HttpHooks {
 
 pub(super) struct Inner {
     url: HttpUrl,
-    secrets: Vec<Vec<u8>>,
+    /// One keyed HMAC state per secret, cloned per call (keying hashes the
+    /// secret; doing it once saves that on every call).
+    macs: Vec<Hmac<Sha256>>,
+    /// `{hook-url path}/{hook}` for each hook, built once.
+    paths: [String; 6],
     /// `--hook-concurrency`: calls in flight on this worker.
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<(Connection, Instant)>>,
@@ -70,12 +74,16 @@ impl HttpHooks {
             return Err(HookSetupError::NoSecret);
         }
         let concurrency = config.hook_concurrency.max(1) as usize;
+        let base = url.path.trim_end_matches('/').to_owned();
         let inner = Arc::new(Inner {
+            paths: HookKind::ALL.map(|hook| format!("{base}/{}", hook.as_str())),
             url,
-            secrets: config
+            macs: config
                 .hook_secret
                 .iter()
-                .map(|s| s.as_bytes().to_vec())
+                .map(|s| {
+                    Hmac::<Sha256>::new_from_slice(s.as_bytes()).expect("HMAC takes any key size")
+                })
                 .collect(),
             slots: Arc::new(Semaphore::new(concurrency)),
             idle: Mutex::new(Vec::new()),
@@ -110,16 +118,18 @@ impl AppHooks for HttpHooks {
 impl Inner {
     /// `X-Sockhive-Signature` for `body`: one `sha256=<hex>` per secret.
     fn signature(&self, body: &[u8]) -> String {
-        let mut header = String::with_capacity(self.secrets.len() * 72);
-        for secret in &self.secrets {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key size");
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut header = String::with_capacity(self.macs.len() * 72);
+        for keyed in &self.macs {
+            let mut mac = keyed.clone();
             mac.update(body);
             if !header.is_empty() {
                 header.push(',');
             }
             header.push_str("sha256=");
             for byte in mac.finalize().into_bytes() {
-                header.push_str(&format!("{byte:02x}"));
+                header.push(HEX[usize::from(byte >> 4)] as char);
+                header.push(HEX[usize::from(byte & 0x0f)] as char);
             }
         }
         header
@@ -137,7 +147,10 @@ impl Inner {
             .acquire_owned()
             .await
             .map_err(|_| HookFailure::Unavailable("the worker is stopping".into()))?;
-        let path = format!("{}/{}", self.url.path.trim_end_matches('/'), hook.as_str());
+        let path = &self.paths[HookKind::ALL
+            .iter()
+            .position(|h| *h == hook)
+            .expect("every hook is in ALL")];
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let head = format!(
             "X-Sockhive-Signature: {}\r\nX-Sockhive-Event-Id: {}-{id}\r\nX-Sockhive-Hook: {}\r\n",
@@ -154,7 +167,7 @@ impl Inner {
                     .map_err(|e| HookFailure::Unavailable(e.to_string()))?,
             };
             match fresh
-                .post_json(&self.url.authority, &path, &head, body)
+                .post_json(&self.url.authority, path, &head, body)
                 .await
             {
                 Ok(answer) => {
