@@ -22,7 +22,7 @@ use crate::app::{Effect, HookAnswer, HookCall, HookFailure, HookFuture, HookKind
 use crate::auth::{Method, Refusal};
 use crate::hub::outbox::outbox;
 use crate::hub::registry::SocketEntry;
-use crate::transport::Transport;
+use crate::transport::Wire;
 use crate::Worker;
 
 /// The `connect` hook's time limit never exceeds this: a handshake waits on it.
@@ -203,7 +203,7 @@ fn failure_error(hook: HookKind, failure: &HookFailure) -> ReplyError {
     ReplyError::new(failure.name(), failure.message(hook))
 }
 
-impl<P: Protocol, S: Transport> Socket<P, S> {
+impl<P: Protocol, W: Wire> Socket<P, W> {
     /// Queues a call to the app behind this socket's earlier ones.
     pub(super) fn call_app(&mut self, call: Waiting) {
         let calls = self.calls.get_or_insert_with(Box::default);

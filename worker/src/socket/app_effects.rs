@@ -10,12 +10,12 @@ use super::protocol::Protocol;
 use super::{CloseReason, Socket};
 use crate::app::{Effect, EmitTarget};
 use crate::auth::{Identity, Method};
-use crate::transport::Transport;
+use crate::transport::Wire;
 
 /// What `#removeAuthToken`'s Socket.IO counterpart says when the app ends a login.
 const APP_LOGOUT: &str = "the application ended the login";
 
-impl<P: Protocol, S: Transport> Socket<P, S> {
+impl<P: Protocol, W: Wire> Socket<P, W> {
     /// Applies `effects` in order; the ending a `disconnect` asks for.
     pub(super) async fn apply_effects(&mut self, effects: Vec<Effect>) -> Option<CloseReason> {
         let mut ending = None;

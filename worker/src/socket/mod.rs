@@ -39,8 +39,6 @@ use sockhive_shared::channel_rules::ChannelAction;
 use sockhive_shared::config::{ChannelAuth, HookKind};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 pub use crate::app::AppHooks;
@@ -53,7 +51,7 @@ use crate::app::LifecycleEvent;
 use crate::auth::{Credential, Method, PendingCredential, Refusal};
 use crate::hub::outbox::{outbox, Inbox, Outbound, Outbox};
 use crate::hub::registry::{login_view, SocketEntry};
-use crate::transport::{linger, write_raw_close, Transport, Upgraded, Ws, MAX_CLOSE_REASON};
+use crate::transport::{Ending, Upgraded, Wire};
 use crate::Worker;
 use heartbeat::{Beat, Heartbeat};
 use login::{Login, LoginDue};
@@ -69,19 +67,16 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a socket that does not read gets to take its close frame.
 const NOT_READING_GRACE: Duration = Duration::from_millis(100);
 
-/// How long a closed connection keeps reading and discarding, so the close
-/// frame is not destroyed by a reset (interface.md: lingering close).
-const LINGER: Duration = Duration::from_secs(2);
-
 /// The text of `#kickOut` / `kickout` when a login change costs a channel.
 const LOST_ACCESS: &str = "The socket's authentication changed and no longer grants this channel";
 
 /// One socket's state, owned by its task; nothing in it is shared or locked.
-struct Socket<P: Protocol, S: Transport> {
+struct Socket<P: Protocol, W: Wire> {
     worker: Arc<Worker>,
     id: Arc<str>,
     protocol: P,
-    ws: Ws<S>,
+    /// The connection (a WebSocket, or a long-polling session).
+    ws: W,
     /// Frames waiting to be written.
     out: Out,
     /// How the rest of the worker reaches this socket (kept for the registry
@@ -136,9 +131,9 @@ impl From<PendingCredential> for Admission {
 }
 
 /// Serves one upgraded connection with `protocol` until it ends.
-pub async fn run_socket<P: Protocol, S: Transport>(
+pub async fn run_socket<P: Protocol, W: Wire>(
     worker: Arc<Worker>,
-    ws: Ws<S>,
+    ws: W,
     upgraded: Upgraded,
     admission: Admission,
     protocol: P,
@@ -200,7 +195,7 @@ fn read_error_reason(error: WsError) -> CloseReason {
     }
 }
 
-impl<P: Protocol, S: Transport> Socket<P, S> {
+impl<P: Protocol, W: Wire> Socket<P, W> {
     async fn run(&mut self, mut inbox: Inbox) -> CloseReason {
         let budget = inbox.budget().clone();
         let shutdown = self.worker.shutdown.clone();
@@ -762,34 +757,13 @@ impl<P: Protocol, S: Transport> Socket<P, S> {
             self.out.discard();
         }
         let close = self.protocol.close(&mut self.out, &reason);
-        let frame = close.as_ref().map(|(code, text)| CloseFrame {
-            code: CloseCode::from(*code),
-            reason: crate::transport::truncated(text, MAX_CLOSE_REASON)
-                .to_string()
-                .into(),
-        });
-        let sent = tokio::time::timeout(grace, async {
-            self.out.drain(&mut self.ws).await?;
-            self.ws.close(frame).await
-        })
-        .await;
-        if not_reading {
-            return;
-        }
-        if !matches!(sent, Ok(Ok(()))) {
-            // tungstenite refuses to write after a read error (an oversized
-            // frame above all): write the close frame ourselves.
-            let raw = close.as_ref().map(|(code, text)| (*code, text.as_str()));
-            let _ = tokio::time::timeout(grace, write_raw_close(self.ws.get_mut(), raw)).await;
+        let _ = tokio::time::timeout(grace, self.out.drain(&mut self.ws)).await;
+        let ending = if not_reading {
+            Ending::Abrupt
         } else {
-            // Wait for the client's close frame, then the lingering close.
-            let _ = tokio::time::timeout(grace, async {
-                use futures_util::StreamExt;
-                while let Some(Ok(_)) = self.ws.next().await {}
-            })
-            .await;
-        }
-        linger(self.ws.get_mut(), LINGER).await;
+            Ending::Orderly
+        };
+        self.ws.end(close, grace, ending).await;
     }
 }
 

@@ -12,14 +12,13 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_util::{Sink, Stream};
 use prometheus::IntCounter;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::hub::outbox::SendBudget;
-use crate::transport::{Transport, Ws};
+use crate::transport::Wire;
 
 /// What the transport did while the loop waited on it.
 #[derive(Debug)]
@@ -115,11 +114,7 @@ impl Out {
     ///
     /// Hot path: every queued frame is handed over in one wake and flushed
     /// once.
-    pub fn poll_write<S: Transport>(
-        &mut self,
-        ws: &mut Ws<S>,
-        cx: &mut Context<'_>,
-    ) -> Result<(), WsError> {
+    pub fn poll_write<W: Wire>(&mut self, ws: &mut W, cx: &mut Context<'_>) -> Result<(), WsError> {
         while let Some(next) = self.queue.front() {
             let size = size_of(next);
             match Pin::new(&mut *ws).poll_ready(cx) {
@@ -152,7 +147,7 @@ impl Out {
     }
 
     /// Drives the writes, then waits for the next inbound frame.
-    pub fn poll_io<S: Transport>(&mut self, ws: &mut Ws<S>, cx: &mut Context<'_>) -> Poll<Io> {
+    pub fn poll_io<W: Wire>(&mut self, ws: &mut W, cx: &mut Context<'_>) -> Poll<Io> {
         if self.poll_write(ws, cx).is_err() {
             return Poll::Ready(Io::Closed);
         }
@@ -168,7 +163,7 @@ impl Out {
     }
 
     /// Writes everything queued, waiting as long as it takes (callers bound it).
-    pub async fn drain<S: Transport>(&mut self, ws: &mut Ws<S>) -> Result<(), WsError> {
+    pub async fn drain<W: Wire>(&mut self, ws: &mut W) -> Result<(), WsError> {
         std::future::poll_fn(|cx| match self.poll_write(ws, cx) {
             Err(e) => Poll::Ready(Err(e)),
             Ok(()) if self.queue.is_empty() && !self.unflushed => Poll::Ready(Ok(())),

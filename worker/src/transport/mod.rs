@@ -2,8 +2,10 @@
 //! every layer above does to it (the close frame, the lingering close).
 //!
 //! - [`rewind`]: replays bytes read past the HTTP head.
+//! - [`wire`]: what the socket core sends and receives frames over.
 
 pub mod rewind;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 
 pub use rewind::Rewind;
+pub use wire::{Ending, Wire};
 
 /// A byte stream a socket can be served over: TCP in production, an
 /// in-memory pipe in the socket core's tests.
