@@ -332,6 +332,18 @@ impl Master {
             }
             ToMaster::Publish { channel, data } => self.publish(&channel, data),
             ToMaster::Users { joined, left } => self.index_users(id, joined, left),
+            ToMaster::PollForward {
+                request,
+                slot,
+                call,
+            } => self.forward_poll(id, request, slot, call),
+            ToMaster::PollAnswer {
+                request,
+                to,
+                answer,
+            } => {
+                self.send_to_slot(to, &ToWorker::PollAnswer { request, answer });
+            }
             ToMaster::Command { command } => {
                 let master = self.clone();
                 tokio::spawn(async move {
@@ -344,6 +356,48 @@ impl Master {
             ToMaster::Metrics { request, .. } | ToMaster::Cluster { request, .. } => {
                 self.collect(request, id, message)
             }
+        }
+    }
+
+    /// Hands a long-polling request to the worker of `slot`, which owns its
+    /// session; without one (the slot is restarting) the forwarder gets
+    /// Engine.IO's `Session ID unknown` at once.
+    fn forward_poll(&self, from: WorkerId, request: u64, slot: u16, call: ipc::PollCall) {
+        let Some(from_slot) = lock(&self.state).workers.get(&from).map(|w| w.slot) else {
+            return;
+        };
+        let delivered = self.send_to_slot(
+            slot,
+            &ToWorker::PollCall {
+                request,
+                from: from_slot,
+                call,
+            },
+        );
+        if !delivered {
+            let answer = ipc::PollAnswer {
+                status: 400,
+                content_type: "application/json".into(),
+                body: r#"{"code":1,"message":"Session ID unknown"}"#.into(),
+            };
+            self.send_to_slot(from_slot, &ToWorker::PollAnswer { request, answer });
+        }
+    }
+
+    /// Sends one message to the current worker of `slot`; false when none.
+    fn send_to_slot(&self, slot: u16, message: &ToWorker) -> bool {
+        let Ok(frame) = ipc::encode(message) else {
+            return false;
+        };
+        let state = lock(&self.state);
+        let current = slot
+            .checked_sub(1)
+            .and_then(|index| state.slots.get(index as usize))
+            .and_then(|s| s.current)
+            .and_then(|id| state.workers.get(&id));
+        match current {
+            Some(worker) => worker.tx.send(frame.into()).is_ok(),
+            None => false,
         }
     }
 

@@ -148,6 +148,29 @@ pub struct NodeReply {
     pub workers_expected: usize,
 }
 
+/// One request of Socket.IO's long-polling transport, for the worker that
+/// owns its session (the session id names it; no sticky sessions needed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollCall {
+    /// The session id.
+    pub sid: String,
+    /// `GET` (fetch what the socket wrote) or `POST` (the client's packets).
+    pub method: String,
+    /// A `POST`'s body (Engine.IO payloads are text).
+    pub body: String,
+}
+
+/// The owner's HTTP answer to a [`PollCall`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollAnswer {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: String,
+    /// Body.
+    pub body: String,
+}
+
 /// Master to worker.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -172,6 +195,23 @@ pub enum ToWorker {
         channel: String,
         /// The published value, JSON text serialized once by the publisher.
         data: Box<RawValue>,
+    },
+    /// A long-polling request that reached another worker, for this one,
+    /// which owns the session; answer with [`ToMaster::PollAnswer`].
+    PollCall {
+        /// Correlates the answer.
+        request: u64,
+        /// The slot of the worker that holds the client's connection.
+        from: u16,
+        /// The request.
+        call: PollCall,
+    },
+    /// The owner's answer to a [`ToMaster::PollForward`] of this worker.
+    PollAnswer {
+        /// The forward being answered.
+        request: u64,
+        /// The answer.
+        answer: PollAnswer,
     },
     /// A cluster query to evaluate on this worker's sockets.
     Cluster {
@@ -219,6 +259,25 @@ pub enum ToMaster {
         joined: Vec<String>,
         /// User ids no longer present.
         left: Vec<String>,
+    },
+    /// A long-polling request for a session another worker of this node
+    /// owns: the master hands it to that worker.
+    PollForward {
+        /// Correlates the answer ([`ToWorker::PollAnswer`]).
+        request: u64,
+        /// The owner's slot.
+        slot: u16,
+        /// The request.
+        call: PollCall,
+    },
+    /// This worker's answer to a [`ToWorker::PollCall`].
+    PollAnswer {
+        /// The request being answered.
+        request: u64,
+        /// The slot that forwarded it.
+        to: u16,
+        /// The answer.
+        answer: PollAnswer,
     },
     /// A cluster command a socket's app hook asked for (an `emit` effect):
     /// the master runs it as it runs the admin API's, and answers nobody.

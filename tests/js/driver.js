@@ -113,7 +113,9 @@
 //
 // ---- Socket.IO (socket.io-client) ----
 // io.connect {client, url:"ws://host:port[/namespace]", path?="/socket.io/",
-//             transports?=["websocket"], auth?, query?, extraHeaders?,
+//             transports?=["websocket"] (["polling", "websocket"]: the client's
+//             default, with the upgrade reported as an `upgrade` event),
+//             auth?, query?, extraHeaders?,
 //             reconnection?=false, listen?, timeoutMs?, options?}
 //   listen?: [event | {event, ack}] registers io.listen listeners BEFORE connecting
 //   (needed for events the server emits in its connection handler).
@@ -803,8 +805,15 @@ function ioConnect(cmd) {
   const outcome = new Promise((resolve, reject) => {
     socket.on('connect', () => {
       if (!current()) return;
-      pushEvent('connect', name, { socketId: socket.id });
-      resolve({ socketId: socket.id });
+      const transport = socket.io.engine?.transport?.name ?? null;
+      pushEvent('connect', name, { socketId: socket.id, transport });
+      resolve({ socketId: socket.id, transport });
+    });
+    // The engine exists once connect() ran; the upgrade is reported as an event.
+    socket.io.on('open', () => {
+      socket.io.engine.on('upgrade', (transport) => {
+        if (current()) pushEvent('upgrade', name, { transport: transport.name });
+      });
     });
     socket.on('connect_error', (err) => {
       if (!current()) return;
@@ -886,7 +895,29 @@ function ioState(cmd) {
     active: socket.active,
     id: socket.id ?? null,
     recovered: socket.recovered ?? false,
+    transport: socket.io.engine?.transport?.name ?? null,
   };
+}
+
+// io.publishBurst {client, channel, count, intervalMs?=5}: publishes
+// {n: 1..count} to the channel, one every intervalMs, each with its ack, from
+// the moment it is called (so a burst started right at connect crosses the
+// polling-to-websocket upgrade); returns {acked, transports} (the transport
+// each publish went out on).
+async function ioPublishBurst(cmd) {
+  const { socket } = getIo(cmd);
+  const channel = requireString(cmd, 'channel');
+  const count = Number(cmd.count) || 0;
+  const interval = typeof cmd.intervalMs === 'number' ? cmd.intervalMs : 5;
+  const transports = [];
+  const acks = [];
+  for (let n = 1; n <= count; n += 1) {
+    transports.push(socket.io.engine?.transport?.name ?? null);
+    acks.push(socket.timeout(10000).emitWithAck('publish', { channel, data: { n } }));
+    if (interval > 0) await new Promise((resolve) => setTimeout(resolve, interval));
+  }
+  const results = await withTimeout(Promise.all(acks), waitMsOf(cmd, 20000), 'io.publishBurst');
+  return { acked: results.filter((r) => r && r.ok === true).length, transports };
 }
 
 function ioWs(cmd) {
@@ -1072,6 +1103,7 @@ const OPS = {
   'io.emitWithAck': ioEmitWithAck,
   'io.disconnect': ioDisconnect,
   'io.state': ioState,
+  'io.publishBurst': ioPublishBurst,
   'io.pauseReading': ioPauseReading,
   'io.resumeReading': ioResumeReading,
   'io.readStats': ioReadStats,

@@ -297,7 +297,7 @@ fn nginx_production_config_passes_nginx_t() {
     // Outside Docker the node names do not resolve (nginx -t resolves
     // upstream hosts) and port 8080 may be taken: point them at loopback.
     let mut rendered = production.clone();
-    for node in ["node1", "node2", "node3"] {
+    for node in ["node1", "node2"] {
         let from = format!("server {node}:8000 ");
         assert_eq!(
             rendered.matches(&from).count(),
@@ -340,9 +340,6 @@ fn nginx_production_config_passes_nginx_t() {
         "proxy_set_header Connection $connection_upgrade;",
         "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         "proxy_set_header Host $http_host;",
-        "location /socketcluster/",
-        "location /socket.io/",
-        "location = /healthz",
         "proxy_read_timeout 1h;",
     ] {
         assert!(locations.contains(needle), "locations lack `{needle}`");
@@ -351,6 +348,8 @@ fn nginx_production_config_passes_nginx_t() {
         "map $http_upgrade $connection_upgrade",
         "least_conn;",
         "zone sockhive",
+        "location = /healthz",
+        "location / {",
     ] {
         assert!(
             production.contains(needle),
@@ -360,6 +359,177 @@ fn nginx_production_config_passes_nginx_t() {
     assert!(
         production.contains("no active health checks"),
         "sockhive.conf says open-source nginx only checks passively"
+    );
+}
+
+/// The top-level statements of an nginx file (outside any block), each with
+/// the block it opens, comments dropped: `("location ^~ /socket.io/", true)`.
+fn nginx_top_level(conf: &str) -> Vec<(String, bool)> {
+    let mut statements = Vec::new();
+    let mut depth = 0usize;
+    let mut current = String::new();
+    for line in conf.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        for c in line.chars() {
+            match c {
+                '{' => {
+                    if depth == 0 {
+                        statements.push((current.trim().to_string(), true));
+                        current.clear();
+                    }
+                    depth += 1;
+                }
+                '}' => depth -= 1,
+                ';' if depth == 0 => {
+                    statements.push((current.trim().to_string(), false));
+                    current.clear();
+                }
+                _ if depth == 0 => current.push(c),
+                _ => {}
+            }
+        }
+        if depth == 0 {
+            current.push(' ');
+        }
+    }
+    assert_eq!(depth, 0, "balanced braces");
+    statements
+}
+
+#[test]
+fn the_locations_snippet_holds_only_sockhives_paths() {
+    // Included in the app's own server block, it must take sockhive's three
+    // paths and nothing else: no `location /`, no server-level directive
+    // that would change the app's locations.
+    let locations = read_deploy("nginx/sockhive-locations.conf");
+    let mut top = nginx_top_level(&locations);
+    top.sort();
+    assert_eq!(
+        top,
+        vec![
+            ("location = /negotiate".to_string(), true),
+            ("location ^~ /socket.io/".to_string(), true),
+            ("location ^~ /socketcluster/".to_string(), true),
+        ],
+        "the snippet's top level"
+    );
+    // Each WebSocket location carries the whole upgrade on its own.
+    for path in ["/socketcluster/", "/socket.io/"] {
+        let block = locations
+            .split_once(&format!("location ^~ {path} {{"))
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(block, _)| block)
+            .unwrap_or_else(|| panic!("location {path}"));
+        for needle in [
+            "proxy_pass http://sockhive;",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Upgrade $http_upgrade;",
+            "proxy_set_header Connection $connection_upgrade;",
+            "proxy_set_header Host $http_host;",
+            "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+            "proxy_read_timeout 1h;",
+            "proxy_buffering off;",
+        ] {
+            assert!(block.contains(needle), "location {path} lacks `{needle}`");
+        }
+    }
+}
+
+/// app-with-sockhive.conf pointed at loopback, in `dir` with the snippet
+/// where its relative include finds it; returns the main config's path.
+fn render_one_origin(dir: &TempDir) -> PathBuf {
+    let shipped = read_deploy("nginx/app-with-sockhive.conf");
+    let mut rendered = shipped.clone();
+    for from in [
+        "server node1:8000 ",
+        "server node2:8000 ",
+        "server app:3000",
+    ] {
+        assert_eq!(
+            shipped.matches(from).count(),
+            1,
+            "app-with-sockhive.conf lists `{from}` once"
+        );
+        let to = format!("server 127.0.0.1:{}", free_port());
+        rendered = rendered.replace(from.trim_end(), &to);
+    }
+    assert_eq!(rendered.matches("listen 8080;").count(), 1);
+    let rendered = rendered.replace(
+        "listen 8080;",
+        &format!("listen 127.0.0.1:{};", free_port()),
+    );
+    dir.write("conf.d/default.conf", &rendered);
+    dir.write(
+        "snippets/sockhive-locations.conf",
+        &read_deploy("nginx/sockhive-locations.conf"),
+    );
+    let p = dir.path().display();
+    let main = format!(
+        "pid {p}/nginx.pid;\nerror_log {p}/error.log;\nevents {{}}\nhttp {{\n{}include {p}/conf.d/*.conf;\n}}\n",
+        nginx_sandbox_http_paths(dir.path())
+    );
+    dir.write("nginx.conf", &main)
+}
+
+#[test]
+fn nginx_one_origin_config_passes_nginx_t_and_includes_the_snippet_beside_the_app() {
+    let dir = TempDir::new("nginx-one-origin");
+    let conf = render_one_origin(&dir);
+    let finished = nginx_t(dir.path(), &conf);
+    assert!(
+        finished.status.success(),
+        "nginx -t refused app-with-sockhive.conf: {}",
+        finished.describe()
+    );
+    // http context: the map, sockhive's upstream and the app's; one server
+    // block that includes the snippet next to the app's `location /`.
+    let conf = read_deploy("nginx/app-with-sockhive.conf");
+    let top = nginx_top_level(&conf);
+    let opened: Vec<&str> = top
+        .iter()
+        .filter(|(_, block)| *block)
+        .map(|(s, _)| s.as_str())
+        .collect();
+    assert_eq!(
+        opened,
+        [
+            "map $http_upgrade $connection_upgrade",
+            "upstream sockhive",
+            "upstream app",
+            "server"
+        ]
+    );
+    let server = conf
+        .split_once("\nserver {")
+        .map(|(_, rest)| rest)
+        .expect("a server block");
+    let mut inside = nginx_top_level(server.rsplit_once('}').expect("server block end").0);
+    inside.sort();
+    assert_eq!(
+        inside,
+        vec![
+            (
+                "include snippets/sockhive-locations.conf".to_string(),
+                false
+            ),
+            ("listen 8080".to_string(), false),
+            ("location /".to_string(), true),
+            ("location ^~ /sockhive/".to_string(), true),
+        ],
+        "the app's server block"
+    );
+    let app_location = server
+        .split_once("location / {")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(block, _)| block)
+        .expect("location /");
+    assert!(app_location.contains("proxy_pass http://app;"));
+    // Same balancing as sockhive.conf.
+    let production = read_deploy("nginx/sockhive.conf");
+    assert_eq!(
+        nginx::upstream_servers(&conf),
+        nginx::upstream_servers(&production),
+        "both configs list the same nodes with the same checks"
     );
 }
 
@@ -480,7 +650,10 @@ fn haproxy_config_passes_haproxy_c() {
         .lines()
         .chain(finished.stdout.lines())
         .filter(|l| l.contains("[WARNING]") || l.contains("[ALERT]"))
-        .filter(|l| !l.contains("could not resolve address 'node"))
+        .filter(|l| {
+            !l.contains("could not resolve address 'node")
+                && !l.contains("could not resolve address 'app'")
+        })
         .collect();
     assert!(unexpected.is_empty(), "haproxy warnings: {unexpected:#?}");
 
@@ -492,6 +665,12 @@ fn haproxy_config_passes_haproxy_c() {
         "uri /readyz",
         "http-check expect status 200",
         "option forwardfor",
+        // One origin: sockhive's paths to the nodes, the rest to the app.
+        "acl sockhive_path path_beg /socketcluster/ /socket.io/",
+        "acl sockhive_path path /negotiate",
+        "use_backend sockhive_nodes if sockhive_path",
+        "default_backend app",
+        "server app app:3000 check",
     ] {
         assert!(config.contains(needle), "haproxy.cfg lacks `{needle}`");
     }
@@ -507,12 +686,25 @@ fn haproxy_config_passes_haproxy_c() {
         config.contains(&format!("check port {admin_port}")),
         "haproxy checks the admin port {admin_port}"
     );
-    for node in ["node1", "node2", "node3"] {
+    let nodes: Vec<&String> = compose["services"]
+        .as_object()
+        .expect("services")
+        .iter()
+        .filter(|(_, s)| s["command"].get(0).and_then(Value::as_str) == Some("serve"))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(nodes.len(), 2);
+    for node in &nodes {
         assert!(
             config.contains(&format!("server {node} {node}:8000")),
             "haproxy lists {node}"
         );
     }
+    assert_eq!(
+        config.matches("    server node").count(),
+        nodes.len(),
+        "haproxy lists exactly the compose nodes"
+    );
 }
 
 /// The production haproxy.cfg pointed at loopback nodes: `(public, admin)`
@@ -521,10 +713,12 @@ fn haproxy_config_passes_haproxy_c() {
 fn render_haproxy(
     dir: &TempDir,
     listen: SocketAddr,
+    app: SocketAddr,
     nodes: &[(SocketAddr, SocketAddr)],
 ) -> PathBuf {
     let production = read_deploy("haproxy/haproxy.cfg");
     assert_eq!(production.matches("bind :8080").count(), 1);
+    assert_eq!(production.matches("server app app:3000 ").count(), 1);
     assert_eq!(production.matches("\nglobal\n").count(), 1);
     assert_eq!(production.matches("maxconn 50000").count(), 1);
     let rendered = production
@@ -538,11 +732,12 @@ fn render_haproxy(
         )
         // Loopback addresses need no DNS (Docker's resolver is not here).
         .replace(" resolvers docker", "")
+        .replace("server app app:3000 ", &format!("server app {app} "))
         // The test's file limit, not production's.
         .replace("maxconn 50000", "maxconn 2000");
     let mut lines = Vec::new();
     for line in rendered.lines() {
-        let node = (1..=3).find(|n| line.trim() == format!("server node{n} node{n}:8000"));
+        let node = (1..=2).find(|n| line.trim() == format!("server node{n} node{n}:8000"));
         match node {
             None => lines.push(line.to_string()),
             // The admin port differs per node here, so each server names its own.
@@ -570,11 +765,11 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    fn start(nodes: &[(SocketAddr, SocketAddr)]) -> Haproxy {
+    fn start(app: SocketAddr, nodes: &[(SocketAddr, SocketAddr)]) -> Haproxy {
         let haproxy = require_tool("haproxy", "haproxy");
         let dir = TempDir::new("haproxy");
         let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let conf = render_haproxy(&dir, listen, nodes);
+        let conf = render_haproxy(&dir, listen, app, nodes);
         let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log file");
         let child = Command::new(haproxy)
             .arg("-db")
@@ -605,8 +800,13 @@ impl Haproxy {
         std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
     }
 
-    /// `(server, status, check_status, check_code)` of each backend server.
+    /// `(server, status, check_status, check_code)` of each node.
     fn server_checks(&self) -> Vec<(String, String, String, String)> {
+        self.checks_of("sockhive_nodes")
+    }
+
+    /// `(server, status, check_status, check_code)` of each server of `backend`.
+    fn checks_of(&self, backend: &str) -> Vec<(String, String, String, String)> {
         use std::io::Write;
         let Ok(mut socket) =
             std::os::unix::net::UnixStream::connect(self.dir.path().join("admin.sock"))
@@ -638,8 +838,9 @@ impl Haproxy {
         lines
             .map(|l| l.split(',').collect::<Vec<&str>>())
             .filter(|f| {
-                f.get(px) == Some(&"sockhive_nodes")
-                    && f.get(sv).is_some_and(|s| s.starts_with("node"))
+                f.get(px) == Some(&backend)
+                    && f.get(sv)
+                        .is_some_and(|s| *s != "BACKEND" && *s != "FRONTEND")
             })
             .map(|f| {
                 let get = |i: usize| f.get(i).copied().unwrap_or_default().to_string();
@@ -664,11 +865,69 @@ impl Drop for Haproxy {
     }
 }
 
+/// A stand-in for the web app: answers every request with 200 and a body
+/// naming itself, until the test ends.
+fn fake_app() -> SocketAddr {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fake app");
+    let addr = listener.local_addr().expect("fake app address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = "the app";
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test]
 async fn haproxy_checks_readyz_on_the_admin_port_and_spreads_sockets() {
     let node_a = NodeBuilder::new(2).start();
     let node_b = NodeBuilder::new(2).start();
-    let haproxy = Haproxy::start(&[(node_a.public, node_a.admin), (node_b.public, node_b.admin)]);
+    let app = fake_app();
+    let haproxy = Haproxy::start(
+        app,
+        &[(node_a.public, node_a.admin), (node_b.public, node_b.admin)],
+    );
+
+    // One origin: the app answers everything but sockhive's paths, once its
+    // own check passes; the hook routes are not public.
+    eventually(
+        Duration::from_secs(10),
+        "the app checked L7OK",
+        async || {
+            haproxy
+                .checks_of("app")
+                .iter()
+                .any(|(_, status, check, _)| status == "UP" && check == "L7OK")
+                .then_some(())
+        },
+    )
+    .await;
+    let page = http::get(haproxy.listen, "/login", &[]).await;
+    assert_eq!((page.status, page.body.as_str()), (200, "the app"));
+    assert_eq!(
+        http::get(haproxy.listen, "/sockhive/rpc", &[]).await.status,
+        404
+    );
+    let negotiate = http::get(haproxy.listen, "/negotiate", &[]).await;
+    assert_ne!(negotiate.body, "the app", "/negotiate is sockhive's");
 
     // The active check really reaches /readyz and reads its 200.
     eventually(
@@ -717,21 +976,57 @@ async fn haproxy_checks_readyz_on_the_admin_port_and_spreads_sockets() {
 
 // ----------------------------------------------------------------- docker
 
+/// The `${NAME:?...}` / `${NAME:-...}` variable a compose value reads, if any.
+fn compose_variable(value: &str) -> Option<&str> {
+    let inner = value.strip_prefix("${")?.split('}').next()?;
+    Some(inner.split([':', '-', '?']).next().unwrap_or(inner))
+}
+
 #[test]
-fn docker_compose_runs_redis_three_nodes_and_nginx() {
+fn docker_compose_runs_the_demo_app_redis_two_nodes_and_nginx_on_one_origin() {
     let compose = yaml_file(deploy_dir().join("docker-compose.yml")).remove(0);
     let services = compose["services"]
         .as_object()
         .expect("compose has services");
-    for name in ["redis", "nginx", "node1", "node2", "node3"] {
+    for name in ["redis", "app", "nginx", "node1", "node2"] {
         assert!(services.contains_key(name), "compose lacks service {name}");
     }
     let nodes: Vec<(&String, &Value)> = services
         .iter()
         .filter(|(_, s)| s["command"].get(0).and_then(Value::as_str) == Some("serve"))
         .collect();
-    assert_eq!(nodes.len(), 3, "three sockhive nodes");
+    assert_eq!(nodes.len(), 2, "two sockhive nodes");
 
+    // The variables of .env.example: every required one compose reads is there.
+    let env_example = read_deploy(".env.example");
+    let example_vars: Vec<&str> = env_example
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    for var in [
+        "SESSION_SECRET",
+        "HOOK_SECRET",
+        "ALLOWED_ORIGIN",
+        "SOCKHIVE_ADMIN_TOKEN",
+        "SOCKHIVE_AUTH_KEY",
+    ] {
+        assert!(example_vars.contains(&var), ".env.example lacks {var}");
+    }
+    let compose_text = read_deploy("docker-compose.yml");
+    for required in compose_text.split("${").skip(1) {
+        let var = required
+            .split([':', '}', '-', '?'])
+            .next()
+            .unwrap_or_default();
+        assert!(
+            example_vars.contains(&var),
+            "compose reads ${{{var}}}, which .env.example does not set"
+        );
+    }
+
+    let app = &services["app"];
+    let app_env = &app["environment"];
     let mut node_ids = Vec::new();
     for (name, node) in &nodes {
         let command: Vec<&str> = node["command"]
@@ -748,22 +1043,61 @@ fn docker_compose_runs_redis_three_nodes_and_nginx() {
                 .unwrap_or_else(|| panic!("{name}: no {f}"))
         };
         node_ids.push(flag("--node-id"));
+        // One Redis: the app's sessions and sockhive's broker and session reads.
         assert_eq!(flag("--redis-url"), "redis://redis:6379", "{name}");
+        assert_eq!(
+            app_env["REDIS_URL"], "redis://redis:6379",
+            "the app's Redis"
+        );
         assert!(node.get("ports").is_none(), "{name} publishes no port");
         let env = &node["environment"];
-        for secret in ["SOCKHIVE_ADMIN_TOKEN", "SOCKHIVE_AUTH_KEY"] {
-            let value = env[secret].as_str().unwrap_or_default();
+        let env_str = |key: &str| {
+            env[key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: no {key}"))
+        };
+        for secret in [
+            "SOCKHIVE_ADMIN_TOKEN",
+            "SOCKHIVE_AUTH_KEY",
+            "SOCKHIVE_SESSION_SECRET",
+            "SOCKHIVE_HOOK_SECRET",
+        ] {
+            let value = env_str(secret);
             assert!(
                 value.starts_with("${") && value.contains(":?"),
                 "{name}: {secret} comes from the environment and is required, not a literal"
             );
         }
-        assert_eq!(env["SOCKHIVE_LISTEN"], "0.0.0.0:8000", "{name}");
-        let drain = parse_duration(
-            env["SOCKHIVE_DRAIN_TIMEOUT"]
-                .as_str()
-                .expect("drain timeout"),
+        // The app and sockhive hold the same session and hook secrets.
+        for (node_key, app_key) in [
+            ("SOCKHIVE_SESSION_SECRET", "SESSION_SECRET"),
+            ("SOCKHIVE_HOOK_SECRET", "HOOK_SECRET"),
+        ] {
+            let app_value = app_env[app_key].as_str().unwrap_or_default();
+            assert_eq!(
+                compose_variable(env_str(node_key)),
+                compose_variable(app_value),
+                "{name}: {node_key} and the app's {app_key} read the same variable"
+            );
+            assert!(compose_variable(app_value).is_some(), "app {app_key}");
+        }
+        assert_eq!(
+            compose_variable(env_str("SOCKHIVE_ALLOWED_ORIGIN")),
+            Some("ALLOWED_ORIGIN"),
+            "{name}"
         );
+        // Hooks go straight to the app on the private network.
+        assert_eq!(env_str("SOCKHIVE_HOOK_URL"), "http://app:3000/sockhive");
+        assert_eq!(env_str("SOCKHIVE_HOOKS"), "rpc");
+        // The demo's channel rules, mounted where SOCKHIVE_CONFIG points.
+        let config = env_str("SOCKHIVE_CONFIG");
+        let mounts = node["volumes"].to_string();
+        assert!(
+            mounts.contains(&format!("./demo/sockhive.toml:{config}:ro")),
+            "{name} mounts the demo's sockhive.toml at {config}: {mounts}"
+        );
+        assert_eq!(env_str("SOCKHIVE_LISTEN"), "0.0.0.0:8000", "{name}");
+        let drain = parse_duration(env_str("SOCKHIVE_DRAIN_TIMEOUT"));
         let grace = parse_duration(
             node["stop_grace_period"]
                 .as_str()
@@ -786,7 +1120,16 @@ fn docker_compose_runs_redis_three_nodes_and_nginx() {
     }
     node_ids.sort();
     node_ids.dedup();
-    assert_eq!(node_ids.len(), 3, "every node has its own id");
+    assert_eq!(node_ids.len(), 2, "every node has its own id");
+
+    // The app: the demo, built from deploy/demo, on the private network.
+    assert_eq!(app["build"], "./demo");
+    assert!(deploy_dir().join("demo/Dockerfile").is_file());
+    assert!(deploy_dir().join("demo/package-lock.json").is_file());
+    assert_eq!(app["expose"], serde_json::json!(["3000"]));
+    assert_eq!(app_env["PORT"], "3000");
+    assert_eq!(app["networks"], serde_json::json!(["backend"]));
+    assert!(app.get("ports").is_none(), "the app publishes no port");
 
     // Only the balancers publish; the nodes' network is internal.
     assert_eq!(services["redis"].get("ports"), None);
@@ -797,7 +1140,8 @@ fn docker_compose_runs_redis_three_nodes_and_nginx() {
     );
     assert_eq!(compose["networks"]["backend"]["internal"], true);
 
-    // nginx mounts the files of this directory where sockhive.conf expects them.
+    // nginx runs the one-origin config: the app's server block with the
+    // snippet included, both mounted where the config expects them.
     let mounts: Vec<&str> = services["nginx"]["volumes"]
         .as_array()
         .expect("nginx volumes")
@@ -805,23 +1149,25 @@ fn docker_compose_runs_redis_three_nodes_and_nginx() {
         .filter_map(Value::as_str)
         .collect();
     for (file, target) in [
-        ("./nginx/sockhive.conf", "/etc/nginx/conf.d/"),
+        (
+            "./nginx/app-with-sockhive.conf",
+            "/etc/nginx/conf.d/default.conf",
+        ),
         (
             "./nginx/sockhive-locations.conf",
             "/etc/nginx/snippets/sockhive-locations.conf",
         ),
     ] {
         assert!(
-            mounts
-                .iter()
-                .any(|m| m.starts_with(&format!("{file}:{target}"))),
+            mounts.contains(&format!("{file}:{target}:ro").as_str()),
             "nginx mounts {file} at {target}: {mounts:?}"
         );
         assert!(deploy_dir().join(file).is_file(), "{file} exists");
     }
-    // sockhive.conf's upstream is exactly the compose nodes.
-    let nginx_conf = read_deploy("nginx/sockhive.conf");
-    let mut upstream: Vec<&str> = nginx::upstream_servers(&nginx_conf)
+    let one_origin = read_deploy("nginx/app-with-sockhive.conf");
+    assert!(one_origin.contains("include snippets/sockhive-locations.conf;"));
+    // Its upstreams are exactly the compose nodes and the app.
+    let mut upstream: Vec<&str> = nginx::upstream_servers(&one_origin)
         .into_iter()
         .filter_map(|line| line.split_whitespace().nth(1))
         .collect();
@@ -829,6 +1175,16 @@ fn docker_compose_runs_redis_three_nodes_and_nginx() {
     let mut expected: Vec<String> = nodes.iter().map(|(n, _)| format!("{n}:8000")).collect();
     expected.sort();
     assert_eq!(upstream, expected, "nginx upstream = compose nodes");
+    assert!(one_origin.contains("upstream app {\n    server app:3000;"));
+    let nginx_waits = services["nginx"]["depends_on"]
+        .as_object()
+        .expect("depends_on");
+    for service in ["app", "node1", "node2"] {
+        assert!(
+            nginx_waits.contains_key(service),
+            "nginx waits for {service}"
+        );
+    }
     // The haproxy profile mounts the checked config.
     let haproxy_mounts = services["haproxy"]["volumes"].to_string();
     assert!(haproxy_mounts.contains("./haproxy/haproxy.cfg:"));
@@ -1178,6 +1534,75 @@ fn the_example_config_passes_check_config() {
 }
 
 #[test]
+fn the_demo_config_passes_check_config_and_pins_the_tested_packages() {
+    let finished = check_config(&deploy_dir().join("demo/sockhive.toml"));
+    assert!(
+        finished.status.success(),
+        "check-config refused demo/sockhive.toml: {}",
+        finished.describe()
+    );
+    for line in [
+        "channel_auth = \"rules\"",
+        "user_lookup = \"redis:user:{id}\"",
+        "pattern = \"user:{name}\"",
+        "\"user.username\" = \"{name}\"",
+        "pattern = \"room:*\"",
+        "logged_in = true",
+    ] {
+        assert!(
+            finished.stdout.contains(line),
+            "effective config lacks {line}:\n{}",
+            finished.stdout
+        );
+    }
+    assert_eq!(
+        finished.stdout.matches("publish = false").count(),
+        2,
+        "nobody publishes to a room or a private channel directly"
+    );
+
+    // The demo runs on the packages the tests run: the same versions, and a
+    // lockfile whose every entry is tests/js's at the same path.
+    let json = |path: PathBuf| -> Value {
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let demo = json(deploy_dir().join("demo/package.json"));
+    let tested = json(repo_root().join("tests/js/package.json"));
+    let dependencies = demo["dependencies"].as_object().expect("dependencies");
+    for (name, version) in dependencies {
+        assert_eq!(
+            tested["dependencies"][name], *version,
+            "demo's {name} is the tested version"
+        );
+    }
+    let demo_lock = json(deploy_dir().join("demo/package-lock.json"));
+    let tested_lock = json(repo_root().join("tests/js/package-lock.json"));
+    assert_eq!(
+        demo_lock["packages"][""]["dependencies"], demo["dependencies"],
+        "the lockfile is package.json's"
+    );
+    for (path, entry) in demo_lock["packages"].as_object().expect("packages") {
+        if path.is_empty() {
+            continue;
+        }
+        let tested_entry = &tested_lock["packages"][path];
+        for field in ["version", "resolved", "integrity"] {
+            assert_eq!(entry[field], tested_entry[field], "{path} {field}");
+        }
+    }
+    for name in dependencies.keys() {
+        assert!(
+            demo_lock["packages"]
+                .get(format!("node_modules/{name}"))
+                .is_some(),
+            "the lockfile has {name}"
+        );
+    }
+}
+
+#[test]
 fn every_setting_the_kit_passes_is_a_real_flag() {
     let mut command = Command::new(sockhive_bin());
     command.args(["serve", "--help"]);
@@ -1257,6 +1682,22 @@ fn every_setting_the_kit_passes_is_a_real_flag() {
             }
         }
     }
+    // The demo README's command lines: `sockhive serve` and its continuations.
+    let demo_readme = read_deploy("demo/README.md");
+    let mut in_serve = false;
+    for line in demo_readme.lines() {
+        in_serve = in_serve || line.contains("sockhive serve");
+        if in_serve {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            add_args("demo/README.md", &words);
+            in_serve = line.trim_end().ends_with('\\');
+        }
+    }
+    assert!(
+        used.iter()
+            .any(|(o, f)| o == "demo/README.md" && f == "hook-secret"),
+        "the scan sees the demo README's command line"
+    );
     for (origin, var) in &env_names {
         assert!(
             var.starts_with("SOCKHIVE_"),

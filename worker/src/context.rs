@@ -13,8 +13,10 @@ use crate::app::{AppHooks, HookKind};
 use crate::auth::Credentials;
 use crate::hub::channels::LocalChannels;
 use crate::hub::registry::SocketRegistry;
-use crate::master_link::MasterLink;
+use crate::master_link::{MasterLink, Replies};
 use crate::metrics::WorkerMetrics;
+use crate::transport::polling::PollingSessions;
+use sockhive_shared::ipc::PollAnswer;
 
 /// A worker's shared state.
 pub struct Worker {
@@ -38,6 +40,10 @@ pub struct Worker {
     pub shutdown: CancellationToken,
     /// WebSocket connections open now, for `max_connections`.
     pub open_connections: AtomicUsize,
+    /// The Socket.IO long-polling sessions this worker holds, by id.
+    pub polling: Arc<PollingSessions>,
+    /// Long-polling requests handed to their sessions' workers through the master.
+    pub poll_forwards: Replies<PollAnswer>,
     /// The application's hooks: over HTTP with `--hook-url`, or an
     /// embedder's own; `None`: no hooks, the contract without them.
     pub app: Option<Arc<dyn AppHooks>>,

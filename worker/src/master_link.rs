@@ -1,8 +1,12 @@
 //! The sending half of the worker's IPC with its master (the reading loop is
 //! the worker entry's, [`crate::worker`]).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
 use sockhive_shared::ipc::{self, ToMaster};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Sends messages to the master; clone freely.
 ///
@@ -29,5 +33,48 @@ impl MasterLink {
                 false
             }
         }
+    }
+}
+
+/// Requests this worker sent through the master, waiting for their answers
+/// (which arrive on the reading loop and are matched here by id).
+#[derive(Debug)]
+pub struct Replies<T> {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<T>>>,
+}
+
+impl<T> Default for Replies<T> {
+    fn default() -> Self {
+        Replies {
+            next: AtomicU64::new(1),
+            waiting: Mutex::default(),
+        }
+    }
+}
+
+impl<T> Replies<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<T>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new request id and where its answer will arrive.
+    pub fn expect(&self) -> (u64, oneshot::Receiver<T>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        (id, rx)
+    }
+
+    /// Hands an answer to whoever waits for it (nobody, if it gave up).
+    pub fn complete(&self, id: u64, answer: T) {
+        if let Some(tx) = self.lock().remove(&id) {
+            let _ = tx.send(answer);
+        }
+    }
+
+    /// Stops waiting for `id` (the asker timed out).
+    pub fn forget(&self, id: u64) {
+        self.lock().remove(&id);
     }
 }

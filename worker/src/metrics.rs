@@ -393,7 +393,7 @@ mod tests {
             assert!(REJECTION_REASONS.contains(&rejection.metric_reason()));
         }
         for refusal in [
-            RequestRefusal::Polling,
+            RequestRefusal::NotAnUpgrade,
             RequestRefusal::TransportUnknown,
             RequestRefusal::UnsupportedVersion,
             RequestRefusal::SessionIdUnknown,

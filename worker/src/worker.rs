@@ -85,6 +85,8 @@ pub async fn serve_with_hooks(
     };
     let worker = Arc::new(Worker {
         app,
+        polling: Arc::default(),
+        poll_forwards: Default::default(),
         slot,
         credentials: Arc::new(credentials),
         sockets: SocketRegistry::new(node.clone(), slot, master.clone(), records.clone()),
@@ -219,6 +221,24 @@ async fn read_from_master(
             }
             ToWorker::Deliver { channel, data } => {
                 worker.channels.deliver(&channel, &data, &worker.metrics)
+            }
+            ToWorker::PollCall {
+                request,
+                from,
+                call,
+            } => {
+                let owner = worker.clone();
+                tokio::spawn(async move {
+                    let answer = crate::front_door::polling::answer_forwarded(&owner, call).await;
+                    owner.master.send(&ToMaster::PollAnswer {
+                        request,
+                        to: from,
+                        answer,
+                    });
+                });
+            }
+            ToWorker::PollAnswer { request, answer } => {
+                worker.poll_forwards.complete(request, answer)
             }
             ToWorker::Cluster { request, command } => {
                 let reply = run_cluster_command(&worker, command);

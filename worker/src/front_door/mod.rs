@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 pub mod http_routes;
+pub mod polling;
 pub mod upgrade;
 
 use crate::app::HookKind;
@@ -127,6 +128,14 @@ async fn front(ctx: Arc<Worker>, mut stream: TcpStream, peer: SocketAddr) -> Opt
                 admission,
                 protocol,
             ))
+        }
+        socketio::PATH
+            if head.method == "OPTIONS"
+                || head.query_param("transport").as_deref() == Some("polling")
+                || head.query_param("sid").is_some() =>
+        {
+            polling::serve(ctx.clone(), stream, head, rest, peer, started).await;
+            None
         }
         socketio::PATH => {
             // Engine.IO's own refusals first (polling, EIO, sid), so a client
@@ -256,26 +265,15 @@ async fn upgrade<P: Protocol>(
     let checks = (|| {
         upgrade::check_origin(&upgraded.head, &ctx.config.server.allowed_origin)?;
         let accept = upgrade::accept_key(&upgraded.head)?;
-        let open = ctx.open_connections.fetch_add(1, Ordering::Relaxed);
-        if ctx
-            .config
-            .limits
-            .max_connections
-            .is_some_and(|max| open >= max as usize)
-        {
-            ctx.open_connections.fetch_sub(1, Ordering::Relaxed);
-            return Err(Rejection::MaxConnections);
-        }
-        Ok(accept)
+        Ok((accept, admit_connection(ctx)?))
     })();
-    let accept = match checks {
-        Ok(accept) => accept,
+    let (accept, guard) = match checks {
+        Ok(admitted) => admitted,
         Err(rejection) => {
             refuse(ctx, &mut stream, rejection).await;
             return None;
         }
     };
-    let guard = OpenConnection(ctx.clone());
     let admission = credential_for_upgrade(ctx, &mut stream, upgraded, protocol).await?;
     if stream
         .write_all(&upgrade::switching_protocols(&accept))
@@ -291,6 +289,21 @@ async fn upgrade<P: Protocol>(
     )
     .await;
     Some((ws, guard, admission))
+}
+
+/// Counts a new socket against `--max-connections`; the guard uncounts it.
+fn admit_connection(ctx: &Arc<Worker>) -> Result<OpenConnection, Rejection> {
+    let open = ctx.open_connections.fetch_add(1, Ordering::Relaxed);
+    let guard = OpenConnection(ctx.clone());
+    if ctx
+        .config
+        .limits
+        .max_connections
+        .is_some_and(|max| open >= max as usize)
+    {
+        return Err(Rejection::MaxConnections);
+    }
+    Ok(guard)
 }
 
 /// The WebSocket limits of every socket: frame and message capped at `max_payload`.

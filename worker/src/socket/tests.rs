@@ -63,6 +63,8 @@ fn worker_with_app(
         master,
         shutdown: CancellationToken::new(),
         open_connections: AtomicUsize::new(0),
+        polling: Arc::default(),
+        poll_forwards: Default::default(),
         app,
     })
 }

@@ -3,7 +3,9 @@
 //!
 //! - [`rewind`]: replays bytes read past the HTTP head.
 //! - [`wire`]: what the socket core sends and receives frames over.
+//! - [`polling`]: Engine.IO's HTTP long-polling as a wire, and its upgrade.
 
+pub mod polling;
 pub mod rewind;
 pub mod wire;
 

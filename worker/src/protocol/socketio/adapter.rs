@@ -55,6 +55,12 @@ static DELIVERY: DeliveryEncoder = DeliveryEncoder {
     encode: encode_channel_delivery,
 };
 
+/// A fresh Engine.IO session id, shaped as the real server's (20 URL-safe
+/// base64 characters); a long-polling session is known by it.
+pub fn new_engine_sid() -> String {
+    new_id()
+}
+
 fn new_id() -> String {
     codec::session_id(rand::random(), ID_COUNTER.fetch_add(1, Ordering::Relaxed))
 }
@@ -69,6 +75,9 @@ pub struct SocketIo {
     assembler: BinaryAssembler,
     /// The client asked for attachments as `b<base64>` text frames (`b64=1`).
     base64_attachments: bool,
+    /// The long-polling session's id, when the socket starts on polling
+    /// (its open packet names it and offers the upgrade).
+    polling_sid: Option<String>,
 }
 
 impl SocketIo {
@@ -83,6 +92,15 @@ impl SocketIo {
                 max_payload.saturating_mul(codec::DEFAULT_MAX_ATTACHMENTS + 1),
             ),
             base64_attachments: head.query_param("b64").as_deref() == Some("1"),
+            polling_sid: None,
+        }
+    }
+
+    /// A socket that starts on HTTP long-polling under session `sid`.
+    pub fn polling(head: &RequestHead, limits: &Limits, sid: &str) -> SocketIo {
+        SocketIo {
+            polling_sid: Some(sid.to_owned()),
+            ..SocketIo::new(head, limits)
         }
     }
 
@@ -322,8 +340,10 @@ impl Protocol for SocketIo {
     }
 
     fn open(&mut self, _socket_id: &str, out: &mut Out) {
-        let engine_sid = new_id();
+        let upgradable = self.polling_sid.is_some();
+        let engine_sid = self.polling_sid.take().unwrap_or_else(new_id);
         out.text(codec::encode_open(&OpenHandshake {
+            upgradable,
             sid: &engine_sid,
             ping_interval_ms: self.ping_interval.as_millis().min(u32::MAX as u128) as u32,
             ping_timeout_ms: self.ping_timeout.as_millis().min(u32::MAX as u128) as u32,

@@ -11,7 +11,7 @@ pub mod binary;
 pub mod codec;
 pub mod request;
 
-pub use adapter::SocketIo;
+pub use adapter::{new_engine_sid, SocketIo};
 pub use request::{check_request, RequestRefusal};
 
 /// The path `socket.io-client` connects to by default (it always appends the slash).

@@ -9,18 +9,19 @@ use super::codec;
 /// Why a request to [`PATH`] is answered with 400 instead of being upgraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RequestRefusal {
-    /// `transport=polling`, or a plain HTTP request: long-polling is not served.
-    #[error("Transport unknown: sockhive serves Socket.IO over the websocket transport only; create the client with io(url, {{ transports: [\"websocket\"] }})")]
-    Polling,
+    /// `transport=websocket` on a plain HTTP request (no WebSocket upgrade).
+    #[error("Transport unknown: transport=websocket needs a WebSocket upgrade request")]
+    NotAnUpgrade,
     /// No `transport`, or an unknown one.
-    #[error("Transport unknown: use transport=websocket; with socket.io-client, io(url, {{ transports: [\"websocket\"] }})")]
+    #[error("Transport unknown: use transport=polling or transport=websocket")]
     TransportUnknown,
     /// `EIO` other than 4 (a Socket.IO v2 client, or none).
     #[error(
         "Unsupported protocol version: sockhive speaks Engine.IO 4 (socket.io-client 3 and 4)"
     )]
     UnsupportedVersion,
-    /// A `sid`: sockhive never issues polling sessions to upgrade from.
+    /// A `sid` on the plain WebSocket path (the front door serves a polling
+    /// session's upgrade before these checks).
     #[error("Session ID unknown")]
     SessionIdUnknown,
 }
@@ -29,7 +30,7 @@ impl RequestRefusal {
     /// Engine.IO's error code for this refusal (the real server's JSON error body).
     fn code(self) -> u8 {
         match self {
-            RequestRefusal::Polling | RequestRefusal::TransportUnknown => 0,
+            RequestRefusal::NotAnUpgrade | RequestRefusal::TransportUnknown => 0,
             RequestRefusal::SessionIdUnknown => 1,
             RequestRefusal::UnsupportedVersion => 5,
         }
@@ -55,11 +56,11 @@ impl RequestRefusal {
 pub fn check_request(head: &RequestHead) -> Result<(), RequestRefusal> {
     match head.query_param("transport").as_deref() {
         Some("websocket") => {}
-        Some("polling") => return Err(RequestRefusal::Polling),
+        Some("polling") => return Err(RequestRefusal::NotAnUpgrade),
         _ => return Err(RequestRefusal::TransportUnknown),
     }
     if !head.header_has_token("upgrade", "websocket") {
-        return Err(RequestRefusal::Polling);
+        return Err(RequestRefusal::NotAnUpgrade);
     }
     if head.query_param("EIO").as_deref() != Some(codec::ENGINE_IO_VERSION) {
         return Err(RequestRefusal::UnsupportedVersion);
@@ -100,11 +101,11 @@ mod tests {
         );
         assert_eq!(
             check_request(&head("EIO=4&transport=polling", false)),
-            Err(RequestRefusal::Polling)
+            Err(RequestRefusal::NotAnUpgrade)
         );
         assert_eq!(
             check_request(&head("EIO=4&transport=websocket", false)),
-            Err(RequestRefusal::Polling)
+            Err(RequestRefusal::NotAnUpgrade)
         );
         assert_eq!(
             check_request(&head("EIO=4", true)),
@@ -118,8 +119,8 @@ mod tests {
             check_request(&head("EIO=4&transport=websocket&sid=abc", true)),
             Err(RequestRefusal::SessionIdUnknown)
         );
-        let body = String::from_utf8(RequestRefusal::Polling.response().body).unwrap();
-        assert!(body.contains("transports: [\\\"websocket\\\"]"), "{body}");
-        assert_eq!(RequestRefusal::Polling.response().status, 400);
+        let body = String::from_utf8(RequestRefusal::NotAnUpgrade.response().body).unwrap();
+        assert!(body.contains("needs a WebSocket upgrade"), "{body}");
+        assert_eq!(RequestRefusal::NotAnUpgrade.response().status, 400);
     }
 }

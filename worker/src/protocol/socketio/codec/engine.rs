@@ -100,6 +100,9 @@ pub struct OpenHandshake<'a> {
     pub ping_timeout_ms: u32,
     /// Advertised only; the client uses it for polling. Should equal the enforced frame limit.
     pub max_payload_bytes: u64,
+    /// A long-polling session offers the upgrade to `websocket`; a
+    /// WebSocket session offers none.
+    pub upgradable: bool,
 }
 
 impl<'a> OpenHandshake<'a> {
@@ -110,6 +113,7 @@ impl<'a> OpenHandshake<'a> {
             ping_interval_ms: DEFAULT_PING_INTERVAL_MS,
             ping_timeout_ms: DEFAULT_PING_TIMEOUT_MS,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            upgradable: false,
         }
     }
 }
@@ -121,9 +125,14 @@ pub fn encode_open(open: &OpenHandshake<'_>) -> String {
     out.push_str("0{\"sid\":");
     push_json_string(&mut out, open.sid);
     // Writing into a String cannot fail.
+    let upgrades = if open.upgradable {
+        "[\"websocket\"]"
+    } else {
+        "[]"
+    };
     let _ = write!(
         out,
-        ",\"upgrades\":[],\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
+        ",\"upgrades\":{upgrades},\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
         open.ping_interval_ms, open.ping_timeout_ms, open.max_payload_bytes
     );
     out

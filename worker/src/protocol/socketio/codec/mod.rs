@@ -10,7 +10,8 @@
 //! - `binary`: binary packets, placeholders and the [`BinaryAssembler`] (section 8),
 //! - `encode`: encoders that build the exact text of every frame the server sends (sections 5–9),
 //! - `channel_events`: sockhive's channel events (interface.md), [`ChannelRequest`] and its
-//!   acks and deliveries.
+//!   acks and deliveries,
+//! - `payload`: long-polling payloads (`\x1e`-separated packets, binary as `b` + base64).
 //!
 //! Every encoder returns a whole WebSocket text frame, Engine.IO prefix included (`42[...]`).
 //! Payload JSON is passed in as text the caller serialized once, so one frame can be built per
@@ -21,6 +22,7 @@ mod channel_events;
 mod encode;
 mod engine;
 mod packet;
+mod payload;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +31,7 @@ pub use channel_events::*;
 pub use encode::*;
 pub use engine::*;
 pub use packet::*;
+pub use payload::*;
 
 // ---------------------------------------------------------------------------------------------
 // Defaults and limits

@@ -92,6 +92,7 @@ fn captured_open_packets_sections_3_4_6_11() {
         ping_interval_ms: 1000,
         ping_timeout_ms: 500,
         max_payload_bytes: 1_000_000,
+        upgradable: false,
     };
     assert_eq!(
         encode_open(&fast),

@@ -1,0 +1,461 @@
+//! Socket.IO over HTTP long-polling with the real `socket.io-client@4` and
+//! its default options (polling first, then the upgrade), the real app's
+//! session cookie, several workers without sticky sessions, and Engine.IO's
+//! own refusals checked with raw HTTP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sockhive_tests::app::WebApp;
+use sockhive_tests::node::sum_series;
+use sockhive_tests::redis::RedisServer;
+use sockhive_tests::{http, Driver, Node, NodeBuilder};
+
+const SECRET: &str = "app-session-secret";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn io_url(node: &Node) -> String {
+    format!("http://{}", node.public)
+}
+
+/// The client's default transports.
+fn defaults() -> Value {
+    json!(["polling", "websocket"])
+}
+
+async fn connect(driver: &mut Driver, node: &Node, client: &str, extra: Value) -> Value {
+    let mut fields = json!({
+        "client": client,
+        "url": io_url(node),
+        "listen": ["publish", "authenticated"],
+    });
+    if let (Value::Object(fields), Value::Object(extra)) = (&mut fields, extra) {
+        fields.extend(extra);
+    }
+    driver.ok("io.connect", fields).await
+}
+
+/// The `publish` deliveries one client received on `channel`, as their `n`.
+fn numbers(driver: &Driver, client: &str, channel: &str) -> Vec<u64> {
+    driver
+        .events_of(client, "receive")
+        .iter()
+        .filter(|e| e["name"] == "publish" && e["args"][0]["channel"] == channel)
+        .filter_map(|e| e["args"][0]["data"]["n"].as_u64())
+        .collect()
+}
+
+#[tokio::test]
+async fn default_options_log_in_by_cookie_over_polling_and_upgrade_without_losing_a_message() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let node = NodeBuilder::new(1)
+        .args([
+            "--session-secret",
+            SECRET,
+            "--session-redis-url",
+            &redis.url(),
+        ])
+        .start();
+    let cookie = app.login("alice", "alice-password").await;
+    let mut driver = Driver::start().await;
+    let connected = connect(
+        &mut driver,
+        &node,
+        "alice",
+        json!({"transports": defaults(), "extraHeaders": {"Cookie": cookie}}),
+    )
+    .await;
+    // The socket is the app's user, told over the transport it started on.
+    let told = driver
+        .wait_event(WAIT, "authenticated", |e| {
+            e["client"] == "alice" && e["event"] == "receive" && e["name"] == "authenticated"
+        })
+        .await;
+    assert_eq!(told["args"][0]["user"]["id"], "u-alice", "{told}");
+    let record = node.record(connected["socketId"].as_str().unwrap()).await;
+    assert_eq!(record["user"]["id"], "u-alice", "{record}");
+    driver
+        .ok(
+            "io.emitWithAck",
+            json!({"client": "alice", "event": "subscribe", "args": ["stream"]}),
+        )
+        .await;
+    // A second subscriber on a WebSocket sees what alice sends, in order.
+    connect(&mut driver, &node, "watcher", json!({})).await;
+    driver
+        .ok(
+            "io.emitWithAck",
+            json!({"client": "watcher", "event": "subscribe", "args": ["stream"]}),
+        )
+        .await;
+    let burst = driver
+        .ok(
+            "io.publishBurst",
+            json!({"client": "alice", "channel": "stream", "count": 150, "intervalMs": 2}),
+        )
+        .await;
+    assert_eq!(burst["acked"], 150, "{burst}");
+    driver
+        .wait_event(WAIT, "the upgrade", |e| {
+            e["client"] == "alice" && e["event"] == "upgrade"
+        })
+        .await;
+    let expected: Vec<u64> = (1..=150).collect();
+    for client in ["alice", "watcher"] {
+        driver
+            .wait_count(WAIT, "150 deliveries", 150, |e| {
+                e["client"] == client && e["event"] == "receive" && e["name"] == "publish"
+            })
+            .await;
+        assert_eq!(numbers(&driver, client, "stream"), expected, "{client}");
+    }
+    let state = driver.ok("io.state", json!({"client": "alice"})).await;
+    assert_eq!(state["transport"], "websocket", "{state}");
+    driver.shutdown().await;
+}
+
+/// One Engine.IO polling request; the body of the answer.
+async fn poll(addr: SocketAddr, method: &str, sid: &str, body: &str) -> String {
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let reply = request(addr, method, &path, &[], body).await;
+    assert_eq!(reply.status, 200, "{method} {body}: {}", reply.body);
+    reply.body
+}
+
+/// Exactly what crosses the switch, packet by packet: packets posted before
+/// the client's `5` are read before anything sent on the WebSocket, and what
+/// the socket wrote while the client had paused polling goes out first on the
+/// WebSocket, in order.
+#[tokio::test]
+async fn nothing_is_lost_or_reordered_across_the_upgrade_in_either_direction() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let node = NodeBuilder::new(1).start();
+    let addr = node.public;
+    let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    let handshake: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
+    let sid = handshake["sid"].as_str().unwrap().to_owned();
+    assert_eq!(poll(addr, "POST", &sid, "40").await, "ok");
+    assert!(poll(addr, "GET", &sid, "").await.starts_with("40{"));
+    poll(addr, "POST", &sid, r#"420["subscribe","s"]"#).await;
+    assert_eq!(poll(addr, "GET", &sid, "").await, r#"430[{"ok":true}]"#);
+    // The probe, while a GET is held: the GET is released with a noop.
+    let held_sid = sid.clone();
+    let held = tokio::spawn(async move { poll(addr, "GET", &held_sid, "").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    ws.send(Message::text("2probe")).await.unwrap();
+    let text = |m: Option<Result<Message, _>>| match m {
+        Some(Ok(Message::Text(t))) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    };
+    assert_eq!(text(ws.next().await), "3probe");
+    assert_eq!(held.await.unwrap(), "6");
+    // Paused: two publishes posted, and one from the admin API; their
+    // deliveries wait for the socket's next transport.
+    let publish = |n: u32| format!(r#"42["publish",{{"channel":"s","data":{{"n":{n}}}}}]"#);
+    let both = format!("{}\u{1e}{}", publish(1), publish(2));
+    poll(addr, "POST", &sid, &both).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let admin = node
+        .admin_post("/api/publish", json!({"channel": "s", "data": {"n": 3}}))
+        .await;
+    assert_eq!(admin.status, 200, "{}", admin.body);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ws.send(Message::text("5")).await.unwrap();
+    ws.send(Message::text(publish(4))).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time");
+        let frame = text(frame);
+        if let Some(event) = frame.strip_prefix("42") {
+            let event: Value = serde_json::from_str(event).unwrap();
+            seen.push(event[1]["data"]["n"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seen, [1, 2, 3, 4]);
+    // The session answers polling no more.
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let late = request(addr, "GET", &path, &[], "").await;
+    assert_eq!(engine_code(&late), (400, json!(3)));
+}
+
+#[tokio::test]
+async fn polling_alone_stays_up_through_many_heartbeats_and_carries_channel_messages() {
+    // Time-compressed: 40 heartbeats of 100 ms + 300 ms stand for ten
+    // minutes at the defaults (25 s + 20 s).
+    let node = NodeBuilder::new(1)
+        .args([
+            "--socketio-ping-interval",
+            "100ms",
+            "--socketio-ping-timeout",
+            "300ms",
+        ])
+        .start();
+    let mut driver = Driver::start().await;
+    let connected = connect(
+        &mut driver,
+        &node,
+        "poller",
+        json!({"transports": ["polling"]}),
+    )
+    .await;
+    assert_eq!(connected["transport"], "polling");
+    driver
+        .ok(
+            "io.emitWithAck",
+            json!({"client": "poller", "event": "subscribe", "args": ["news"]}),
+        )
+        .await;
+    for n in 1..=8u64 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let published = node
+            .admin_post("/api/publish", json!({"channel": "news", "data": {"n": n}}))
+            .await;
+        assert_eq!(published.status, 200, "{}", published.body);
+    }
+    driver
+        .wait_count(WAIT, "8 deliveries", 8, |e| {
+            e["client"] == "poller" && e["event"] == "receive" && e["name"] == "publish"
+        })
+        .await;
+    assert_eq!(
+        numbers(&driver, "poller", "news"),
+        (1..=8).collect::<Vec<_>>()
+    );
+    let state = driver.ok("io.state", json!({"client": "poller"})).await;
+    assert_eq!(
+        (state["connected"].clone(), state["transport"].clone()),
+        (json!(true), json!("polling"))
+    );
+    assert!(driver.events_of("poller", "disconnect").is_empty());
+    driver.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_sticky_sessions_every_worker_answers_for_every_session() {
+    let node = NodeBuilder::new(2).start();
+    let mut driver = Driver::start().await;
+    for i in 0..12 {
+        let client = format!("c{i}");
+        connect(
+            &mut driver,
+            &node,
+            &client,
+            json!({"transports": ["polling"]}),
+        )
+        .await;
+        driver
+            .ok(
+                "io.emitWithAck",
+                json!({"client": client, "event": "subscribe", "args": ["all"]}),
+            )
+            .await;
+    }
+    let published = node
+        .admin_post("/api/publish", json!({"channel": "all", "data": {"n": 1}}))
+        .await;
+    assert_eq!(published.status, 200, "{}", published.body);
+    for i in 0..12 {
+        let client = format!("c{i}");
+        driver
+            .wait_count(WAIT, "a delivery", 1, |e| {
+                e["client"] == client.as_str() && e["event"] == "receive" && e["name"] == "publish"
+            })
+            .await;
+    }
+    let errors: Vec<Value> = driver
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "connect_error" || e["event"] == "disconnect")
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    // Both workers own sessions, and requests crossed between them.
+    let records = node
+        .admin_post("/api/sockets/query", json!({"filter": {}}))
+        .await
+        .json();
+    let workers: std::collections::BTreeSet<u64> = records["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["worker"].as_u64())
+        .collect();
+    assert_eq!(workers.len(), 2, "{records}");
+    driver.shutdown().await;
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> http::Reply {
+    let mut text = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for header in headers {
+        text.push_str(header);
+        text.push_str("\r\n");
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    http::raw(addr, text.as_bytes()).await
+}
+
+fn engine_code(reply: &http::Reply) -> (u16, Value) {
+    (reply.status, reply.json()["code"].clone())
+}
+
+#[tokio::test]
+async fn engine_io_refusals_are_the_real_servers_and_cors_follows_the_allowed_origin() {
+    let node = NodeBuilder::new(1)
+        .args([
+            "--allowed-origin",
+            "http://app.example",
+            "--max-payload",
+            "2KiB",
+        ])
+        .start();
+    let addr = node.public;
+    let base = "/socket.io/?EIO=4&transport=polling";
+    assert_eq!(
+        engine_code(&request(addr, "GET", "/socket.io/?EIO=4&transport=carrier", &[], "").await),
+        (400, json!(0))
+    );
+    assert_eq!(
+        engine_code(&request(addr, "GET", &format!("{base}&sid=nope"), &[], "").await),
+        (400, json!(1))
+    );
+    assert_eq!(
+        engine_code(&request(addr, "POST", base, &[], "40").await),
+        (400, json!(2))
+    );
+    assert_eq!(
+        engine_code(&request(addr, "GET", "/socket.io/?EIO=3&transport=polling", &[], "").await),
+        (400, json!(5))
+    );
+    // A listed origin gets CORS with credentials; a preflight is answered.
+    let origin = "Origin: http://app.example";
+    let open = request(addr, "GET", base, &[origin], "").await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    assert!(
+        open.head
+            .contains("Access-Control-Allow-Origin: http://app.example"),
+        "{}",
+        open.head
+    );
+    assert!(
+        open.head.contains("Access-Control-Allow-Credentials: true"),
+        "{}",
+        open.head
+    );
+    let handshake: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
+    assert_eq!(handshake["upgrades"], json!(["websocket"]));
+    assert_eq!(handshake["maxPayload"], 2048);
+    let sid = handshake["sid"].as_str().unwrap().to_owned();
+    let preflight = request(
+        addr,
+        "OPTIONS",
+        &format!("{base}&sid={sid}"),
+        &[origin, "Access-Control-Request-Method: POST"],
+        "",
+    )
+    .await;
+    assert_eq!(preflight.status, 204);
+    assert!(preflight
+        .head
+        .contains("Access-Control-Allow-Methods: GET, POST, OPTIONS"));
+    let refused = request(addr, "GET", base, &["Origin: http://evil.example"], "").await;
+    assert_eq!(refused.status, 403);
+    // The session takes a CONNECT, answers it on the next GET.
+    let polled = format!("{base}&sid={sid}");
+    let ok = request(addr, "POST", &polled, &[origin], "40").await;
+    assert_eq!((ok.status, ok.body.as_str()), (200, "ok"));
+    let connect = request(addr, "GET", &polled, &[origin], "").await;
+    assert!(connect.body.starts_with("40{\"sid\":"), "{}", connect.body);
+    // Broken framing is a Bad request; a body over --max-payload a 413.
+    assert_eq!(
+        engine_code(&request(addr, "POST", &polled, &[], "42[\"a\"]\u{1e}\u{1e}").await),
+        (400, json!(3))
+    );
+    let huge = format!("42[\"{}\"]", "x".repeat(4096));
+    assert_eq!(request(addr, "POST", &polled, &[], &huge).await.status, 413);
+    let metrics = node.metrics().await;
+    assert!(
+        sum_series(
+            &metrics,
+            "sockhive_protocol_errors_total{protocol=\"socketio\",reason=\"too_big\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_polling_socket_logs_in_by_token_and_a_second_get_or_silence_ends_its_session() {
+    let node = NodeBuilder::new(1)
+        .args([
+            "--socketio-ping-interval",
+            "200ms",
+            "--socketio-ping-timeout",
+            "400ms",
+        ])
+        .start();
+    let mut driver = Driver::start().await;
+    let token = sockhive_tests::node::sign_token(&json!({"sub": "dora"}));
+    for (client, extra) in [
+        ("query", json!({"query": {"access_token": token}})),
+        ("auth", json!({"auth": {"token": token}})),
+    ] {
+        let mut fields = json!({"transports": ["polling"]});
+        if let (Value::Object(fields), Value::Object(extra)) = (&mut fields, extra) {
+            fields.extend(extra);
+        }
+        let connected = connect(&mut driver, &node, client, fields).await;
+        let record = node.record(connected["socketId"].as_str().unwrap()).await;
+        assert_eq!(record["user"]["id"], "dora", "{client}: {record}");
+    }
+    driver.shutdown().await;
+
+    // Raw: a second GET while one is held is a Bad request and ends the session.
+    let addr = node.public;
+    let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    let handshake: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
+    let sid = handshake["sid"].as_str().unwrap().to_owned();
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let held_path = path.clone();
+    let held = tokio::spawn(async move { request(addr, "GET", &held_path, &[], "").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = request(addr, "GET", &path, &[], "").await;
+    assert_eq!(engine_code(&second), (400, json!(3)));
+    held.await.unwrap();
+    // The session is gone soon after (it ended; a silent one would too, at its ping timeout).
+    let mut gone = false;
+    for _ in 0..40 {
+        let reply = request(addr, "GET", &path, &[], "").await;
+        if reply.status == 400 && reply.json()["code"] == 1 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the session outlived a protocol violation");
+    // A client that never polls again is dropped at its ping timeout.
+    let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    let silent: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
+    let silent_path = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        silent["sid"].as_str().unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let late = request(addr, "GET", &silent_path, &[], "").await;
+    assert_eq!(engine_code(&late), (400, json!(1)), "{}", late.body);
+}

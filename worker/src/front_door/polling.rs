@@ -1,0 +1,404 @@
+//! Socket.IO over HTTP long-polling (Engine.IO v4), as `socket.io-client@4`
+//! starts with its default options: the handshake `GET`, held `GET`s that
+//! carry what the socket wrote, `POST`s with what the client sends, CORS for
+//! a listed origin, and the WebSocket upgrade of a polling session.
+//!
+//! Every request is answered by the [`PollingSession`] its `sid` names; the
+//! socket behind it is served by the same socket core as a WebSocket one
+//! (login, channels, hooks, heartbeat), over a
+//! [`PollingWire`](crate::transport::polling::PollingWire).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sockhive_shared::http::{self, RequestHead, Response};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use super::upgrade;
+use super::{admit_connection, credential_for_upgrade, refuse, slimmed, websocket_config};
+use crate::protocol::socketio::{self, codec};
+use crate::socket::run_socket;
+use crate::transport::polling::{PollRefusal, PollingSession};
+use crate::transport::{linger, Rewind, Upgraded};
+use crate::Worker;
+use sockhive_shared::ipc::{PollAnswer, PollCall, ToMaster};
+
+/// How long a forwarded request may wait for its owner beyond a held `GET`.
+const FORWARD_SLACK: Duration = Duration::from_secs(5);
+
+/// The owner a session id names: this node's tag (8 hex digits of a hash of
+/// `--node-id`) and the worker slot (2 hex digits), before the random part.
+/// A request for another worker's session is handed to it through the
+/// master, so no sticky sessions are needed among a node's workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    node: u32,
+    slot: u16,
+}
+
+impl Owner {
+    fn of(ctx: &Worker) -> Owner {
+        Owner {
+            node: node_tag(&ctx.config.server.node_id),
+            slot: ctx.slot,
+        }
+    }
+
+    /// A new session id owned by `self`.
+    fn new_sid(self) -> String {
+        format!(
+            "{:08x}{:02x}{}",
+            self.node,
+            self.slot,
+            socketio::new_engine_sid()
+        )
+    }
+
+    /// The owner named by a session id, if it is one of ours at all.
+    fn of_sid(sid: &str) -> Option<Owner> {
+        let node = u32::from_str_radix(sid.get(..8)?, 16).ok()?;
+        let slot = u16::from_str_radix(sid.get(8..10)?, 16).ok()?;
+        Some(Owner { node, slot })
+    }
+}
+
+/// The first four bytes of SHA-256 of a node id.
+fn node_tag(node_id: &str) -> u32 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(node_id.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// Engine.IO's errors, as the real server words and numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EngineError {
+    TransportUnknown,
+    SessionIdUnknown,
+    BadHandshakeMethod,
+    BadRequest,
+    UnsupportedVersion,
+}
+
+impl EngineError {
+    fn response(self) -> Response {
+        let (code, message) = match self {
+            EngineError::TransportUnknown => (0, "Transport unknown"),
+            EngineError::SessionIdUnknown => (1, "Session ID unknown"),
+            EngineError::BadHandshakeMethod => (2, "Bad handshake method"),
+            EngineError::BadRequest => (3, "Bad request"),
+            EngineError::UnsupportedVersion => (5, "Unsupported protocol version"),
+        };
+        Response::json(400, &json!({"code": code, "message": message}))
+    }
+}
+
+impl From<PollRefusal> for EngineError {
+    fn from(refusal: PollRefusal) -> EngineError {
+        match refusal {
+            PollRefusal::BadRequest => EngineError::BadRequest,
+            PollRefusal::Gone => EngineError::SessionIdUnknown,
+        }
+    }
+}
+
+/// CORS headers for a request from a listed origin (credentials allowed,
+/// so the app's session cookie goes along).
+fn cors(head: &RequestHead, response: Response) -> Response {
+    match head.header("origin") {
+        Some(origin) => response
+            .with_header("Access-Control-Allow-Origin", origin.trim().to_owned())
+            .with_header("Access-Control-Allow-Credentials", "true")
+            .with_header("Vary", "Origin"),
+        None => response,
+    }
+}
+
+async fn send(ctx: &Worker, stream: &mut TcpStream, head: &RequestHead, response: Response) {
+    let failed = response.status >= 400;
+    if failed {
+        ctx.metrics.reject("bad_upgrade");
+    }
+    if cors(head, response).write_to(stream).await.is_ok() && failed {
+        linger(stream, super::REFUSAL_LINGER).await;
+    }
+}
+
+/// Serves one HTTP request of the polling transport (or the WebSocket that
+/// upgrades a polling session).
+pub async fn serve(
+    ctx: Arc<Worker>,
+    mut stream: TcpStream,
+    head: RequestHead,
+    rest: Vec<u8>,
+    peer: std::net::SocketAddr,
+    started: Instant,
+) {
+    // A refused origin is refused as on the WebSocket path, before anything.
+    if let Err(rejection) = upgrade::check_origin(&head, &ctx.config.server.allowed_origin) {
+        refuse(&ctx, &mut stream, rejection).await;
+        return;
+    }
+    if head.method == "OPTIONS" {
+        let preflight = Response::text(204, "")
+            .with_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            .with_header(
+                "Access-Control-Allow-Headers",
+                head.header("access-control-request-headers")
+                    .unwrap_or("content-type")
+                    .to_owned(),
+            )
+            .with_header("Access-Control-Max-Age", "86400");
+        send(&ctx, &mut stream, &head, preflight).await;
+        return;
+    }
+    if head.query_param("EIO").as_deref() != Some(codec::ENGINE_IO_VERSION) {
+        let error = EngineError::UnsupportedVersion.response();
+        return send(&ctx, &mut stream, &head, error).await;
+    }
+    let transport = head.query_param("transport");
+    let sid = head.query_param("sid");
+    let result = match (transport.as_deref(), sid) {
+        (Some("polling"), None) => handshake(&ctx, &mut stream, head.clone(), peer, started).await,
+        (Some("polling"), Some(sid)) => match Owner::of_sid(&sid) {
+            Some(owner) if owner == Owner::of(&ctx) => match ctx.polling.get(&sid) {
+                None => Err(EngineError::SessionIdUnknown),
+                Some(session) if head.method == "GET" => long_poll(&ctx, &session).await,
+                Some(session) if head.method == "POST" => {
+                    let body = read_post(&ctx, &mut stream, &head, rest).await;
+                    match body {
+                        Ok(body) => post(&ctx, &body, &session),
+                        Err(refused) => Ok(refused),
+                    }
+                }
+                Some(_) => Err(EngineError::BadRequest),
+            },
+            Some(owner) if owner.node == Owner::of(&ctx).node => {
+                forward(&ctx, &mut stream, &head, rest, sid, owner.slot).await
+            }
+            _ => Err(EngineError::SessionIdUnknown),
+        },
+        (Some("websocket"), Some(sid)) => {
+            return upgrade_session(&ctx, stream, &head, rest, &sid).await;
+        }
+        _ => Err(EngineError::TransportUnknown),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => error.response(),
+    };
+    send(&ctx, &mut stream, &head, response).await;
+}
+
+/// The first `GET`: a new session, whose socket runs in the core; the answer
+/// is its open packet. The credential comes from this request (the app's
+/// cookie, `access_token`, `session_id`), as on the WebSocket path.
+async fn handshake(
+    ctx: &Arc<Worker>,
+    stream: &mut TcpStream,
+    head: RequestHead,
+    peer: std::net::SocketAddr,
+    started: Instant,
+) -> Result<Response, EngineError> {
+    if head.method != "GET" {
+        return Err(EngineError::BadHandshakeMethod);
+    }
+    let guard = match admit_connection(ctx) {
+        Ok(guard) => guard,
+        Err(rejection) => {
+            refuse(ctx, stream, rejection).await;
+            return Err(EngineError::BadRequest);
+        }
+    };
+    let sid = Owner::of(ctx).new_sid();
+    let protocol = socketio::SocketIo::polling(&head, &ctx.config.limits, &sid);
+    let upgraded = Upgraded {
+        head,
+        peer,
+        started,
+    };
+    let Some(admission) = credential_for_upgrade(ctx, stream, &upgraded, &protocol).await else {
+        // Refused (and answered) before the session existed.
+        return Err(EngineError::BadRequest);
+    };
+    let (session, wire) = ctx.polling.open(&sid);
+    let socket_ctx = ctx.clone();
+    let upgraded = slimmed(upgraded);
+    tokio::spawn(async move {
+        let _counted = guard;
+        run_socket(socket_ctx, wire, upgraded, admission, protocol).await;
+    });
+    long_poll(ctx, &session).await
+}
+
+/// A held `GET`: answers with what the socket wrote, as soon as there is
+/// something, and at the latest after a ping interval and timeout (the
+/// socket pings within that, so an idle session answers with its ping).
+async fn long_poll(ctx: &Worker, session: &PollingSession) -> Result<Response, EngineError> {
+    session.begin_get()?;
+    let limits = &ctx.config.limits;
+    let hold = limits.socketio_ping_interval + limits.socketio_ping_timeout;
+    let waited = tokio::time::timeout(hold, async {
+        while !session.has_output() {
+            session.readable().await;
+        }
+    })
+    .await;
+    let frames = session.take();
+    session.end_get();
+    if waited.is_err() && frames.is_empty() {
+        // Not even a ping in that time: the socket is gone or stuck.
+        session.abandon();
+    }
+    let body = if frames.is_empty() {
+        crate::transport::polling::CLOSE_PACKET.to_owned()
+    } else {
+        codec::encode_payload(&frames)
+    };
+    Ok(Response::text(200, body))
+}
+
+/// A `POST`'s body, bounded by `--max-payload` (Engine.IO's
+/// `maxHttpBufferSize`): beyond it, 413.
+async fn read_post(
+    ctx: &Worker,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    rest: Vec<u8>,
+) -> Result<Vec<u8>, Response> {
+    let max = ctx.config.limits.max_payload as usize;
+    match http::read_body(stream, head, rest, max).await {
+        Ok(body) => Ok(body),
+        Err(http::HeadError::TooLarge(_)) => {
+            ctx.metrics.protocol_error("socketio", "too_big");
+            Err(Response::text(413, "Payload Too Large"))
+        }
+        Err(_) => Err(EngineError::BadRequest.response()),
+    }
+}
+
+/// A `POST`: the client's packets for the socket; `ok`.
+fn post(ctx: &Worker, body: &[u8], session: &PollingSession) -> Result<Response, EngineError> {
+    let packets = codec::decode_payload(body).map_err(|e| {
+        tracing::debug!(error = %e, "refused a polling payload");
+        ctx.metrics.protocol_error("socketio", "bad_packet");
+        EngineError::BadRequest
+    })?;
+    session.post(packets)?;
+    let mut ok = Response::text(200, "ok");
+    ok.content_type = "text/html";
+    Ok(ok)
+}
+
+/// Hands a request for another worker's session to it through the master,
+/// and answers with what it answered.
+async fn forward(
+    ctx: &Worker,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    rest: Vec<u8>,
+    sid: String,
+    slot: u16,
+) -> Result<Response, EngineError> {
+    let body = match head.method.as_str() {
+        "GET" => String::new(),
+        "POST" => match read_post(ctx, stream, head, rest).await {
+            Ok(body) => String::from_utf8(body).map_err(|_| EngineError::BadRequest)?,
+            Err(refused) => return Ok(refused),
+        },
+        _ => return Err(EngineError::BadRequest),
+    };
+    let call = PollCall {
+        sid,
+        method: head.method.clone(),
+        body,
+    };
+    let (request, answer) = ctx.poll_forwards.expect();
+    ctx.master.send(&ToMaster::PollForward {
+        request,
+        slot,
+        call,
+    });
+    let limits = &ctx.config.limits;
+    let wait = limits.socketio_ping_interval + limits.socketio_ping_timeout + FORWARD_SLACK;
+    match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(answer)) => {
+            let mut response = Response::text(answer.status, answer.body);
+            response.content_type = content_type(&answer.content_type);
+            Ok(response)
+        }
+        _ => {
+            ctx.poll_forwards.forget(request);
+            Err(EngineError::SessionIdUnknown)
+        }
+    }
+}
+
+/// The content types an answer can carry (a `Response` holds a static one).
+fn content_type(name: &str) -> &'static str {
+    match name {
+        "application/json" => "application/json",
+        "text/html" => "text/html",
+        _ => "text/plain; charset=utf-8",
+    }
+}
+
+/// Answers a request another worker of this node forwarded for a session
+/// this worker owns.
+pub async fn answer_forwarded(ctx: &Worker, call: PollCall) -> PollAnswer {
+    let result = match ctx.polling.get(&call.sid) {
+        None => Err(EngineError::SessionIdUnknown),
+        Some(session) if call.method == "GET" => long_poll(ctx, &session).await,
+        Some(session) if call.method == "POST" => post(ctx, call.body.as_bytes(), &session),
+        Some(_) => Err(EngineError::BadRequest),
+    };
+    let response = result.unwrap_or_else(|e| e.response());
+    PollAnswer {
+        status: response.status,
+        content_type: response.content_type.to_owned(),
+        body: String::from_utf8(response.body).unwrap_or_default(),
+    }
+}
+
+/// The WebSocket that upgrades a polling session: checked like any upgrade,
+/// then handed to the session, whose wire probes and switches to it.
+async fn upgrade_session(
+    ctx: &Arc<Worker>,
+    mut stream: TcpStream,
+    head: &RequestHead,
+    rest: Vec<u8>,
+    sid: &str,
+) {
+    let Some(session) = ctx.polling.get(sid) else {
+        return send(
+            ctx,
+            &mut stream,
+            head,
+            EngineError::SessionIdUnknown.response(),
+        )
+        .await;
+    };
+    let accept = match upgrade::accept_key(head) {
+        Ok(accept) => accept,
+        Err(rejection) => return refuse(ctx, &mut stream, rejection).await,
+    };
+    use tokio::io::AsyncWriteExt;
+    if stream
+        .write_all(&upgrade::switching_protocols(&accept))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let ws = WebSocketStream::from_raw_socket(
+        Rewind::new(stream, rest),
+        Role::Server,
+        Some(websocket_config(ctx)),
+    )
+    .await;
+    if let Err(refusal) = session.offer_upgrade(ws) {
+        tracing::debug!(%refusal, "an upgrade for a session that cannot take it");
+    }
+}
