@@ -277,7 +277,7 @@ async fn api(master: &Arc<Master>, head: &RequestHead, body: &[u8]) -> Response 
         }
         ClusterReply::Emit { delivered } => json!({"delivered": delivered}),
         ClusterReply::Kick { disconnected } => json!({"disconnected": disconnected}),
-        ClusterReply::PatchSession { .. } => json!({}),
+        ClusterReply::PatchSession { .. } | ClusterReply::Poll { .. } => json!({}),
     };
     reply["nodes_answered"] = json!(outcome.nodes_answered);
     reply["nodes_expected"] = json!(outcome.nodes_expected);

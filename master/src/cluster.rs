@@ -39,7 +39,7 @@ fn pinned_users(command: &ClusterCommand) -> Option<Vec<String>> {
         ClusterCommand::Query { filter, .. }
         | ClusterCommand::Emit { filter, .. }
         | ClusterCommand::Kick { filter, .. } => filter,
-        ClusterCommand::PatchSession { .. } => return None,
+        ClusterCommand::PatchSession { .. } | ClusterCommand::Poll { .. } => return None,
     };
     Filter::parse(filter).ok()?.user_ids()
 }
@@ -47,6 +47,15 @@ fn pinned_users(command: &ClusterCommand) -> Option<Vec<String>> {
 impl Master {
     /// Runs `command` on this node's workers (only those holding the pinned users, if any).
     pub async fn run_local(&self, command: &ClusterCommand) -> NodeReply {
+        if let ClusterCommand::Poll { slot, call } = command {
+            let answer = self.poll_local(*slot, call.clone()).await;
+            return NodeReply {
+                node: self.config.server.node_id.clone(),
+                workers_answered: usize::from(answer.is_some()),
+                workers_expected: 1,
+                reply: ClusterReply::Poll { answer },
+            };
+        }
         let users = pinned_users(command);
         let only: Option<HashSet<_>> = users.as_deref().map(|users| self.workers_for_users(users));
         self.metrics

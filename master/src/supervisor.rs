@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 use sockhive_broker::cluster::ClusterLink;
 use sockhive_broker::embedded::{EmbeddedBroker, WorkerId};
 use sockhive_shared::config::Config;
-use sockhive_shared::ipc::{self, ToMaster, ToWorker};
+use sockhive_shared::ipc::{self, ClusterCommand, ClusterReply, ToMaster, ToWorker};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -95,6 +95,17 @@ pub struct Master {
     pub shutdown: CancellationToken,
     /// The link to the other nodes, when a Redis broker is configured.
     pub cluster: Option<Arc<ClusterLink>>,
+    /// Other nodes' long-polling requests waiting for this node's workers.
+    polls: Mutex<HashMap<u64, oneshot::Sender<ipc::PollAnswer>>>,
+}
+
+/// Engine.IO's answer for a session nobody holds.
+fn session_unknown() -> ipc::PollAnswer {
+    ipc::PollAnswer {
+        status: 400,
+        content_type: "application/json".into(),
+        body: r#"{"code":1,"message":"Session ID unknown"}"#.into(),
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,6 +139,7 @@ impl Master {
             restarting: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             cluster,
+            polls: Mutex::default(),
         })
     }
 
@@ -335,8 +347,18 @@ impl Master {
             ToMaster::PollForward {
                 request,
                 slot,
+                node,
                 call,
-            } => self.forward_poll(id, request, slot, call),
+            } => self.forward_poll(id, request, slot, node, call),
+            ToMaster::PollAnswer {
+                request,
+                to: 0,
+                answer,
+            } => {
+                if let Some(waiting) = lock(&self.polls).remove(&request) {
+                    let _ = waiting.send(answer);
+                }
+            }
             ToMaster::PollAnswer {
                 request,
                 to,
@@ -360,28 +382,95 @@ impl Master {
     }
 
     /// Hands a long-polling request to the worker of `slot`, which owns its
-    /// session; without one (the slot is restarting) the forwarder gets
-    /// Engine.IO's `Session ID unknown` at once.
-    fn forward_poll(&self, from: WorkerId, request: u64, slot: u16, call: ipc::PollCall) {
+    /// session: on this node directly, on another (`node`, its tag) through
+    /// the broker. Without an owner (a restarting slot, a node gone) the
+    /// forwarder gets Engine.IO's `Session ID unknown` at once.
+    fn forward_poll(
+        self: &Arc<Self>,
+        from: WorkerId,
+        request: u64,
+        slot: u16,
+        node: Option<u32>,
+        call: ipc::PollCall,
+    ) {
         let Some(from_slot) = lock(&self.state).workers.get(&from).map(|w| w.slot) else {
             return;
         };
-        let delivered = self.send_to_slot(
-            slot,
-            &ToWorker::PollCall {
+        let Some(node) = node else {
+            let call = ToWorker::PollCall {
                 request,
                 from: from_slot,
                 call,
+            };
+            if !self.send_to_slot(slot, &call) {
+                let answer = session_unknown();
+                self.send_to_slot(from_slot, &ToWorker::PollAnswer { request, answer });
+            }
+            return;
+        };
+        let master = self.clone();
+        tokio::spawn(async move {
+            let answer = master
+                .poll_on_node(node, slot, call)
+                .await
+                .unwrap_or_else(session_unknown);
+            master.send_to_slot(from_slot, &ToWorker::PollAnswer { request, answer });
+        });
+    }
+
+    /// How long a forwarded long-polling request may take: a held `GET`
+    /// lasts up to the ping interval plus timeout.
+    fn poll_deadline(&self) -> Duration {
+        let limits = &self.config.limits;
+        limits.socketio_ping_interval + limits.socketio_ping_timeout + Duration::from_secs(5)
+    }
+
+    /// Runs a long-polling request on the node whose tag is `node`.
+    async fn poll_on_node(
+        &self,
+        node: u32,
+        slot: u16,
+        call: ipc::PollCall,
+    ) -> Option<ipc::PollAnswer> {
+        let link = self.cluster.clone()?;
+        let live = link.live_nodes().await.ok()?;
+        let owner = live.into_iter().find(|id| ipc::node_tag(id) == node)?;
+        let replies = link
+            .request(
+                ClusterCommand::Poll { slot, call },
+                vec![owner],
+                self.poll_deadline(),
+            )
+            .await;
+        replies.into_iter().find_map(|reply| match reply.reply {
+            ClusterReply::Poll { answer } => answer,
+            _ => None,
+        })
+    }
+
+    /// Runs another node's long-polling request on this node's worker `slot`.
+    pub async fn poll_local(&self, slot: u16, call: ipc::PollCall) -> Option<ipc::PollAnswer> {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (done, answer) = oneshot::channel();
+        lock(&self.polls).insert(request, done);
+        let sent = self.send_to_slot(
+            slot,
+            &ToWorker::PollCall {
+                request,
+                from: 0,
+                call,
             },
         );
-        if !delivered {
-            let answer = ipc::PollAnswer {
-                status: 400,
-                content_type: "application/json".into(),
-                body: r#"{"code":1,"message":"Session ID unknown"}"#.into(),
-            };
-            self.send_to_slot(from_slot, &ToWorker::PollAnswer { request, answer });
-        }
+        let answer = if sent {
+            tokio::time::timeout(self.poll_deadline(), answer)
+                .await
+                .ok()?
+                .ok()
+        } else {
+            None
+        };
+        lock(&self.polls).remove(&request);
+        answer
     }
 
     /// Sends one message to the current worker of `slot`; false when none.

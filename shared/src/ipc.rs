@@ -63,6 +63,14 @@ pub enum ClusterCommand {
         /// Close reason the client sees.
         reason: String,
     },
+    /// A long-polling request for a session of this node, from another node
+    /// (sent to the owner node only).
+    Poll {
+        /// The owner worker's slot.
+        slot: u16,
+        /// The request.
+        call: PollCall,
+    },
     /// Merge `changes` into one socket's key-value session (`null` deletes a key).
     PatchSession {
         /// The socket.
@@ -91,6 +99,11 @@ pub enum ClusterReply {
         /// Count of sockets closed.
         disconnected: u64,
     },
+    /// The owner's answer to a [`ClusterCommand::Poll`], if it had a worker for it.
+    Poll {
+        /// The answer.
+        answer: Option<PollAnswer>,
+    },
     /// The socket's session after the patch, if this worker holds the socket.
     PatchSession {
         /// The updated session.
@@ -108,6 +121,7 @@ impl ClusterReply {
             ClusterCommand::Emit { .. } => ClusterReply::Emit { delivered: 0 },
             ClusterCommand::Kick { .. } => ClusterReply::Kick { disconnected: 0 },
             ClusterCommand::PatchSession { .. } => ClusterReply::PatchSession { session: None },
+            ClusterCommand::Poll { .. } => ClusterReply::Poll { answer: None },
         }
     }
 
@@ -130,6 +144,9 @@ impl ClusterReply {
                 ClusterReply::PatchSession { session: a },
                 ClusterReply::PatchSession { session: b },
             ) => ClusterReply::PatchSession { session: a.or(b) },
+            (ClusterReply::Poll { answer: a }, ClusterReply::Poll { answer: b }) => {
+                ClusterReply::Poll { answer: a.or(b) }
+            }
             (first, _) => first,
         }
     }
@@ -171,6 +188,14 @@ pub struct PollAnswer {
     pub body: String,
 }
 
+/// The tag a long-polling session id carries for its node: the first four
+/// bytes of SHA-256 of the node id (masters find the owner node by it).
+pub fn node_tag(node_id: &str) -> u32 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(node_id.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
 /// Master to worker.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -201,7 +226,8 @@ pub enum ToWorker {
     PollCall {
         /// Correlates the answer.
         request: u64,
-        /// The slot of the worker that holds the client's connection.
+        /// The slot of the worker that holds the client's connection; 0 when
+        /// the client is on another node (the master answers it).
         from: u16,
         /// The request.
         call: PollCall,
@@ -260,13 +286,17 @@ pub enum ToMaster {
         /// User ids no longer present.
         left: Vec<String>,
     },
-    /// A long-polling request for a session another worker of this node
-    /// owns: the master hands it to that worker.
+    /// A long-polling request for a session another worker owns, on this
+    /// node or (with `node`, the owner node's tag) another: the master hands
+    /// it to that worker, or to that node through the broker.
     PollForward {
         /// Correlates the answer ([`ToWorker::PollAnswer`]).
         request: u64,
         /// The owner's slot.
         slot: u16,
+        /// The owner node's tag, when it is another node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<u32>,
         /// The request.
         call: PollCall,
     },
@@ -274,7 +304,8 @@ pub enum ToMaster {
     PollAnswer {
         /// The request being answered.
         request: u64,
-        /// The slot that forwarded it.
+        /// The slot that forwarded it; 0 for the master (a request from
+        /// another node).
         to: u16,
         /// The answer.
         answer: PollAnswer,

@@ -459,3 +459,115 @@ async fn a_polling_socket_logs_in_by_token_and_a_second_get_or_silence_ends_its_
     let late = request(addr, "GET", &silent_path, &[], "").await;
     assert_eq!(engine_code(&late), (400, json!(1)), "{}", late.body);
 }
+
+/// Two nodes on one Redis, 2 workers each, behind the shipped nginx config
+/// (no `ip_hash`, no cookie stickiness): every polling request may land on
+/// any worker of any node, and is answered by the session's owner.
+#[tokio::test]
+async fn behind_a_balancer_without_stickiness_polling_clients_of_two_nodes_hear_each_other() {
+    let redis = RedisServer::start();
+    let app = WebApp::start(&redis.url(), &[("SESSION_SECRETS", SECRET)]);
+    let node = |id: &str| {
+        NodeBuilder::new(2)
+            .args([
+                "--node-id",
+                id,
+                "--redis-url",
+                &redis.url(),
+                "--session-secret",
+                SECRET,
+            ])
+            .start()
+    };
+    let (a, b) = (node("poll-a"), node("poll-b"));
+    // A session of node a, asked for on node b: forwarded through Redis.
+    let open = request(
+        a.public,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[],
+        "",
+    )
+    .await;
+    let sid = sid_of(&open.body);
+    assert_eq!(poll(b.public, "POST", &sid, "40").await, "ok");
+    assert!(poll(b.public, "GET", &sid, "").await.starts_with("40{"));
+    // A forged owner is nobody's session.
+    let forged = format!("{}{}", "0badc0de01", &sid[10..]);
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={forged}");
+    assert_eq!(
+        engine_code(&request(b.public, "GET", &path, &[], "").await),
+        (400, json!(1))
+    );
+
+    let nginx = sockhive_tests::nginx::Nginx::start(&[a.public, b.public]);
+    let cookie = app.login("bob", "bob-password").await;
+    let mut driver = Driver::start().await;
+    let url = format!("http://{}", nginx.listen);
+    for i in 0..50 {
+        let client = format!("p{i}");
+        driver
+            .ok(
+                "io.connect",
+                json!({
+                    "client": client,
+                    "url": url,
+                    "transports": ["polling"],
+                    "extraHeaders": {"Cookie": cookie},
+                    "listen": ["publish"],
+                }),
+            )
+            .await;
+        driver
+            .ok(
+                "io.emitWithAck",
+                json!({"client": client, "event": "subscribe", "args": ["everyone"]}),
+            )
+            .await;
+    }
+    let records = a
+        .admin_post(
+            "/api/sockets/query",
+            json!({"filter": {"user.id": "u-bob"}}),
+        )
+        .await
+        .json();
+    assert!(
+        records["sockets"].as_array().unwrap().len() >= 50,
+        "{records}"
+    );
+    let nodes: std::collections::BTreeSet<&str> = records["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["node"].as_str())
+        .collect();
+    assert_eq!(nodes.len(), 2, "sessions on both nodes: {nodes:?}");
+    let published = b
+        .admin_post(
+            "/api/publish",
+            json!({"channel": "everyone", "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(published.status, 200, "{}", published.body);
+    for i in 0..50 {
+        let client = format!("p{i}");
+        driver
+            .wait_count(WAIT, "the publish", 1, |e| {
+                e["client"] == client.as_str() && e["event"] == "receive" && e["name"] == "publish"
+            })
+            .await;
+    }
+    let errors: Vec<Value> = driver
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "connect_error" || e["event"] == "disconnect")
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    driver.shutdown().await;
+}
+
+fn sid_of(open: &str) -> String {
+    let handshake: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    handshake["sid"].as_str().unwrap().to_owned()
+}

@@ -281,6 +281,9 @@ fn run_cluster_command(
                 });
             ClusterReply::Emit { delivered }
         }
+        // Another node's long-polling request goes to its worker through
+        // the master (ToWorker::PollCall), never as a fanned-out command.
+        ClusterCommand::Poll { .. } => ClusterReply::Poll { answer: None },
         ClusterCommand::PatchSession { id, changes } => {
             let session = worker.sockets.patch_session(&id, changes);
             ClusterReply::PatchSession { session }

@@ -29,10 +29,11 @@ use sockhive_shared::ipc::{PollAnswer, PollCall, ToMaster};
 /// How long a forwarded request may wait for its owner beyond a held `GET`.
 const FORWARD_SLACK: Duration = Duration::from_secs(5);
 
-/// The owner a session id names: this node's tag (8 hex digits of a hash of
+/// The owner a session id names: its node's tag (8 hex digits of a hash of
 /// `--node-id`) and the worker slot (2 hex digits), before the random part.
 /// A request for another worker's session is handed to it through the
-/// master, so no sticky sessions are needed among a node's workers.
+/// master, and one for another node's through the broker, so no sticky
+/// sessions are needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Owner {
     node: u32,
@@ -65,12 +66,7 @@ impl Owner {
     }
 }
 
-/// The first four bytes of SHA-256 of a node id.
-fn node_tag(node_id: &str) -> u32 {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(node_id.as_bytes());
-    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
-}
+use sockhive_shared::ipc::node_tag;
 
 /// Engine.IO's errors, as the real server words and numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,10 +171,8 @@ pub async fn serve(
                 }
                 Some(_) => Err(EngineError::BadRequest),
             },
-            Some(owner) if owner.node == Owner::of(&ctx).node => {
-                forward(&ctx, &mut stream, &head, rest, sid, owner.slot).await
-            }
-            _ => Err(EngineError::SessionIdUnknown),
+            Some(owner) => forward(&ctx, &mut stream, &head, rest, sid, owner).await,
+            None => Err(EngineError::SessionIdUnknown),
         },
         (Some("websocket"), Some(sid)) => {
             return upgrade_session(&ctx, stream, &head, rest, &sid).await;
@@ -292,15 +286,16 @@ fn post(ctx: &Worker, body: &[u8], session: &PollingSession) -> Result<Response,
     Ok(ok)
 }
 
-/// Hands a request for another worker's session to it through the master,
-/// and answers with what it answered.
+/// Hands a request for another worker's session to it through the master
+/// (and, for another node's session, through the broker), and answers with
+/// what it answered.
 async fn forward(
     ctx: &Worker,
     stream: &mut TcpStream,
     head: &RequestHead,
     rest: Vec<u8>,
     sid: String,
-    slot: u16,
+    owner: Owner,
 ) -> Result<Response, EngineError> {
     let body = match head.method.as_str() {
         "GET" => String::new(),
@@ -316,9 +311,11 @@ async fn forward(
         body,
     };
     let (request, answer) = ctx.poll_forwards.expect();
+    let node = (owner.node != Owner::of(ctx).node).then_some(owner.node);
     ctx.master.send(&ToMaster::PollForward {
         request,
-        slot,
+        slot: owner.slot,
+        node,
         call,
     });
     let limits = &ctx.config.limits;
