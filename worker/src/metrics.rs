@@ -95,6 +95,9 @@ pub struct WorkerMetrics {
     pub slow_consumers: IntCounter,
     /// Time for a message to go to the broker and back (publish acknowledged).
     pub broker_roundtrip: Histogram,
+    /// Long-polling requests handed to their session's owner, by where it
+    /// lives (`worker`: another worker of this node; `node`: another node).
+    pub polling_forwards: IntCounterVec,
     /// Calls to the application's hooks, by hook and outcome.
     pub hook_calls: IntCounterVec,
     /// Time from starting a hook call to its answer, by hook.
@@ -197,6 +200,17 @@ impl WorkerMetrics {
             &["hook"],
         )
         .expect("valid metric");
+        let polling_forwards = IntCounterVec::new(
+            Opts::new(
+                "sockhive_polling_forwards_total",
+                "Long-polling requests handed to their session's owner, by where it lives.",
+            ),
+            &["scope"],
+        )
+        .expect("valid metric");
+        for scope in ["worker", "node"] {
+            polling_forwards.with_label_values(&[scope]);
+        }
         for hook in sockhive_shared::config::HookKind::ALL {
             hook_duration.with_label_values(&[hook.as_str()]);
             for outcome in HOOK_OUTCOMES {
@@ -245,6 +259,7 @@ impl WorkerMetrics {
             Box::new(broker_roundtrip.clone()),
             Box::new(hook_calls.clone()),
             Box::new(hook_duration.clone()),
+            Box::new(polling_forwards.clone()),
         ] {
             registry
                 .register(collector)
@@ -264,6 +279,7 @@ impl WorkerMetrics {
             logouts,
             hook_calls,
             hook_duration,
+            polling_forwards,
         }
     }
 

@@ -312,6 +312,10 @@ async fn forward(
     };
     let (request, answer) = ctx.poll_forwards.expect();
     let node = (owner.node != Owner::of(ctx).node).then_some(owner.node);
+    ctx.metrics
+        .polling_forwards
+        .with_label_values(&[if node.is_some() { "node" } else { "worker" }])
+        .inc();
     ctx.master.send(&ToMaster::PollForward {
         request,
         slot: owner.slot,
