@@ -73,7 +73,7 @@ function socketCluster(on) {
 }
 
 function socketIo(on) {
-  const socket = io({ transports: ['websocket'] }); // sockhive serves websocket only
+  const socket = io(); // the client's defaults: long-polling, then the upgrade
   socket.on('connect', () => on.status('connected'));
   socket.on('disconnect', (reason) => on.status('disconnected', reason));
   socket.on('connect_error', (err) => on.status('disconnected', err.message));
