@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use nix::libc;
 use nix::unistd::{fork, ForkResult, Pid};
 use sockhive_shared::config::LogFormat;
+use sockhive_shared::handoff::WORKER_HANDOFF_FD;
 use sockhive_shared::ipc::{WORKER_IPC_FD, WORKER_LISTENER_FD};
 
 /// Why a worker could not be started.
@@ -55,23 +56,29 @@ impl WorkerCommand {
         Ok(WorkerCommand { program, args })
     }
 
-    /// Forks and execs the worker with `listener` at fd 3 and `ipc` at fd 4.
+    /// Forks and execs the worker with `listener` at fd 3, `ipc` at fd 4 and
+    /// `handoff` (its end of the connection hand-off pair) at fd 5.
     ///
     /// Must be called from the thread that lives as long as the master (its
     /// main thread): Linux delivers the parent-death signal when the *thread*
     /// that forked exits, not the process.
-    pub fn spawn(&self, listener: BorrowedFd<'_>, ipc: BorrowedFd<'_>) -> Result<Pid, SpawnError> {
+    pub fn spawn(
+        &self,
+        listener: BorrowedFd<'_>,
+        ipc: BorrowedFd<'_>,
+        handoff: BorrowedFd<'_>,
+    ) -> Result<Pid, SpawnError> {
         let mut argv: Vec<*const libc::c_char> = self.args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let master = std::process::id() as libc::pid_t;
-        let (listener, ipc) = (listener.as_raw_fd(), ipc.as_raw_fd());
+        let fds = [listener.as_raw_fd(), ipc.as_raw_fd(), handoff.as_raw_fd()];
         // SAFETY: in the child only async-signal-safe calls run, on values
         // computed above (no allocation, no locks, no Rust runtime state), and
         // the child either execs or calls _exit. The parent branch is ordinary.
         match unsafe { fork() }.map_err(SpawnError::Fork)? {
             ForkResult::Parent { child } => Ok(child),
             ForkResult::Child => unsafe {
-                exec_worker(self.program.as_ptr(), argv.as_ptr(), listener, ipc, master)
+                exec_worker(self.program.as_ptr(), argv.as_ptr(), fds, master)
             },
         }
     }
@@ -84,25 +91,27 @@ impl WorkerCommand {
 unsafe fn exec_worker(
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
-    listener: i32,
-    ipc: i32,
+    fds: [i32; 3],
     master: libc::pid_t,
 ) -> ! {
-    // Move both descriptors above the target numbers first, so that placing
-    // one at fd 3 cannot clobber the other if it happened to sit there.
-    let high_listener = libc::fcntl(listener, libc::F_DUPFD, 10);
-    let high_ipc = libc::fcntl(ipc, libc::F_DUPFD, 10);
-    if high_listener < 0
-        || high_ipc < 0
-        || libc::dup2(high_listener, WORKER_LISTENER_FD) < 0
-        || libc::dup2(high_ipc, WORKER_IPC_FD) < 0
-    {
-        libc::_exit(126);
+    // Move every descriptor above the target numbers first, so that placing
+    // one at fd 3 cannot clobber another that happened to sit there.
+    let targets = [WORKER_LISTENER_FD, WORKER_IPC_FD, WORKER_HANDOFF_FD];
+    let mut high = [-1; 3];
+    for (index, fd) in fds.iter().enumerate() {
+        high[index] = libc::fcntl(*fd, libc::F_DUPFD, 10);
+        if high[index] < 0 {
+            libc::_exit(126);
+        }
     }
-    // The duplicates above fd 10 have no CLOEXEC flag; close them so the
-    // worker holds exactly one descriptor per socket.
-    libc::close(high_listener);
-    libc::close(high_ipc);
+    for (index, target) in targets.iter().enumerate() {
+        if libc::dup2(high[index], *target) < 0 {
+            libc::_exit(126);
+        }
+        // The duplicates above fd 10 have no CLOEXEC flag; close them so the
+        // worker holds exactly one descriptor per socket.
+        libc::close(high[index]);
+    }
     // No orphans: if the master dies, even by SIGKILL, the kernel kills us.
     libc::prctl(
         libc::PR_SET_PDEATHSIG,

@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use sockhive_broker::cluster::ClusterLink;
 use sockhive_broker::embedded::{EmbeddedBroker, WorkerId};
 use sockhive_shared::config::Config;
+use sockhive_shared::handoff::{self, Handoff};
 use sockhive_shared::ipc::{self, ClusterCommand, ClusterReply, ToMaster, ToWorker};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -45,6 +46,8 @@ struct WorkerProc {
     pid: Pid,
     /// Pre-encoded frames to the worker's writer task.
     tx: mpsc::UnboundedSender<Arc<[u8]>>,
+    /// The master's end of the worker's connection hand-off pair.
+    handoff: Arc<Handoff>,
     /// The worker said `Ready`: it accepts connections.
     ready: bool,
     /// Replaced by a successor (rolling restart): its exit is expected.
@@ -256,15 +259,22 @@ impl Master {
 
     fn spawn_worker(self: &Arc<Self>, slot: u16) -> anyhow::Result<WorkerId> {
         let (master_end, worker_end) = std::os::unix::net::UnixStream::pair()?;
+        let (handoff_end, worker_handoff) = handoff::pair()?;
         let command = WorkerCommand::new(slot, self.config.server.log_format)?;
         let pid = {
             let listeners = lock(&self.listeners);
             if listeners.is_closed() {
                 anyhow::bail!("node is draining");
             }
-            command.spawn(listeners.for_slot(slot), worker_end.as_fd())?
+            command.spawn(
+                listeners.for_slot(slot),
+                worker_end.as_fd(),
+                worker_handoff.as_fd(),
+            )?
         };
         drop(worker_end);
+        drop(worker_handoff);
+        let handoff = Arc::new(Handoff::new(handoff_end)?);
         master_end.set_nonblocking(true)?;
         let (mut read, mut write) = UnixStream::from_std(master_end)?.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Arc<[u8]>>();
@@ -290,6 +300,7 @@ impl Master {
                     slot,
                     pid,
                     tx,
+                    handoff: handoff.clone(),
                     ready: false,
                     retiring: false,
                 },
@@ -298,6 +309,7 @@ impl Master {
             id
         };
         tracing::info!(worker = slot, pid = pid.as_raw(), "worker started");
+        self.relay_handoffs(handoff);
         let master = self.clone();
         tokio::spawn(async move {
             loop {
@@ -415,6 +427,32 @@ impl Master {
                 .await
                 .unwrap_or_else(session_unknown);
             master.send_to_slot(from_slot, &ToWorker::PollAnswer { request, answer });
+        });
+    }
+
+    /// Passes the connections one worker hands off to the worker of the slot
+    /// each message names (its first two bytes), until the worker is gone.
+    fn relay_handoffs(self: &Arc<Self>, from: Arc<Handoff>) {
+        let master = self.clone();
+        tokio::spawn(async move {
+            while let Ok((message, connection)) = from.recv().await {
+                let Some((slot, bytes)) = message.split_first_chunk::<2>() else {
+                    continue;
+                };
+                let target = {
+                    let state = lock(&master.state);
+                    let slot = u16::from_be_bytes(*slot);
+                    slot.checked_sub(1)
+                        .and_then(|index| state.slots.get(index as usize))
+                        .and_then(|s| s.current)
+                        .and_then(|id| state.workers.get(&id))
+                        .map(|w| w.handoff.clone())
+                };
+                if let Some(target) = target {
+                    let _ = target.send(bytes, connection.as_fd()).await;
+                }
+                // The master's copy of the connection closes here.
+            }
         });
     }
 

@@ -13,6 +13,7 @@
 pub mod channel_rules;
 pub mod config;
 pub mod filter;
+pub mod handoff;
 pub mod http;
 pub mod http_url;
 pub mod ipc;

@@ -573,3 +573,38 @@ fn sid_of(open: &str) -> String {
     let handshake: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
     handshake["sid"].as_str().unwrap().to_owned()
 }
+
+/// The WebSocket of an upgrade lands on any worker; it is handed to the
+/// worker that holds the session (the connection itself moves, through the
+/// master), so every client upgrades.
+#[tokio::test]
+async fn every_upgrade_reaches_the_worker_of_its_session() {
+    let node = NodeBuilder::new(2).start();
+    let mut driver = Driver::start().await;
+    for i in 0..16 {
+        connect(
+            &mut driver,
+            &node,
+            &format!("u{i}"),
+            json!({"transports": defaults()}),
+        )
+        .await;
+    }
+    for i in 0..16 {
+        let client = format!("u{i}");
+        driver
+            .wait_event(WAIT, "the upgrade", |e| {
+                e["client"] == client.as_str() && e["event"] == "upgrade"
+            })
+            .await;
+        let state = driver.ok("io.state", json!({"client": client})).await;
+        assert_eq!(state["transport"], "websocket", "{state}");
+    }
+    // With two workers, some of the 16 WebSockets landed on the other one.
+    let moved = sum_series(
+        &node.metrics().await,
+        "sockhive_polling_forwards_total{scope=\"worker\"}",
+    );
+    assert!(moved > 0.0, "no WebSocket was handed over");
+    driver.shutdown().await;
+}

@@ -16,6 +16,7 @@ use crate::hub::registry::SocketRegistry;
 use crate::master_link::{MasterLink, Replies};
 use crate::metrics::WorkerMetrics;
 use crate::transport::polling::PollingSessions;
+use sockhive_shared::handoff::Handoff;
 use sockhive_shared::ipc::PollAnswer;
 
 /// A worker's shared state.
@@ -42,6 +43,9 @@ pub struct Worker {
     pub open_connections: AtomicUsize,
     /// The Socket.IO long-polling sessions this worker holds, by id.
     pub polling: Arc<PollingSessions>,
+    /// Where connections go to another worker of this node (the WebSocket of
+    /// another worker's long-polling session); absent in-process.
+    pub handoff: Option<Arc<Handoff>>,
     /// Long-polling requests handed to their sessions' workers through the master.
     pub poll_forwards: Replies<PollAnswer>,
     /// The application's hooks: over HTTP with `--hook-url`, or an

@@ -42,6 +42,7 @@ pub mod worker;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use anyhow::Context;
+use sockhive_shared::handoff::WORKER_HANDOFF_FD;
 use sockhive_shared::ipc::{WORKER_IPC_FD, WORKER_LISTENER_FD};
 use tokio_util::sync::CancellationToken;
 
@@ -50,13 +51,15 @@ pub use metrics::WorkerMetrics;
 
 /// Entry point of `sockhive worker`: runs until drained or orphaned.
 pub fn run() -> anyhow::Result<()> {
-    // SAFETY: the master's spawn placed the listening socket at fd 3 and this
-    // worker's end of the IPC socket pair at fd 4 right before exec, with no
-    // other owner in this process; nothing else in the worker opens them.
-    let (listener, ipc) = unsafe {
+    // SAFETY: the master's spawn placed the listening socket at fd 3, this
+    // worker's end of the IPC socket pair at fd 4 and of the hand-off pair at
+    // fd 5 right before exec, with no other owner in this process; nothing
+    // else in the worker opens them.
+    let (listener, ipc, handoff) = unsafe {
         (
             OwnedFd::from_raw_fd(WORKER_LISTENER_FD),
             OwnedFd::from_raw_fd(WORKER_IPC_FD),
+            OwnedFd::from_raw_fd(WORKER_HANDOFF_FD),
         )
     };
     nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(
@@ -75,10 +78,12 @@ pub fn run() -> anyhow::Result<()> {
         ipc.set_nonblocking(true)?;
         let shutdown = CancellationToken::new();
         spawn_signal_drain(shutdown.clone())?;
-        worker::serve(
+        worker::serve_process(
             tokio::net::TcpListener::from_std(listener)?,
             tokio::net::UnixStream::from_std(ipc)?,
+            Some(handoff),
             shutdown,
+            None,
         )
         .await
     })

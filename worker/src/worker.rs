@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use sockhive_shared::handoff::Handoff;
+
 use crate::app::http::HttpHooks;
 use crate::app::AppHooks;
 use crate::auth::passport::LogoutCause;
@@ -47,6 +49,24 @@ pub async fn serve_with_hooks(
     shutdown: CancellationToken,
     hooks: Option<Arc<dyn AppHooks>>,
 ) -> anyhow::Result<()> {
+    serve_process(listener, ipc, None, shutdown, hooks).await
+}
+
+/// [`serve_with_hooks`] with the node's connection hand-off socket (fd 5 of
+/// a worker the master spawned), through which the WebSocket that upgrades a
+/// long-polling session reaches the worker that holds the session.
+pub async fn serve_process(
+    listener: TcpListener,
+    ipc: UnixStream,
+    handoff: Option<std::os::fd::OwnedFd>,
+    shutdown: CancellationToken,
+    hooks: Option<Arc<dyn AppHooks>>,
+) -> anyhow::Result<()> {
+    let handoff = handoff
+        .map(Handoff::new)
+        .transpose()
+        .context("the hand-off socket")?
+        .map(Arc::new);
     let (mut ipc_read, mut ipc_write) = ipc.into_split();
     let Some(ToWorker::Hello { slot, config }) = ipc::read_message(&mut ipc_read).await? else {
         bail!("the master did not introduce this worker");
@@ -84,6 +104,7 @@ pub async fn serve_with_hooks(
         None => None,
     };
     let worker = Arc::new(Worker {
+        handoff: handoff.clone(),
         app,
         polling: Arc::default(),
         poll_forwards: Default::default(),
@@ -98,6 +119,18 @@ pub async fn serve_with_hooks(
         shutdown: shutdown.clone(),
         open_connections: AtomicUsize::new(0),
     });
+    if let Some(handoff) = handoff {
+        // WebSockets other workers received for this worker's polling sessions.
+        let receiving = worker.clone();
+        tokio::spawn(async move {
+            while let Ok((bytes, connection)) = handoff.recv().await {
+                let ctx = receiving.clone();
+                tokio::spawn(crate::front_door::polling::take_handoff(
+                    ctx, bytes, connection,
+                ));
+            }
+        });
+    }
     // Messages other nodes published reach this worker's subscribers.
     let delivering = worker.clone();
     tokio::spawn(async move {

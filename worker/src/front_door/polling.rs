@@ -174,9 +174,16 @@ pub async fn serve(
             Some(owner) => forward(&ctx, &mut stream, &head, rest, sid, owner).await,
             None => Err(EngineError::SessionIdUnknown),
         },
-        (Some("websocket"), Some(sid)) => {
-            return upgrade_session(&ctx, stream, &head, rest, &sid).await;
-        }
+        (Some("websocket"), Some(sid)) => match Owner::of_sid(&sid) {
+            Some(owner) if owner == Owner::of(&ctx) => {
+                return upgrade_session(&ctx, stream, &head, rest, &sid).await;
+            }
+            // Another worker's session: its WebSocket moves there.
+            Some(owner) if owner.node == Owner::of(&ctx).node && ctx.handoff.is_some() => {
+                return hand_off(&ctx, stream, &head, rest, owner.slot).await;
+            }
+            _ => Err(EngineError::SessionIdUnknown),
+        },
         _ => Err(EngineError::TransportUnknown),
     };
     let response = match result {
@@ -360,6 +367,72 @@ pub async fn answer_forwarded(ctx: &Worker, call: PollCall) -> PollAnswer {
         status: response.status,
         content_type: response.content_type.to_owned(),
         body: String::from_utf8(response.body).unwrap_or_default(),
+    }
+}
+
+/// Moves a WebSocket for another worker's session to that worker (through
+/// the master), with the request as read so far; the owner serves it.
+async fn hand_off(
+    ctx: &Worker,
+    mut stream: TcpStream,
+    head: &RequestHead,
+    rest: Vec<u8>,
+    slot: u16,
+) {
+    let Some(handoff) = ctx.handoff.as_ref() else {
+        return;
+    };
+    let mut message = slot.to_be_bytes().to_vec();
+    message.extend_from_slice(head.method.as_bytes());
+    message.push(b' ');
+    message.extend_from_slice(head.path.as_bytes());
+    if let Some(query) = &head.query {
+        message.push(b'?');
+        message.extend_from_slice(query.as_bytes());
+    }
+    message.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        message.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    message.extend_from_slice(b"\r\n");
+    message.extend_from_slice(&rest);
+    ctx.metrics
+        .polling_forwards
+        .with_label_values(&["worker"])
+        .inc();
+    let sent = handoff
+        .send(&message, std::os::fd::AsFd::as_fd(&stream))
+        .await;
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "could not hand a WebSocket to its session's worker");
+        send(
+            ctx,
+            &mut stream,
+            head,
+            EngineError::SessionIdUnknown.response(),
+        )
+        .await;
+    }
+}
+
+/// A WebSocket another worker handed to this one: the request it carried is
+/// read again and served as if it had arrived here.
+pub async fn take_handoff(ctx: Arc<Worker>, bytes: Vec<u8>, connection: std::os::fd::OwnedFd) {
+    let std_stream = std::net::TcpStream::from(connection);
+    if std_stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(mut stream) = TcpStream::from_std(std_stream) else {
+        return;
+    };
+    let max = ctx.config.limits.max_header_bytes as usize;
+    let (head, rest) = match http::read_head(&mut &bytes[..], max).await {
+        Ok(parsed) => parsed,
+        Err(_) => return,
+    };
+    match head.query_param("sid") {
+        Some(sid) => upgrade_session(&ctx, stream, &head, rest, &sid).await,
+        None => send(&ctx, &mut stream, &head, EngineError::BadRequest.response()).await,
     }
 }
 
