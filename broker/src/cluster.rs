@@ -201,6 +201,12 @@ impl ClusterLink {
         *lock(&self.info) = info.to_string();
     }
 
+    /// Writes the heartbeat now, with the latest info, instead of at the next
+    /// tick (what other nodes read about this one should not lag its start).
+    pub async fn announce_now(&self) {
+        self.heartbeat().await;
+    }
+
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.node
@@ -263,6 +269,13 @@ impl ClusterLink {
             )
             .await;
         pipeline.all::<Value>().await.is_ok()
+    }
+
+    /// What a node publishes about itself with its heartbeat (its `info`),
+    /// while it is alive.
+    pub async fn node_info(&self, node: &str) -> Result<Option<serde_json::Value>, BrokerError> {
+        let text: Option<String> = self.redis.get(node_key(node)).await?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// The nodes whose heartbeat is fresh, this one included.

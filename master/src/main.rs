@@ -167,6 +167,7 @@ async fn run_master(
         master.drain().await;
         return Err(e);
     }
+    master.advertise(public).await;
     announce(&master, public, admin_addr);
     loop {
         tokio::select! {

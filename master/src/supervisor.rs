@@ -100,6 +100,8 @@ pub struct Master {
     pub cluster: Option<Arc<ClusterLink>>,
     /// Other nodes' long-polling requests waiting for this node's workers.
     polls: Mutex<HashMap<u64, oneshot::Sender<ipc::PollAnswer>>>,
+    /// Where the other nodes reach the public port (see [`Master::advertise`]).
+    advertised: Mutex<Option<String>>,
 }
 
 /// Engine.IO's answer for a session nobody holds.
@@ -143,6 +145,7 @@ impl Master {
             shutdown: CancellationToken::new(),
             cluster,
             polls: Mutex::default(),
+            advertised: Mutex::default(),
         })
     }
 
@@ -362,6 +365,16 @@ impl Master {
                 node,
                 call,
             } => self.forward_poll(id, request, slot, node, call),
+            ToMaster::NodeAddress { request, node } => {
+                let Some(slot) = lock(&self.state).workers.get(&id).map(|w| w.slot) else {
+                    return;
+                };
+                let master = self.clone();
+                tokio::spawn(async move {
+                    let addr = master.node_address(node).await;
+                    master.send_to_slot(slot, &ToWorker::NodeAddress { request, addr });
+                });
+            }
             ToMaster::PollAnswer {
                 request,
                 to: 0,
@@ -461,6 +474,41 @@ impl Master {
     fn poll_deadline(&self) -> Duration {
         let limits = &self.config.limits;
         limits.socketio_ping_interval + limits.socketio_ping_timeout + Duration::from_secs(5)
+    }
+
+    /// The advertised public address of the live node whose tag is `node`.
+    async fn node_address(&self, node: u32) -> Option<String> {
+        let link = self.cluster.clone()?;
+        let live = link.live_nodes().await.ok()?;
+        let owner = live.into_iter().find(|id| ipc::node_tag(id) == node)?;
+        let info = link.node_info(&owner).await.ok()??;
+        info.get("public")?.as_str().map(str::to_owned)
+    }
+
+    /// Where the other nodes reach this node's public port: `--advertise-addr`,
+    /// else the bound address, or this host's name when bound to every
+    /// interface. Set once the public port is bound, and written to the
+    /// cluster before the node says it is up.
+    pub async fn advertise(&self, public: std::net::SocketAddr) {
+        let addr = match &self.config.server.advertise_addr {
+            Some(addr) => addr.clone(),
+            None if public.ip().is_unspecified() => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default();
+                format!(
+                    "{}:{}",
+                    if host.is_empty() { "localhost" } else { &host },
+                    public.port()
+                )
+            }
+            None => public.to_string(),
+        };
+        *lock(&self.advertised) = Some(addr);
+        self.update_worker_gauge();
+        if let Some(link) = &self.cluster {
+            link.announce_now().await;
+        }
     }
 
     /// Runs a long-polling request on the node whose tag is `node`.
@@ -641,6 +689,7 @@ impl Master {
                 .map(|w| w.pid.as_raw())
                 .collect();
             cluster.set_info(&serde_json::json!({
+                "public": *lock(&self.advertised),
                 "pid": std::process::id(),
                 "workers": self.config.server.workers,
                 "workers_ready": ready,

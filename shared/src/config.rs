@@ -231,6 +231,10 @@ pub struct ServerLayer {
     #[arg(long, env = "SOCKHIVE_ADMIN_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
+    /// Where the other nodes reach this node's public port, host:port: a Socket.IO upgrade that lands on another node is relayed here [default: the --listen address, or this host's name with its port when listening on every interface].
+    #[arg(long, env = "SOCKHIVE_ADVERTISE_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_addr: Option<String>,
     /// Bearer token required on /api/* [default: none, /api/* refused].
     #[arg(long, env = "SOCKHIVE_ADMIN_TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -561,6 +565,10 @@ pub struct ServerConfig {
     pub workers: u16,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// `host:port` the other nodes reach the public port at; `None`: derived
+    /// from the bound address at start.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
     pub admin_token: Option<String>,
     pub node_id: String,
     pub accept_mode: AcceptMode,
@@ -914,6 +922,7 @@ impl Config {
                 workers: server.workers.unwrap_or(default_workers),
                 listen,
                 admin_listen,
+                advertise_addr: server.advertise_addr.filter(|a| !a.trim().is_empty()),
                 admin_token: server.admin_token,
                 node_id: server.node_id.unwrap_or_else(default_node_id),
                 accept_mode: server.accept_mode.unwrap_or(AcceptMode::Reuseport),
@@ -1233,6 +1242,19 @@ impl Config {
             check_channel_pattern(pattern)
                 .map_err(|reason| invalid("channels.public_channel", reason))?;
         }
+        if let Some(advertised) = &server.advertise_addr {
+            let valid = advertised.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !valid {
+                return Err(invalid(
+                    "server.advertise_addr",
+                    format!(
+                        "`{advertised}` is not host:port (a name or an IP, and a port above 0)"
+                    ),
+                ));
+            }
+        }
         self.check_channel_rules()?;
         self.check_hooks()
     }
@@ -1421,6 +1443,7 @@ impl Config {
                 workers: Some(server.workers),
                 listen: Some(server.listen.to_string()),
                 admin_listen: Some(server.admin_listen.to_string()),
+                advertise_addr: server.advertise_addr.clone(),
                 admin_token: None,
                 node_id: (!self.provenance.node_id_defaulted).then(|| server.node_id.clone()),
                 accept_mode: Some(server.accept_mode),

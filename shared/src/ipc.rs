@@ -232,6 +232,13 @@ pub enum ToWorker {
         /// The request.
         call: PollCall,
     },
+    /// Where another node's public port is, answering [`ToMaster::NodeAddress`].
+    NodeAddress {
+        /// The request being answered.
+        request: u64,
+        /// `host:port`, when the node is alive and says where it is.
+        addr: Option<String>,
+    },
     /// The owner's answer to a [`ToMaster::PollForward`] of this worker.
     PollAnswer {
         /// The forward being answered.
@@ -299,6 +306,13 @@ pub enum ToMaster {
         node: Option<u32>,
         /// The request.
         call: PollCall,
+    },
+    /// Where is the node with this tag (its advertised public address)?
+    NodeAddress {
+        /// Correlates the answer.
+        request: u64,
+        /// The node's tag ([`node_tag`]).
+        node: u32,
     },
     /// This worker's answer to a [`ToWorker::PollCall`].
     PollAnswer {

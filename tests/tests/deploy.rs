@@ -1660,8 +1660,21 @@ fn every_setting_the_kit_passes_is_a_real_flag() {
         "k8s args",
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    for env in container["env"].as_array().expect("env") {
-        env_names.push(("k8s env".into(), string_at(env, "/name", "env").into()));
+    let k8s_env = container["env"].as_array().expect("env");
+    for env in k8s_env {
+        let name = string_at(env, "/name", "env");
+        // A helper variable only feeds another one (`$(POD_IP):8000`).
+        let substituted = format!("$({name})");
+        let helper = !name.starts_with("SOCKHIVE_")
+            && k8s_env.iter().any(|other| {
+                other["value"]
+                    .as_str()
+                    .is_some_and(|v| v.contains(&substituted))
+            });
+        if helper {
+            continue;
+        }
+        env_names.push(("k8s env".into(), name.into()));
     }
     for key in secret["stringData"].as_object().expect("stringData").keys() {
         env_names.push(("k8s secret".into(), key.clone()));

@@ -492,6 +492,26 @@ async fn behind_a_balancer_without_stickiness_polling_clients_of_two_nodes_hear_
     let sid = sid_of(&open.body);
     assert_eq!(poll(b.public, "POST", &sid, "40").await, "ok");
     assert!(poll(b.public, "GET", &sid, "").await.starts_with("40{"));
+    // Its upgrade, sent to node b, is relayed to node a and probes fine.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let stream = tokio::net::TcpStream::connect(b.public).await.unwrap();
+        let url = format!(
+            "ws://{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+            b.public
+        );
+        let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+            .await
+            .expect("the relayed upgrade in time")
+            .expect("101 through node b");
+        ws.send(Message::text("2probe")).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+        assert!(
+            matches!(&answer, Some(Ok(Message::Text(t))) if t.as_str() == "3probe"),
+            "{answer:?}"
+        );
+    }
     // A forged owner is nobody's session.
     let forged = format!("{}{}", "0badc0de01", &sid[10..]);
     let path = format!("/socket.io/?EIO=4&transport=polling&sid={forged}");

@@ -48,6 +48,8 @@ pub struct Worker {
     pub handoff: Option<Arc<Handoff>>,
     /// Long-polling requests handed to their sessions' workers through the master.
     pub poll_forwards: Replies<PollAnswer>,
+    /// Questions to the master for another node's public address.
+    pub node_addresses: Replies<Option<String>>,
     /// The application's hooks: over HTTP with `--hook-url`, or an
     /// embedder's own; `None`: no hooks, the contract without them.
     pub app: Option<Arc<dyn AppHooks>>,

@@ -108,6 +108,7 @@ pub async fn serve_process(
         app,
         polling: Arc::default(),
         poll_forwards: Default::default(),
+        node_addresses: Default::default(),
         slot,
         credentials: Arc::new(credentials),
         sockets: SocketRegistry::new(node.clone(), slot, master.clone(), records.clone()),
@@ -272,6 +273,9 @@ async fn read_from_master(
             }
             ToWorker::PollAnswer { request, answer } => {
                 worker.poll_forwards.complete(request, answer)
+            }
+            ToWorker::NodeAddress { request, addr } => {
+                worker.node_addresses.complete(request, addr)
             }
             ToWorker::Cluster { request, command } => {
                 let reply = run_cluster_command(&worker, command);

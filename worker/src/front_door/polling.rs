@@ -182,6 +182,10 @@ pub async fn serve(
             Some(owner) if owner.node == Owner::of(&ctx).node && ctx.handoff.is_some() => {
                 return hand_off(&ctx, stream, &head, rest, owner.slot).await;
             }
+            // Another node's session: relayed to that node's public port.
+            Some(owner) if owner.node != Owner::of(&ctx).node => {
+                return relay_to_node(&ctx, stream, &head, rest, owner.node).await;
+            }
             _ => Err(EngineError::SessionIdUnknown),
         },
         _ => Err(EngineError::TransportUnknown),
@@ -383,19 +387,7 @@ async fn hand_off(
         return;
     };
     let mut message = slot.to_be_bytes().to_vec();
-    message.extend_from_slice(head.method.as_bytes());
-    message.push(b' ');
-    message.extend_from_slice(head.path.as_bytes());
-    if let Some(query) = &head.query {
-        message.push(b'?');
-        message.extend_from_slice(query.as_bytes());
-    }
-    message.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &head.headers {
-        message.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    message.extend_from_slice(b"\r\n");
-    message.extend_from_slice(&rest);
+    message.extend_from_slice(&request_bytes(head, &rest));
     ctx.metrics
         .polling_forwards
         .with_label_values(&["worker"])
@@ -413,6 +405,74 @@ async fn hand_off(
         )
         .await;
     }
+}
+
+/// The request as the client sent it (head and what followed), to replay to
+/// the worker or node that serves it.
+fn request_bytes(head: &RequestHead, rest: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(512 + rest.len());
+    bytes.extend_from_slice(head.method.as_bytes());
+    bytes.push(b' ');
+    bytes.extend_from_slice(head.path.as_bytes());
+    if let Some(query) = &head.query {
+        bytes.push(b'?');
+        bytes.extend_from_slice(query.as_bytes());
+    }
+    bytes.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        bytes.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    bytes.extend_from_slice(b"\r\n");
+    bytes.extend_from_slice(rest);
+    bytes
+}
+
+/// How long finding and reaching another node may take before the client
+/// is told its session is unknown here (it then goes on polling).
+const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Relays the WebSocket of another node's session to that node: a
+/// connection cannot move between machines, so this worker connects to the
+/// owner's public port (`--advertise-addr`), replays the request and copies
+/// bytes both ways for the socket's lifetime.
+async fn relay_to_node(
+    ctx: &Worker,
+    mut stream: TcpStream,
+    head: &RequestHead,
+    rest: Vec<u8>,
+    node: u32,
+) {
+    let (request, addr) = ctx.node_addresses.expect();
+    ctx.master.send(&ToMaster::NodeAddress { request, node });
+    let upstream = tokio::time::timeout(RELAY_CONNECT_TIMEOUT, async {
+        let addr = addr.await.ok()??;
+        TcpStream::connect(addr.as_str()).await.ok()
+    })
+    .await;
+    let Ok(Some(mut upstream)) = upstream else {
+        ctx.node_addresses.forget(request);
+        return send(
+            ctx,
+            &mut stream,
+            head,
+            EngineError::SessionIdUnknown.response(),
+        )
+        .await;
+    };
+    ctx.metrics
+        .polling_forwards
+        .with_label_values(&["node"])
+        .inc();
+    let _ = upstream.set_nodelay(true);
+    use tokio::io::AsyncWriteExt;
+    if upstream
+        .write_all(&request_bytes(head, &rest))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
 }
 
 /// A WebSocket another worker handed to this one: the request it carried is

@@ -65,6 +65,7 @@ fn worker_with_app(
         open_connections: AtomicUsize::new(0),
         polling: Arc::default(),
         poll_forwards: Default::default(),
+        node_addresses: Default::default(),
         handoff: None,
         app,
     })
