@@ -628,3 +628,72 @@ async fn every_upgrade_reaches_the_worker_of_its_session() {
     assert!(moved > 0.0, "no WebSocket was handed over");
     driver.shutdown().await;
 }
+
+/// Lets this test process (and the node it starts, which inherits it) hold
+/// a few thousand descriptors where the soft limit is lower.
+fn raise_open_files(wanted: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let target = wanted.min(hard);
+        if soft < target {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, target, hard);
+        }
+    }
+}
+
+/// 2,000 sessions each holding a GET at once: every GET is answered (by the
+/// next ping), a WebSocket client still connects meanwhile, and the worker's
+/// memory grows by a bounded amount per held session.
+#[tokio::test]
+async fn two_thousand_held_gets_are_answered_and_cost_bounded_memory() {
+    use futures_util::StreamExt;
+    raise_open_files(8192);
+    let node = NodeBuilder::new(1)
+        .args([
+            "--socketio-ping-interval",
+            "2s",
+            "--socketio-ping-timeout",
+            "10s",
+        ])
+        .start();
+    let addr = node.public;
+    let before = node.workers_rss_kib();
+    let sids: Vec<String> = futures_util::stream::iter(0..2000)
+        .map(|_| async move {
+            let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+            sid_of(&open.body)
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let held: Vec<_> = sids
+        .iter()
+        .map(|sid| {
+            let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+            tokio::spawn(async move { request(addr, "GET", &path, &[], "").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let during = node.workers_rss_kib();
+    // The node still takes new sockets while 2,000 GETs are held.
+    let mut driver = Driver::start().await;
+    connect(&mut driver, &node, "ws", json!({})).await;
+    driver.shutdown().await;
+    let mut answered = 0;
+    for get in held {
+        let reply = tokio::time::timeout(WAIT, get)
+            .await
+            .expect("every held GET is answered by the next ping")
+            .unwrap();
+        if reply.status == 200 && reply.body == "2" {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 2000);
+    let per_session = during.saturating_sub(before) * 1024 / 2000;
+    eprintln!("worker RSS: {before} KiB before, {during} KiB with 2,000 held GETs ({per_session} bytes per session)");
+    assert!(
+        per_session < 32 * 1024,
+        "{per_session} bytes per held session"
+    );
+}
