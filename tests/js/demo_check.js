@@ -9,7 +9,7 @@
 // users[0] sends over Socket.IO, tries users[1]'s private channel and logs
 // out; users[1] answers over SocketCluster.
 // Progress goes to stderr; the last line on stdout is one JSON object:
-//   {ok: true, seen, forbidden, kicked, kickedWithinMs, refusedAfterLogout, screenshots}
+//   {ok: true, seen, stream, forbidden, kicked, kickedWithinMs, refusedAfterLogout, screenshots}
 // Any failed expectation exits 1 with the reason on stderr.
 'use strict';
 
@@ -121,6 +121,38 @@ async function main() {
     }
     log('both messages reached all four sockets with their senders');
 
+    // A numbered stream over a fresh Socket.IO client with the browser's
+    // default options, started at once so that it crosses the switch from
+    // long-polling to the WebSocket: every message comes back, in order.
+    const stream = await a.page.evaluate(async ({ room, count }) => {
+      const socket = io({ forceNew: true });
+      const received = [];
+      const onTransport = { polling: 0, websocket: 0 };
+      socket.on('chat message', (m) => {
+        if (m.room !== room) return;
+        received.push(Number(m.text));
+        onTransport[socket.io.engine.transport.name] += 1;
+      });
+      const joined = socket.timeout(10000).emitWithAck('subscribe', `room:${room}`);
+      const acks = [joined];
+      for (let n = 1; n <= count; n += 1) {
+        acks.push(socket.timeout(10000).emitWithAck('chat message', { room, text: String(n) }));
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      await Promise.all(acks);
+      const deadline = Date.now() + 10000;
+      while (received.length < count && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      const transport = socket.io.engine.transport.name;
+      socket.close();
+      return { received, onTransport, transport };
+    }, { room: `${want.room}-stream`, count: 60 });
+    const inOrder = stream.received.length === 60 && stream.received.every((n, i) => n === i + 1);
+    if (!inOrder) throw new Error(`the numbered stream came back as ${JSON.stringify(stream.received)}`);
+    if (stream.transport !== 'websocket') throw new Error(`the stream's client ended on ${stream.transport}`);
+    log('60 numbered messages across the upgrade, in order:', JSON.stringify(stream.onTransport));
+
     // The first user tries the second's private channel: refused on both.
     const forbidden = {};
     await a.page.fill('#peek', second.username);
@@ -173,7 +205,7 @@ async function main() {
 
     if (problems.length) throw new Error(problems.join('\n'));
     const screenshots = [`${first.username}.png`, `${second.username}.png`, `${first.username}-logged-out.png`].map(shot);
-    process.stdout.write(JSON.stringify({ ok: true, seen, forbidden, kicked, kickedWithinMs, refusedAfterLogout, screenshots }) + '\n');
+    process.stdout.write(JSON.stringify({ ok: true, seen, stream, forbidden, kicked, kickedWithinMs, refusedAfterLogout, screenshots }) + '\n');
   } finally {
     await browser.close();
   }
