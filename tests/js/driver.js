@@ -847,7 +847,11 @@ function ensureIoListener(entry, name, event, ack) {
   const deliver = (eventName, args) => {
     let ack = null;
     if (args.length > 0 && typeof args[args.length - 1] === 'function') ack = args.pop();
-    pushEvent('receive', name, { name: eventName, args: elide(args, entry.elide), hasAck: ack !== null });
+    const transport = entry.socket.io?.engine?.transport?.name;
+    const fields = { name: eventName, args: elide(args, entry.elide), hasAck: ack !== null };
+    // Socket.IO only: which transport carried it (polling or websocket).
+    if (transport) fields.transport = transport;
+    pushEvent('receive', name, fields);
     if (ack && ackArgs) ack(...ackArgs);
   };
   if (event === '*') {

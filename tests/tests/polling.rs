@@ -46,6 +46,37 @@ fn numbers(driver: &Driver, client: &str, channel: &str) -> Vec<u64> {
         .collect()
 }
 
+/// A loopback proxy in front of `upstream` that holds back WebSocket
+/// upgrades for `delay` (and passes everything else at once), so a client's
+/// switch from polling happens in the middle of what it is doing.
+async fn slow_upgrades(upstream: SocketAddr, delay: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut first = vec![0u8; 16 * 1024];
+                let Ok(read) = client.read(&mut first).await else {
+                    return;
+                };
+                first.truncate(read);
+                if String::from_utf8_lossy(&first).contains("transport=websocket") {
+                    tokio::time::sleep(delay).await;
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                if server.write_all(&first).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test]
 async fn default_options_log_in_by_cookie_over_polling_and_upgrade_without_losing_a_message() {
     let redis = RedisServer::start();
@@ -59,14 +90,23 @@ async fn default_options_log_in_by_cookie_over_polling_and_upgrade_without_losin
         ])
         .start();
     let cookie = app.login("alice", "alice-password").await;
+    // Alice's WebSocket takes 1.5 s to open: her stream starts on polling
+    // and finishes on the WebSocket.
+    let proxy = slow_upgrades(node.public, Duration::from_millis(1500)).await;
     let mut driver = Driver::start().await;
-    let connected = connect(
-        &mut driver,
-        &node,
-        "alice",
-        json!({"transports": defaults(), "extraHeaders": {"Cookie": cookie}}),
-    )
-    .await;
+    let connected = driver
+        .ok(
+            "io.connect",
+            json!({
+                "client": "alice",
+                "url": format!("http://{proxy}"),
+                "transports": defaults(),
+                "extraHeaders": {"Cookie": cookie},
+                "listen": ["publish", "authenticated"],
+            }),
+        )
+        .await;
+    assert_eq!(connected["transport"], "polling", "{connected}");
     // The socket is the app's user, told over the transport it started on.
     let told = driver
         .wait_event(WAIT, "authenticated", |e| {
@@ -76,24 +116,20 @@ async fn default_options_log_in_by_cookie_over_polling_and_upgrade_without_losin
     assert_eq!(told["args"][0]["user"]["id"], "u-alice", "{told}");
     let record = node.record(connected["socketId"].as_str().unwrap()).await;
     assert_eq!(record["user"]["id"], "u-alice", "{record}");
-    driver
-        .ok(
-            "io.emitWithAck",
-            json!({"client": "alice", "event": "subscribe", "args": ["stream"]}),
-        )
-        .await;
     // A second subscriber on a WebSocket sees what alice sends, in order.
     connect(&mut driver, &node, "watcher", json!({})).await;
-    driver
-        .ok(
-            "io.emitWithAck",
-            json!({"client": "watcher", "event": "subscribe", "args": ["stream"]}),
-        )
-        .await;
+    for client in ["alice", "watcher"] {
+        driver
+            .ok(
+                "io.emitWithAck",
+                json!({"client": client, "event": "subscribe", "args": ["stream"]}),
+            )
+            .await;
+    }
     let burst = driver
         .ok(
             "io.publishBurst",
-            json!({"client": "alice", "channel": "stream", "count": 150, "intervalMs": 2}),
+            json!({"client": "alice", "channel": "stream", "count": 150, "intervalMs": 20}),
         )
         .await;
     assert_eq!(burst["acked"], 150, "{burst}");
@@ -111,6 +147,23 @@ async fn default_options_log_in_by_cookie_over_polling_and_upgrade_without_losin
             .await;
         assert_eq!(numbers(&driver, client, "stream"), expected, "{client}");
     }
+    // The stream crossed the switch both ways: alice sent on both transports
+    // and received on both.
+    let sent = burst["transports"].as_array().unwrap();
+    assert!(
+        sent.iter().any(|t| t == "polling") && sent.iter().any(|t| t == "websocket"),
+        "{burst}"
+    );
+    let received: Vec<Value> = driver
+        .events_of("alice", "receive")
+        .into_iter()
+        .filter(|e| e["name"] == "publish")
+        .map(|e| e["transport"].clone())
+        .collect();
+    assert!(
+        received.contains(&json!("polling")) && received.contains(&json!("websocket")),
+        "{received:?}"
+    );
     let state = driver.ok("io.state", json!({"client": "alice"})).await;
     assert_eq!(state["transport"], "websocket", "{state}");
     driver.shutdown().await;
