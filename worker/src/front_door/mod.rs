@@ -291,6 +291,10 @@ async fn upgrade<P: Protocol>(
     Some((ws, guard, admission))
 }
 
+/// How many bytes of frames a socket gathers before writing them (see
+/// [`websocket_config`]).
+const WRITE_COALESCE_BYTES: usize = 4096;
+
 /// Counts a new socket against `--max-connections`; the guard uncounts it.
 fn admit_connection(ctx: &Arc<Worker>) -> Result<OpenConnection, Rejection> {
     let open = ctx.open_connections.fetch_add(1, Ordering::Relaxed);
@@ -307,7 +311,7 @@ fn admit_connection(ctx: &Arc<Worker>) -> Result<OpenConnection, Rejection> {
 }
 
 /// The WebSocket limits of every socket: frame and message capped at `max_payload`.
-fn websocket_config(ctx: &Worker) -> WebSocketConfig {
+pub(crate) fn websocket_config(ctx: &Worker) -> WebSocketConfig {
     let max = ctx.config.limits.max_payload as usize;
     WebSocketConfig::default()
         // 1 KiB: the buffer lives as long as the socket, and an idle socket's
@@ -315,7 +319,12 @@ fn websocket_config(ctx: &Worker) -> WebSocketConfig {
         // cost ~3 KiB more per socket with no fan-out gain). Protocol frames
         // are small; a larger message just takes more reads.
         .read_buffer_size(1024)
-        .write_buffer_size(0)
+        // The socket's loop takes every queued delivery before it writes
+        // (its select is biased towards the outbox), and the frames are
+        // gathered here and leave in one write of up to this size at the
+        // flush, instead of one send per frame. Small, because the buffer
+        // keeps its capacity for the socket's life once a burst has grown it.
+        .write_buffer_size(WRITE_COALESCE_BYTES)
         .max_write_buffer_size(ctx.config.limits.max_send_queue as usize)
         .max_frame_size(Some(max))
         .max_message_size(Some(max))

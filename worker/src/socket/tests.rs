@@ -714,3 +714,94 @@ async fn the_subscribe_and_publish_hooks_decide_channels() {
         [HookKind::Subscribe, HookKind::Subscribe, HookKind::Publish]
     );
 }
+
+/// A transport that counts the writes reaching it.
+struct CountingWrites {
+    inner: DuplexStream,
+    writes: Arc<AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountingWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_deliveries_leaves_in_one_write_not_one_per_frame() {
+    let worker = worker(|_| {});
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let server = CountingWrites {
+        inner: server,
+        writes: writes.clone(),
+    };
+    let config = crate::front_door::websocket_config(&worker);
+    let ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
+    let upgraded = Upgraded {
+        head: head(""),
+        peer: "127.0.0.1:1".parse().unwrap(),
+        started: std::time::Instant::now(),
+    };
+    let credential = PendingCredential::Ready(Box::new(Credential::Absent));
+    tokio::spawn(run_socket(
+        worker.clone(),
+        ws,
+        upgraded,
+        credential.into(),
+        sc(&worker),
+    ));
+    let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    sc_handshake(&mut client, None).await;
+    let before = writes.load(std::sync::atomic::Ordering::SeqCst);
+    // 50 deliveries queued at once, as a burst on a busy channel does.
+    let all = sockhive_shared::filter::Filter::parse(&json!({})).unwrap();
+    for n in 0..50 {
+        let frame = format!(r##"{{"event":"#publish","data":{{"channel":"c","data":{n}}}}}"##);
+        worker.sockets.push_matching(&all, || {
+            crate::hub::outbox::Outbound::Frame(frame.clone().into())
+        });
+    }
+    for n in 0..50 {
+        assert_eq!(next_json(&mut client).await["data"]["data"], n);
+    }
+    let burst_writes = writes.load(std::sync::atomic::Ordering::SeqCst) - before;
+    // 50 frames of ~50 bytes: one write (two if the coalescing buffer filled).
+    assert!(
+        burst_writes <= 2,
+        "{burst_writes} writes for a burst of 50 frames"
+    );
+}
