@@ -750,3 +750,39 @@ async fn two_thousand_held_gets_are_answered_and_cost_bounded_memory() {
         "{per_session} bytes per held session"
     );
 }
+
+#[tokio::test]
+async fn polling_sessions_count_against_max_connections() {
+    let node = NodeBuilder::new(1).args(["--max-connections", "1"]).start();
+    let first = request(
+        node.public,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let second = request(
+        node.public,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(second.status, 503, "{}", second.body);
+    // Nor does a WebSocket get in while the polling session holds the place.
+    let upgrade = http::get(
+        node.public,
+        "/socketcluster/",
+        &[
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        ],
+    )
+    .await;
+    assert_eq!(upgrade.status, 503);
+}

@@ -76,11 +76,14 @@ enum EngineError {
     BadHandshakeMethod,
     BadRequest,
     UnsupportedVersion,
+    /// Refused and already answered (a full worker, a refused credential).
+    Answered,
 }
 
 impl EngineError {
     fn response(self) -> Response {
         let (code, message) = match self {
+            EngineError::Answered => (3, "Bad request"),
             EngineError::TransportUnknown => (0, "Transport unknown"),
             EngineError::SessionIdUnknown => (1, "Session ID unknown"),
             EngineError::BadHandshakeMethod => (2, "Bad handshake method"),
@@ -192,6 +195,7 @@ pub async fn serve(
     };
     let response = match result {
         Ok(response) => response,
+        Err(EngineError::Answered) => return,
         Err(error) => error.response(),
     };
     send(&ctx, &mut stream, &head, response).await;
@@ -214,7 +218,7 @@ async fn handshake(
         Ok(guard) => guard,
         Err(rejection) => {
             refuse(ctx, stream, rejection).await;
-            return Err(EngineError::BadRequest);
+            return Err(EngineError::Answered);
         }
     };
     let sid = Owner::of(ctx).new_sid();
@@ -226,7 +230,7 @@ async fn handshake(
     };
     let Some(admission) = credential_for_upgrade(ctx, stream, &upgraded, &protocol).await else {
         // Refused (and answered) before the session existed.
-        return Err(EngineError::BadRequest);
+        return Err(EngineError::Answered);
     };
     let (session, wire) = ctx.polling.open(&sid);
     let socket_ctx = ctx.clone();
