@@ -805,3 +805,46 @@ async fn a_burst_of_deliveries_leaves_in_one_write_not_one_per_frame() {
         "{burst_writes} writes for a burst of 50 frames"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_ping_is_answered_at_once_although_writes_are_gathered() {
+    let worker = worker(|_| {});
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let config = crate::front_door::websocket_config(&worker);
+    let ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
+    let upgraded = Upgraded {
+        head: head(""),
+        peer: "127.0.0.1:1".parse().unwrap(),
+        started: std::time::Instant::now(),
+    };
+    let credential = PendingCredential::Ready(Box::new(Credential::Absent));
+    tokio::spawn(run_socket(
+        worker.clone(),
+        ws,
+        upgraded,
+        credential.into(),
+        sc(&worker),
+    ));
+    let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    sc_handshake(&mut client, None).await;
+    client
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        match client.next().await {
+            Some(Ok(Message::Pong(payload))) => {
+                assert_eq!(&payload[..], b"are you there");
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "the pong waited for something"
+    );
+}

@@ -211,6 +211,7 @@ impl PollingSessions {
             sessions: self.clone(),
             ws: None,
             probe: None,
+            unflushed: false,
         };
         (session, wire)
     }
@@ -252,6 +253,8 @@ pub struct PollingWire {
     ws: Option<Box<Ws>>,
     /// During the upgrade: the WebSocket being probed.
     probe: Option<Probe>,
+    /// Frames moved to the WebSocket at the switch still need a flush.
+    unflushed: bool,
 }
 
 impl PollingWire {
@@ -293,6 +296,10 @@ impl PollingWire {
                         return Poll::Pending;
                     }
                     probe.answered = true;
+                    // Written now: the WebSocket gathers frames until a flush.
+                    if let Poll::Ready(Ok(())) = Pin::new(&mut *probe.ws).poll_flush(cx) {
+                        probe.answered = false;
+                    }
                     // The held GET returns, so the client can pause polling.
                     let mut state = self.session.lock();
                     state
@@ -313,6 +320,7 @@ impl PollingWire {
                         .collect();
                     drop(state);
                     self.session.readable.notify_one();
+                    self.unflushed = !unfetched.is_empty();
                     for message in unfetched {
                         if Pin::new(&mut *ws).start_send(message).is_err() {
                             break;
@@ -357,6 +365,16 @@ impl Stream for PollingWire {
                 }
             }
             if let Some(ws) = this.ws.as_mut() {
+                // Frames moved over at the switch go out without waiting for
+                // the core's next write.
+                if this.unflushed {
+                    if let Poll::Ready(result) = Pin::new(&mut **ws).poll_flush(cx) {
+                        this.unflushed = false;
+                        if let Err(e) = result {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
                 return Pin::new(&mut **ws).poll_next(cx);
             }
             match this.poll_probe(cx) {
