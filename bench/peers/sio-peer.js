@@ -38,7 +38,11 @@ async function main() {
   await Promise.all([pubClient.connect(), subClient.connect()]);
 
   const httpServer = http.createServer();
-  const io = new Server(httpServer, { transports: ['websocket'], serveClient: false });
+  // socket.io's default transports (polling, then the upgrade) so the polling
+  // scenarios can use it; a WebSocket-only client connects straight to
+  // `transport=websocket` as before. Polling needs sticky sessions: the
+  // generator keeps each polling client on the port of its handshake.
+  const io = new Server(httpServer, { transports: ['polling', 'websocket'], serveClient: false });
   io.adapter(createAdapter(pubClient, subClient));
 
   const sessionMiddleware = session({

@@ -149,7 +149,8 @@ pub const STAMP_KEY: &str = "\"bt\":";
 /// The JSON key of a benchmark message's sequence number.
 pub const SEQ_KEY: &str = "\"k\":";
 
-fn number_after(text: &str, key: &str) -> Option<u64> {
+/// The decimal number right after `key` in `text`.
+pub fn number_after(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
     let digits = text[start..]
         .bytes()

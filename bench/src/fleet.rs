@@ -53,7 +53,8 @@ pub struct FleetState {
 }
 
 impl FleetState {
-    fn new() -> FleetState {
+    /// Zeroed counters, the clock started now.
+    pub fn new() -> FleetState {
         FleetState {
             clock: Instant::now(),
             connected: AtomicUsize::new(0),
@@ -73,7 +74,8 @@ impl FleetState {
         self.clock.elapsed().as_micros() as u64
     }
 
-    fn record(&self, stamp: u64, seq: u64) {
+    /// Counts one delivery of message `seq` sent at `stamp`.
+    pub fn record(&self, stamp: u64, seq: u64) {
         let now = self.now_us();
         let phase = usize::from(seq >= PACED_SEQ_BASE);
         self.latency[phase].record(now.saturating_sub(stamp));
@@ -81,7 +83,8 @@ impl FleetState {
         self.last_delivery_us[phase].fetch_max(now, Ordering::Relaxed);
     }
 
-    fn note_problem(&self, text: String) {
+    /// Keeps the first problem reported.
+    pub fn note_problem(&self, text: String) {
         if let Ok(mut slot) = self.first_problem.lock() {
             slot.get_or_insert(text);
         }

@@ -175,6 +175,108 @@ const FIGURES: &[Figure] = &[
         higher_is_better: false,
     },
     Figure {
+        scenario: "polling_handshake",
+        label: "authenticated polling connects/s",
+        pointer: "/rate_per_s",
+        higher_is_better: true,
+    },
+    Figure {
+        scenario: "polling_handshake",
+        label: "latency p50, ms",
+        pointer: "/latency/p50_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_handshake",
+        label: "latency p99, ms",
+        pointer: "/latency/p99_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_handshake",
+        label: "server CPU per handshake, ms",
+        pointer: "/server_cpu_ms_per_op",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_handshake",
+        label: "generator CPU per handshake, ms",
+        pointer: "/generator_cpu_ms_per_op",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_handshake",
+        label: "HTTP requests per handshake (incl. close)",
+        pointer: "/requests_per_attempt",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_handshake",
+        label: "requests forwarded to the session's worker, %",
+        pointer: "/forwarded_pct",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_handshake",
+        label: "failed attempts",
+        pointer: "/errors",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_fanout",
+        label: "polling subscribers",
+        pointer: "/subscribers",
+        higher_is_better: true,
+    },
+    Figure {
+        scenario: "polling_fanout",
+        label: "deliveries/s",
+        pointer: "/deliveries_per_s",
+        higher_is_better: true,
+    },
+    Figure {
+        scenario: "polling_fanout",
+        label: "latency p50, ms",
+        pointer: "/latency/p50_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_fanout",
+        label: "latency p99, ms",
+        pointer: "/latency/p99_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_fanout",
+        label: "delivered / expected, %",
+        pointer: "/delivered_pct",
+        higher_is_better: true,
+    },
+    Figure {
+        scenario: "polling_fanout",
+        label: "server CPU per delivery, µs",
+        pointer: "/server_cpu_us_per_delivery",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_fanout",
+        label: "generator CPU per delivery, µs",
+        pointer: "/generator_cpu_us_per_delivery",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "polling_fanout",
+        label: "deliveries per HTTP request",
+        pointer: "/deliveries_per_request",
+        higher_is_better: true,
+    },
+    Figure {
+        scenario: "polling_fanout",
+        label: "requests forwarded to the session's worker, %",
+        pointer: "/forwarded_pct",
+        higher_is_better: false,
+    },
+    Figure {
         scenario: "query",
         label: "filterSocketsByUser p50, ms",
         pointer: "/latency/p50_ms",
@@ -245,6 +347,16 @@ fn derived(record: &Record) -> Value {
     if let (Some(d), Some(e)) = (value["delivered"].as_f64(), value["expected"].as_f64()) {
         if e > 0.0 {
             value["delivered_pct"] = Value::from(100.0 * d / e);
+        }
+    }
+    if record.scenario == "polling_handshake" {
+        if let (Some(r), Some(a)) = (
+            value["http_requests_all"].as_f64(),
+            value["attempts_all"].as_f64(),
+        ) {
+            if a > 0.0 && r > 0.0 {
+                value["requests_per_attempt"] = Value::from(r / a);
+            }
         }
     }
     if record.scenario == "fanout_paced" {
@@ -551,6 +663,18 @@ pub fn markdown(output: &SuiteOutput) -> String {
             md,
             "rpc: {} sockets each calling `echo` in a closed loop, {:?} measured after {:?} warm-up.\n",
             p.rpc.clients, p.rpc.duration, p.rpc.warmup
+        );
+    }
+
+    if output
+        .records
+        .iter()
+        .any(|r| r.scenario.starts_with("polling_"))
+    {
+        let _ = writeln!(
+            md,
+            "Polling (Socket.IO over Engine.IO v4 HTTP long-polling, no upgrade): the generator makes one HTTP/1.1 request per TCP connection (`Connection: close`) on both servers, the session cookie on every request; sockhive closes after every answer anyway. polling_handshake: the closed loop above (concurrency {}, same times): handshake `GET` (cookie login), `POST 40`, `GET`s until the CONNECT reply (latency ends there), then `POST 41\\x1e1` to close. polling_fanout: {} polling subscribers (`420[\"subscribe\",..]`, one `GET` held each, re-issued after every answer, pings answered by `POST 3`), a burst of {} messages published by one more socket over WebSocket. socket.io 4 needs sticky sessions for polling: each client talks to one of its two ports (chosen round-robin at the handshake) for its whole session. sockhive: one port, 2 workers, no stickiness: the kernel hands each request to either worker, and one for the other worker's session is forwarded through the master (the forwarded share is sockhive's own `sockhive_polling_forwards_total`).\n",
+            p.concurrency, p.polling.subscribers, p.polling.burst_messages
         );
     }
 

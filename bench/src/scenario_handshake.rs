@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::client::Outcome;
+use crate::client::{Connection, Outcome};
 use crate::histogram::{Histogram, LatencySummary};
+use crate::polling::PollingSocket;
 use crate::procstat::{own_cpu, sample_tree};
 use crate::target::{CredentialBook, Target};
 
@@ -48,6 +49,10 @@ pub struct HandshakeParams {
     pub forged: bool,
     /// Per-attempt limit.
     pub timeout: Duration,
+    /// Socket.IO over HTTP long-polling instead of a WebSocket (absent from
+    /// suites run before it existed).
+    #[serde(default)]
+    pub polling: bool,
 }
 
 /// What one run measured.
@@ -71,6 +76,28 @@ pub struct HandshakeResult {
     pub generator_cpu_ms_per_op: f64,
     /// One example of a wrong outcome or error, for the log.
     pub first_problem: Option<String>,
+    /// Attempts started, warm-up included.
+    pub attempts_all: u64,
+    /// HTTP requests of polling attempts, warm-up included (0 for WebSockets).
+    pub http_requests_all: u64,
+}
+
+/// An accepted socket, to be closed after the attempt.
+// Short-lived, on the attempt's stack: boxing the WebSocket would add an
+// allocation to every WebSocket handshake the generator makes.
+#[allow(clippy::large_enum_variant)]
+enum Held {
+    WebSocket(Connection),
+    Polling(PollingSocket),
+}
+
+impl Held {
+    async fn close(self) {
+        match self {
+            Held::WebSocket(connection) => connection.close().await,
+            Held::Polling(socket) => socket.close().await,
+        }
+    }
 }
 
 struct Shared<'a> {
@@ -83,6 +110,7 @@ struct Shared<'a> {
     wrong: AtomicU64,
     errors: AtomicU64,
     first_problem: Mutex<Option<String>>,
+    http_requests: AtomicU64,
 }
 
 impl Shared<'_> {
@@ -96,7 +124,17 @@ impl Shared<'_> {
     async fn attempt(&self, scheduled: Instant, record: bool) {
         let index = self.next_login.fetch_add(1, Ordering::Relaxed);
         let credential = self.book.get(self.target.auth, index, self.params.forged);
-        let result = self.target.connect(credential, self.params.timeout).await;
+        let result = if self.params.polling {
+            self.target
+                .connect_polling(credential, self.params.timeout)
+                .await
+                .map(|(outcome, socket)| (outcome, socket.map(Held::Polling)))
+        } else {
+            self.target
+                .connect(credential, self.params.timeout)
+                .await
+                .map(|(outcome, connection)| (outcome, connection.map(Held::WebSocket)))
+        };
         let latency = scheduled.elapsed();
         let expected = match &result {
             Ok((Outcome::Accepted, _)) => !self.params.forged,
@@ -124,8 +162,15 @@ impl Shared<'_> {
             self.ok.fetch_add(1, Ordering::Relaxed);
             self.histogram.record(latency.as_micros() as u64);
         }
-        if let Some(connection) = connection {
-            connection.close().await;
+        match connection {
+            Some(Held::Polling(socket)) => {
+                // Its requests so far and the closing POST.
+                let requests = socket.requests + 1;
+                socket.close().await;
+                self.http_requests.fetch_add(requests, Ordering::Relaxed);
+            }
+            Some(held) => held.close().await,
+            None => {}
         }
     }
 }
@@ -190,6 +235,7 @@ pub async fn run(
         wrong: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         first_problem: Mutex::new(None),
+        http_requests: AtomicU64::new(0),
     };
     let phase = |until: Instant, record: bool| {
         let shared = &shared;
@@ -233,5 +279,7 @@ pub async fn run(
         server_cpu_ms_per_op: per_op(server_cpu),
         generator_cpu_ms_per_op: per_op(generator_cpu),
         first_problem: shared.first_problem.lock().ok().and_then(|s| s.clone()),
+        attempts_all: shared.next_login.load(Ordering::Relaxed) as u64,
+        http_requests_all: shared.http_requests.load(Ordering::Relaxed),
     }
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::credentials::Login;
 use crate::redis_seed::seed_sessions;
 use crate::scenario_handshake::{self, HandshakeParams, HandshakeResult, Load};
+use crate::scenario_polling::{self, PollingParams};
 use crate::scenario_query::{self, QueryParams};
 use crate::scenario_rpc::{self, RpcParams};
 use crate::scenario_sockets::{self, SocketsParams};
@@ -44,8 +45,13 @@ pub struct SuiteParams {
     /// Rpc (absent from suites run before it existed).
     #[serde(default)]
     pub rpc: RpcParams,
+    /// Socket.IO over HTTP long-polling: `polling_handshake` (the closed
+    /// loop of `handshake`, its concurrency and times) and `polling_fanout`
+    /// (absent from suites run before it existed).
+    #[serde(default)]
+    pub polling: PollingParams,
     /// Scenario groups to run (`sockets` = idle + fan-out, `handshake` = closed + paced,
-    /// `reject`, `query`, `rpc`); all when empty.
+    /// `reject`, `query`, `rpc`, `polling` = polling handshake + fan-out); all when empty.
     #[serde(default)]
     pub only: Vec<String>,
 }
@@ -80,6 +86,7 @@ impl SuiteParams {
                 timeout,
             },
             rpc: RpcParams::default(),
+            polling: PollingParams::default(),
             only: Vec::new(),
         }
     }
@@ -119,6 +126,13 @@ impl SuiteParams {
                 duration: Duration::from_millis(700),
                 timeout,
             },
+            polling: PollingParams {
+                subscribers: 10,
+                connect_concurrency: 5,
+                burst_messages: 3,
+                delivery_timeout: Duration::from_secs(5),
+                timeout,
+            },
             only: Vec::new(),
         }
     }
@@ -133,6 +147,7 @@ impl SuiteParams {
             .sockets
             .max(self.query.sockets)
             .max(self.rpc.clients)
+            .max(self.polling.subscribers)
             + 16
     }
 }
@@ -201,6 +216,45 @@ fn handshake_status(result: &HandshakeResult, smoke: bool) -> (Status, Option<St
     (Status::Ok, None)
 }
 
+/// sockhive's `sockhive_polling_forwards_total` (all scopes), from its admin
+/// `/metrics`; `None` for a server without it (socket.io).
+async fn polling_forwards(target: &Target) -> Option<u64> {
+    let admin = target.admin?;
+    let answer = crate::http::get(admin, "/metrics").await.ok()?;
+    if answer.status != 200 {
+        return None;
+    }
+    parse_forwards(&answer.body)
+}
+
+/// Sums the samples of `sockhive_polling_forwards_total` in a Prometheus text page.
+fn parse_forwards(page: &str) -> Option<u64> {
+    let mut found = None;
+    for line in page.lines() {
+        if !line.starts_with("sockhive_polling_forwards_total") {
+            continue;
+        }
+        let value = line.rsplit(' ').next()?.parse::<f64>().ok()?;
+        *found.get_or_insert(0) += value as u64;
+    }
+    found
+}
+
+async fn forwards_since(target: &Target, before: Option<u64>) -> Option<u64> {
+    let after = polling_forwards(target).await?;
+    Some(after.saturating_sub(before.unwrap_or(0)))
+}
+
+/// Adds how many polling requests sockhive forwarded to the session's worker.
+fn note_forwards(value: &mut Value, forwards: Option<u64>, requests: u64) {
+    if let Some(forwards) = forwards {
+        value["forwarded_requests"] = Value::from(forwards);
+        if requests > 0 {
+            value["forwarded_pct"] = Value::from(100.0 * forwards as f64 / requests as f64);
+        }
+    }
+}
+
 struct Runner<'a> {
     env: &'a Environment,
     book: Arc<CredentialBook>,
@@ -264,6 +318,92 @@ impl Runner<'_> {
         if params.wants("handshake") || params.wants("reject") {
             self.handshake_scenarios(kind, run, &target).await;
         }
+        if params.wants("polling") {
+            self.polling_scenarios(kind, run, &target).await;
+        }
+    }
+
+    /// `polling_handshake` and `polling_fanout`: Socket.IO over HTTP
+    /// long-polling, for the two servers that speak it.
+    async fn polling_scenarios(&mut self, kind: ServerKind, run: usize, target: &Arc<Target>) {
+        const POLLING: [&str; 2] = ["polling_handshake", "polling_fanout"];
+        let not_applicable = match kind {
+            ServerKind::SockhiveSio | ServerKind::SioPeer => None,
+            ServerKind::SockhiveSc => Some("n/a: SocketCluster has no long-polling transport (sockhive serves polling to Socket.IO clients: the SIO column)"),
+            ServerKind::Bare => Some("n/a: the bare server speaks only WebSocket"),
+            ServerKind::ScPeer => Some("n/a: socketcluster-server 20 has no long-polling transport"),
+        };
+        if let Some(reason) = not_applicable {
+            self.skip_all(kind, run, &POLLING, Status::Skipped, reason);
+            return;
+        }
+        let params = self.params;
+        // A sockhive without the polling transport answers Engine.IO's
+        // `Transport unknown` (400) to the handshake GET.
+        let probe = target
+            .connect_polling(self.book.get(target.auth, 0, false), Duration::from_secs(5))
+            .await;
+        match probe {
+            Ok((crate::client::Outcome::Accepted, Some(socket))) => socket.close().await,
+            Ok((crate::client::Outcome::Refused(crate::client::Refusal::Http(400)), _))
+                if kind == ServerKind::SockhiveSio =>
+            {
+                let reason = "not available in this build: the polling handshake got 400 (no polling transport)";
+                self.skip_all(kind, run, &POLLING, Status::Skipped, reason);
+                return;
+            }
+            // Anything else shows in the scenarios' own results.
+            _ => {}
+        }
+        let closed = HandshakeParams {
+            load: Load::Closed {
+                concurrency: params.concurrency,
+            },
+            warmup: params.warmup,
+            duration: params.handshake_duration,
+            forged: false,
+            timeout: Duration::from_secs(10),
+            polling: true,
+        };
+        let forwards_before = polling_forwards(target).await;
+        let result = scenario_handshake::run(target, &self.book, closed).await;
+        let forwards = forwards_since(target, forwards_before).await;
+        let (status, reason) = handshake_status(&result, params.smoke);
+        let mut value = to_value(&result);
+        value["concurrency"] = Value::from(params.concurrency);
+        note_forwards(&mut value, forwards, result.http_requests_all);
+        self.push(kind, run, "polling_handshake", status, reason, value);
+
+        let publisher = params.polling.subscribers + 1;
+        let forwards_before = polling_forwards(target).await;
+        let result = scenario_polling::run_fanout(
+            target.clone(),
+            self.book.clone(),
+            params.polling,
+            publisher,
+        )
+        .await;
+        let forwards = forwards_since(target, forwards_before).await;
+        let complete = result.subscribers == params.polling.subscribers
+            && result.delivered == result.expected
+            && result.dropped == 0;
+        let ok = result.delivered > 0 && (!params.smoke || complete);
+        let reason = (!ok).then(|| {
+            result
+                .first_problem
+                .clone()
+                .unwrap_or_else(|| "nothing delivered".into())
+        });
+        let mut value = to_value(&result);
+        note_forwards(&mut value, forwards, result.http_requests_all);
+        self.push(
+            kind,
+            run,
+            "polling_fanout",
+            if ok { Status::Ok } else { Status::Failed },
+            reason,
+            value,
+        );
     }
 
     async fn sockets_scenarios(&mut self, kind: ServerKind, run: usize, target: &Arc<Target>) {
@@ -315,6 +455,7 @@ impl Runner<'_> {
             duration: params.handshake_duration,
             forged: false,
             timeout: Duration::from_secs(10),
+            polling: false,
         };
         if !params.wants("handshake") {
             self.reject_scenario(kind, run, target, closed).await;
@@ -435,10 +576,17 @@ impl Runner<'_> {
             "handshake",
             "handshake_paced",
             "reject",
+            "polling_handshake",
+            "polling_fanout",
         ];
-        let serving_wanted = ["sockets", "handshake", "reject"]
+        let serving_wanted = ["sockets", "handshake", "reject", "polling"]
             .iter()
             .any(|g| self.params.wants(g));
+        let wants_polling = self.params.wants("polling");
+        let serving: Vec<&str> = serving
+            .into_iter()
+            .filter(|s| wants_polling || !s.starts_with("polling_"))
+            .collect();
         let started = if serving_wanted {
             Some(self.env.start(kind, Layout::Serving, &self.book).await)
         } else {
@@ -576,4 +724,16 @@ pub async fn run(
 /// Whether every scenario that should have run did.
 pub fn all_ran(output: &SuiteOutput) -> bool {
     output.records.iter().all(|r| r.status != Status::Failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_are_summed_over_scopes() {
+        let page = "# HELP sockhive_polling_forwards_total x\n# TYPE sockhive_polling_forwards_total counter\nsockhive_polling_forwards_total{scope=\"node\"} 2\nsockhive_polling_forwards_total{scope=\"worker\"} 40\nother 7\n";
+        assert_eq!(parse_forwards(page), Some(42));
+        assert_eq!(parse_forwards("other 7\n"), None);
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::client::{ClientError, Completion, Connection, Credential, Outcome, Protocol};
 use crate::credentials::{login_jwt, Login};
+use crate::polling::PollingSocket;
 
 /// How the sockets of a target prove who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -153,6 +154,23 @@ impl Target {
             Ok((outcome, keep))
         };
         tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+}
+
+impl Target {
+    /// A Socket.IO session over HTTP long-polling, authenticated up to the
+    /// CONNECT reply. Its address is chosen round-robin once and kept for
+    /// every request of the session: the sticky setup socket.io needs (and
+    /// sockhive, with one port, does not).
+    pub async fn connect_polling(
+        &self,
+        credential: Credential<'_>,
+        timeout: Duration,
+    ) -> Result<(Outcome, Option<PollingSocket>), ClientError> {
+        let addr = self.next_addr();
+        tokio::time::timeout(timeout, PollingSocket::connect(addr, credential))
             .await
             .map_err(|_| ClientError::Timeout)?
     }
