@@ -19,6 +19,15 @@ use crate::redis::free_port;
 use crate::repo_root;
 use crate::tempdir::TempDir;
 
+/// How the test nginx picks an upstream for each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balancing {
+    /// As shipped (`least_conn`).
+    Shipped,
+    /// nginx's plain round robin: no stickiness of any kind.
+    RoundRobin,
+}
+
 /// A non-daemon nginx started by the test; stopped by its pid on drop.
 pub struct Nginx {
     child: Child,
@@ -31,9 +40,22 @@ impl Nginx {
     /// Starts nginx in front of `upstreams` on a free loopback port and waits
     /// until it accepts; fails with nginx's own logs if it exits instead.
     pub fn start(upstreams: &[SocketAddr]) -> Nginx {
+        Nginx::start_balancing(upstreams, Balancing::Shipped)
+    }
+
+    /// [`Nginx::start`] with the shipped config's balancing replaced as asked.
+    pub fn start_balancing(upstreams: &[SocketAddr], balancing: Balancing) -> Nginx {
         let dir = TempDir::new("nginx");
         let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let conf = render_test_conf(&dir, listen, upstreams);
+        let mut conf = render_test_conf(&dir, listen, upstreams);
+        if balancing == Balancing::RoundRobin {
+            let text = std::fs::read_to_string(&conf).expect("rendered config");
+            assert!(
+                text.contains("least_conn;"),
+                "the shipped config balances by least_conn"
+            );
+            conf = dir.write("nginx.conf", &text.replace("least_conn;", ""));
+        }
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
         let child = Command::new(program())
             .arg("-p")

@@ -513,9 +513,9 @@ async fn a_polling_socket_logs_in_by_token_and_a_second_get_or_silence_ends_its_
     assert_eq!(engine_code(&late), (400, json!(1)), "{}", late.body);
 }
 
-/// Two nodes on one Redis, 2 workers each, behind the shipped nginx config
-/// (no `ip_hash`, no cookie stickiness): every polling request may land on
-/// any worker of any node, and is answered by the session's owner.
+/// Two nodes on one Redis, 2 workers each, behind nginx with plain round
+/// robin (no `ip_hash`, no cookie stickiness): every polling request may land
+/// on any worker of any node, and is answered by the session's owner.
 #[tokio::test]
 async fn behind_a_balancer_without_stickiness_polling_clients_of_two_nodes_hear_each_other() {
     let redis = RedisServer::start();
@@ -573,7 +573,10 @@ async fn behind_a_balancer_without_stickiness_polling_clients_of_two_nodes_hear_
         (400, json!(1))
     );
 
-    let nginx = sockhive_tests::nginx::Nginx::start(&[a.public, b.public]);
+    let nginx = sockhive_tests::nginx::Nginx::start_balancing(
+        &[a.public, b.public],
+        sockhive_tests::nginx::Balancing::RoundRobin,
+    );
     let cookie = app.login("bob", "bob-password").await;
     let mut driver = Driver::start().await;
     let url = format!("http://{}", nginx.listen);
