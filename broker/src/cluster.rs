@@ -148,7 +148,13 @@ impl ClusterLink {
             loop {
                 let message = match messages.recv().await {
                     Ok(message) => message,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::error!(
+                            missed,
+                            "cluster bus messages dropped: the master fell behind"
+                        );
+                        continue;
+                    }
                     Err(_) => return,
                 };
                 let Some(link) = weak.upgrade() else { return };

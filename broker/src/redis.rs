@@ -65,9 +65,19 @@ pub fn client(config: RedisConfig) -> Result<Client, BrokerError> {
     Ok(client)
 }
 
+/// Messages a pub/sub client holds for its reader before it drops the oldest
+/// (fred's default, 32, loses messages in any burst: a 50-message publish,
+/// the replies to 50 forwarded requests). Allocated up front per client.
+pub const SUBSCRIBER_BUFFER: usize = 8192;
+
 /// A pub/sub client that resubscribes to everything it tracks after every reconnect.
 pub fn subscriber(config: RedisConfig) -> Result<SubscriberClient, BrokerError> {
-    let subscriber = builder(config).build_subscriber_client()?;
+    let mut builder = builder(config);
+    builder.with_performance_config(|p| {
+        p.default_command_timeout = COMMAND_TIMEOUT;
+        p.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
+    });
+    let subscriber = builder.build_subscriber_client()?;
     subscriber.connect();
     subscriber.manage_subscriptions();
     Ok(subscriber)
