@@ -188,8 +188,7 @@ async fn nothing_is_lost_or_reordered_across_the_upgrade_in_either_direction() {
     let node = NodeBuilder::new(1).start();
     let addr = node.public;
     let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
-    let handshake: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
-    let sid = handshake["sid"].as_str().unwrap().to_owned();
+    let sid = sid_of(&open.body);
     assert_eq!(poll(addr, "POST", &sid, "40").await, "ok");
     assert!(poll(addr, "GET", &sid, "").await.starts_with("40{"));
     poll(addr, "POST", &sid, r#"420["subscribe","s"]"#).await;
@@ -315,20 +314,7 @@ async fn without_sticky_sessions_every_worker_answers_for_every_session() {
         .admin_post("/api/publish", json!({"channel": "all", "data": {"n": 1}}))
         .await;
     assert_eq!(published.status, 200, "{}", published.body);
-    for i in 0..12 {
-        let client = format!("c{i}");
-        driver
-            .wait_count(WAIT, "a delivery", 1, |e| {
-                e["client"] == client.as_str() && e["event"] == "receive" && e["name"] == "publish"
-            })
-            .await;
-    }
-    let errors: Vec<Value> = driver
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "connect_error" || e["event"] == "disconnect")
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}");
+    every_client_hears_one_publish(&driver, "c", 12).await;
     // Both workers own sessions, and requests crossed between them.
     let records = node
         .admin_post("/api/sockets/query", json!({"filter": {}}))
@@ -481,8 +467,7 @@ async fn a_polling_socket_logs_in_by_token_and_a_second_get_or_silence_ends_its_
     // Raw: a second GET while one is held is a Bad request and ends the session.
     let addr = node.public;
     let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
-    let handshake: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
-    let sid = handshake["sid"].as_str().unwrap().to_owned();
+    let sid = sid_of(&open.body);
     let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
     let held_path = path.clone();
     let held = tokio::spawn(async move { request(addr, "GET", &held_path, &[], "").await });
@@ -503,10 +488,9 @@ async fn a_polling_socket_logs_in_by_token_and_a_second_get_or_silence_ends_its_
     assert!(gone, "the session outlived a protocol violation");
     // A client that never polls again is dropped at its ping timeout.
     let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
-    let silent: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
     let silent_path = format!(
         "/socket.io/?EIO=4&transport=polling&sid={}",
-        silent["sid"].as_str().unwrap()
+        sid_of(&open.body)
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let late = request(addr, "GET", &silent_path, &[], "").await;
@@ -619,20 +603,7 @@ async fn behind_a_balancer_without_stickiness_polling_clients_of_two_nodes_hear_
         )
         .await;
     assert_eq!(published.status, 200, "{}", published.body);
-    for i in 0..50 {
-        let client = format!("p{i}");
-        driver
-            .wait_count(WAIT, "the publish", 1, |e| {
-                e["client"] == client.as_str() && e["event"] == "receive" && e["name"] == "publish"
-            })
-            .await;
-    }
-    let errors: Vec<Value> = driver
-        .events()
-        .into_iter()
-        .filter(|e| e["event"] == "connect_error" || e["event"] == "disconnect")
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}");
+    every_client_hears_one_publish(&driver, "p", 50).await;
     // Requests crossed between the nodes (the balancer keeps no client on one).
     let mut crossed = 0.0;
     for node in [&a, &b] {
@@ -643,6 +614,25 @@ async fn behind_a_balancer_without_stickiness_polling_clients_of_two_nodes_hear_
     }
     assert!(crossed > 0.0, "no request crossed nodes");
     driver.shutdown().await;
+}
+
+/// Clients `{prefix}0..count` each received a `publish`, and none saw a
+/// connection error or a disconnect.
+async fn every_client_hears_one_publish(driver: &Driver, prefix: &str, count: usize) {
+    for i in 0..count {
+        let client = format!("{prefix}{i}");
+        driver
+            .wait_count(WAIT, "a publish", 1, |e| {
+                e["client"] == client.as_str() && e["event"] == "receive" && e["name"] == "publish"
+            })
+            .await;
+    }
+    let errors: Vec<Value> = driver
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "connect_error" || e["event"] == "disconnect")
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
 }
 
 fn sid_of(open: &str) -> String {

@@ -43,6 +43,9 @@ pub struct Worker {
     pub open_connections: AtomicUsize,
     /// The Socket.IO long-polling sessions this worker holds, by id.
     pub polling: Arc<PollingSessions>,
+    /// This node's tag in long-polling session ids (a hash of `--node-id`,
+    /// computed once rather than per request).
+    pub node_tag: u32,
     /// Where connections go to another worker of this node (the WebSocket of
     /// another worker's long-polling session); absent in-process.
     pub handoff: Option<Arc<Handoff>>,

@@ -108,6 +108,7 @@ pub async fn serve_process(
         app,
         polling: Arc::default(),
         poll_forwards: Default::default(),
+        node_tag: sockhive_shared::ipc::node_tag(&config.server.node_id),
         node_addresses: Default::default(),
         slot,
         credentials: Arc::new(credentials),

@@ -43,7 +43,7 @@ struct Owner {
 impl Owner {
     fn of(ctx: &Worker) -> Owner {
         Owner {
-            node: node_tag(&ctx.config.server.node_id),
+            node: ctx.node_tag,
             slot: ctx.slot,
         }
     }
@@ -65,8 +65,6 @@ impl Owner {
         Some(Owner { node, slot })
     }
 }
-
-use sockhive_shared::ipc::node_tag;
 
 /// Engine.IO's errors, as the real server words and numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

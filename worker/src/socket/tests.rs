@@ -47,6 +47,7 @@ fn worker_with_app(
     layer.server.node_id = Some("core-test".into());
     tune(&mut layer);
     let config = Config::resolve(layer).expect("valid test config");
+    let node_tag = sockhive_shared::ipc::node_tag(&config.server.node_id);
     // The receiver is leaked so sends to the "master" succeed silently.
     let (master, to_master) = MasterLink::new();
     std::mem::forget(to_master);
@@ -65,6 +66,7 @@ fn worker_with_app(
         open_connections: AtomicUsize::new(0),
         polling: Arc::default(),
         poll_forwards: Default::default(),
+        node_tag,
         node_addresses: Default::default(),
         handoff: None,
         app,
@@ -715,6 +717,31 @@ async fn the_subscribe_and_publish_hooks_decide_channels() {
     );
 }
 
+/// A SocketCluster socket served over `server` with the front door's own
+/// WebSocket settings (write gathering included); the client's end.
+async fn production_socket<S: crate::transport::Transport>(
+    worker: &Arc<Worker>,
+    client: DuplexStream,
+    server: S,
+) -> Client {
+    let config = crate::front_door::websocket_config(worker);
+    let ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
+    let upgraded = Upgraded {
+        head: head(""),
+        peer: "127.0.0.1:1".parse().unwrap(),
+        started: std::time::Instant::now(),
+    };
+    let credential = PendingCredential::Ready(Box::new(Credential::Absent));
+    tokio::spawn(run_socket(
+        worker.clone(),
+        ws,
+        upgraded,
+        credential.into(),
+        sc(worker),
+    ));
+    WebSocketStream::from_raw_socket(client, Role::Client, None).await
+}
+
 /// A transport that counts the writes reaching it.
 struct CountingWrites {
     inner: DuplexStream,
@@ -769,22 +796,7 @@ async fn a_burst_of_deliveries_leaves_in_one_write_not_one_per_frame() {
         inner: server,
         writes: writes.clone(),
     };
-    let config = crate::front_door::websocket_config(&worker);
-    let ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
-    let upgraded = Upgraded {
-        head: head(""),
-        peer: "127.0.0.1:1".parse().unwrap(),
-        started: std::time::Instant::now(),
-    };
-    let credential = PendingCredential::Ready(Box::new(Credential::Absent));
-    tokio::spawn(run_socket(
-        worker.clone(),
-        ws,
-        upgraded,
-        credential.into(),
-        sc(&worker),
-    ));
-    let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    let mut client = production_socket(&worker, client, server).await;
     sc_handshake(&mut client, None).await;
     let before = writes.load(std::sync::atomic::Ordering::SeqCst);
     // 50 deliveries queued at once, as a burst on a busy channel does.
@@ -810,22 +822,7 @@ async fn a_burst_of_deliveries_leaves_in_one_write_not_one_per_frame() {
 async fn a_client_ping_is_answered_at_once_although_writes_are_gathered() {
     let worker = worker(|_| {});
     let (client, server) = tokio::io::duplex(1 << 16);
-    let config = crate::front_door::websocket_config(&worker);
-    let ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
-    let upgraded = Upgraded {
-        head: head(""),
-        peer: "127.0.0.1:1".parse().unwrap(),
-        started: std::time::Instant::now(),
-    };
-    let credential = PendingCredential::Ready(Box::new(Credential::Absent));
-    tokio::spawn(run_socket(
-        worker.clone(),
-        ws,
-        upgraded,
-        credential.into(),
-        sc(&worker),
-    ));
-    let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    let mut client = production_socket(&worker, client, server).await;
     sc_handshake(&mut client, None).await;
     client
         .send(Message::Ping(b"are you there".to_vec().into()))
