@@ -85,11 +85,6 @@ impl PollingSession {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The session id.
-    pub fn sid(&self) -> &str {
-        &self.sid
-    }
-
     fn wake_core(state: &mut State) {
         if let Some(waker) = state.core.take() {
             waker.wake();
@@ -219,16 +214,6 @@ impl PollingSessions {
     /// The session `sid`, if it lives on this worker.
     pub fn get(&self, sid: &str) -> Option<Arc<PollingSession>> {
         self.lock().get(sid).cloned()
-    }
-
-    /// Sessions alive now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when none is alive.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn forget(&self, sid: &str) {
