@@ -7,6 +7,10 @@
 #   bench/run.sh            full run (3 runs per server; about 20-30 minutes on 2 cores)
 #   bench/run.sh --smoke    every scenario on every server, tiny (seconds), for CI;
 #                           exits non-zero if any scenario fails to run
+#   bench/run.sh --pin      also measure the fan-out with the servers (and this
+#                           redis-server) on CPU 0 and the generator on CPU 1
+#   bench/run.sh soak       10,000 sockets churning for 5 minutes under publishes,
+#                           worker RSS and descriptors sampled (--smoke: 200, 24 s)
 #
 # Other flags go to `sockhive-bench suite` (e.g. --runs 5, --sockets 20000,
 # --servers sockhive-sc,sc-peer). Everything runs on 127.0.0.1 only.
@@ -15,6 +19,13 @@ set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
 SMOKE=0
+# `bench/run.sh soak [--smoke] [--sockets N] [--minutes M]`: the churn soak
+# (issue 15) instead of the comparison suite; sockhive only.
+COMMAND=suite
+if [[ "${1:-}" == "soak" ]]; then
+  COMMAND=soak
+  shift
+fi
 for arg in "$@"; do
   [[ "$arg" == "--smoke" ]] && SMOKE=1
 done
@@ -87,6 +98,18 @@ export BENCH_SOCKHIVE_COMMIT
 if ((SMOKE)); then OUT="$BENCH/results/tmp"; else OUT="$BENCH/results"; fi
 started=$(date +%s)
 set +e
+if [[ "$COMMAND" == "soak" ]]; then
+  "$BENCH_TARGET/release/sockhive-bench" soak \
+    --sockhive "$SOCKHIVE" \
+    --redis "127.0.0.1:$REDIS_PORT" \
+    --out "$OUT" \
+    --logs "$LOGS" \
+    "$@"
+  status=$?
+  set -e
+  log "soak finished in $(( $(date +%s) - started )) s with status $status"
+  exit "$status"
+fi
 "$BENCH_TARGET/release/sockhive-bench" suite \
   --sockhive "$SOCKHIVE" \
   --bare "$BENCH_TARGET/release/bare-ws" \
@@ -94,6 +117,7 @@ set +e
   --redis "127.0.0.1:$REDIS_PORT" \
   --out "$OUT" \
   --logs "$LOGS" \
+  --redis-pid "$REDIS_PID" \
   "$@"
 status=$?
 set -e

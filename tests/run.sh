@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need
 # (redis-server, nginx, chromium, the npm clients from the committed lockfile), then
-# runs every Rust test, unit and integration, against the real binary.
+# runs every Rust test, unit and integration, against the real binary, then
+# the Autobahn conformance suite and every fuzz target for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +29,9 @@ fi
 
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads="${TEST_THREADS:-2}"
+# The Autobahn|Testsuite against the worker's own WebSocket path (front door,
+# limits, close handling), checked against tests/autobahn/expected.json.
+bash tests/autobahn/run.sh
+# Every fuzz target (cargo-fuzz, libFuzzer) for 30 s on its committed seeds;
+# a crash fails the run and names its input (fuzz/README.md).
+bash fuzz/run.sh 30

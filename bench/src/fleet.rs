@@ -15,8 +15,13 @@ use crate::client::{Outcome, Seen};
 use crate::histogram::Histogram;
 use crate::target::{CredentialBook, Target};
 
-/// Sequence numbers at or above this belong to the paced phase.
-pub const PACED_SEQ_BASE: u64 = 1_000_000;
+/// Sequence numbers of fan-out phase `k` start at `k * PHASE_SEQ_BASE`
+/// (0 burst, 1 paced, 2 burst pinned, 3 paced pinned), so each delivery is
+/// counted in its own phase even if it arrives late.
+pub const PHASE_SEQ_BASE: u64 = 1_000_000;
+
+/// Fan-out phases counted apart.
+pub const PHASES: usize = 4;
 
 /// What every socket of the fleet should be doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +48,12 @@ pub struct FleetState {
     pub subscribe_failed: AtomicUsize,
     /// Held sockets the server closed.
     pub dropped: AtomicUsize,
-    /// Deliveries, [burst, paced].
-    pub delivered: [AtomicU64; 2],
-    /// Clock time of the latest delivery, microseconds, [burst, paced].
-    pub last_delivery_us: [AtomicU64; 2],
-    /// Publish-to-delivery latency, [burst, paced].
-    pub latency: [Histogram; 2],
+    /// Deliveries per phase (see [`PHASE_SEQ_BASE`]).
+    pub delivered: [AtomicU64; PHASES],
+    /// Clock time of the latest delivery per phase, microseconds.
+    pub last_delivery_us: [AtomicU64; PHASES],
+    /// Publish-to-delivery latency per phase.
+    pub latency: [Histogram; PHASES],
     first_problem: Mutex<Option<String>>,
 }
 
@@ -62,9 +67,9 @@ impl FleetState {
             subscribed: AtomicUsize::new(0),
             subscribe_failed: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
-            delivered: [AtomicU64::new(0), AtomicU64::new(0)],
-            last_delivery_us: [AtomicU64::new(0), AtomicU64::new(0)],
-            latency: [Histogram::new(), Histogram::new()],
+            delivered: std::array::from_fn(|_| AtomicU64::new(0)),
+            last_delivery_us: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| Histogram::new()),
             first_problem: Mutex::new(None),
         }
     }
@@ -77,7 +82,7 @@ impl FleetState {
     /// Counts one delivery of message `seq` sent at `stamp`.
     pub fn record(&self, stamp: u64, seq: u64) {
         let now = self.now_us();
-        let phase = usize::from(seq >= PACED_SEQ_BASE);
+        let phase = ((seq / PHASE_SEQ_BASE) as usize).min(PHASES - 1);
         self.latency[phase].record(now.saturating_sub(stamp));
         self.delivered[phase].fetch_add(1, Ordering::Relaxed);
         self.last_delivery_us[phase].fetch_max(now, Ordering::Relaxed);

@@ -10,6 +10,7 @@ mod credentials;
 mod fleet;
 mod histogram;
 mod http;
+mod pinning;
 mod polling;
 mod procstat;
 mod redis_seed;
@@ -20,7 +21,9 @@ mod scenario_query;
 mod scenario_rpc;
 mod scenario_sockets;
 mod servers;
+mod soak;
 mod suite;
+mod syscalls;
 mod target;
 
 use std::net::SocketAddr;
@@ -45,6 +48,8 @@ struct Cli {
 enum Cmd {
     /// Run every scenario on every server and write bench/results.
     Suite(Box<SuiteArgs>),
+    /// Soak: sockets churning for minutes under publishes, each worker's RSS and descriptors sampled.
+    Soak(Box<soak::SoakArgs>),
     /// Re-render the Markdown table from a suite's JSON.
     Report {
         /// The JSON a suite wrote.
@@ -52,26 +57,33 @@ enum Cmd {
     },
 }
 
+/// Where a run's server binary, Redis and files are (`run.sh` passes them).
 #[derive(Debug, clap::Args)]
-struct SuiteArgs {
+pub struct RunPaths {
     /// The sockhive binary.
     #[arg(long)]
-    sockhive: PathBuf,
+    pub sockhive: PathBuf,
+    /// The Redis every server shares (loopback).
+    #[arg(long)]
+    pub redis: SocketAddr,
+    /// Directory for the results (JSON and Markdown).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Directory for server logs.
+    #[arg(long)]
+    pub logs: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct SuiteArgs {
+    #[command(flatten)]
+    paths: RunPaths,
     /// The bare-ws binary.
     #[arg(long)]
     bare: PathBuf,
     /// bench/peers, with `npm ci` done.
     #[arg(long)]
     peers: PathBuf,
-    /// The Redis every server shares (loopback).
-    #[arg(long)]
-    redis: SocketAddr,
-    /// Directory for the results (JSON, Markdown, latest.md).
-    #[arg(long)]
-    out: PathBuf,
-    /// Directory for server logs.
-    #[arg(long)]
-    logs: PathBuf,
     /// Tiny sizes, strict checks, one run: for CI.
     #[arg(long)]
     smoke: bool,
@@ -93,6 +105,17 @@ struct SuiteArgs {
     /// Measured rpc seconds.
     #[arg(long)]
     rpc_seconds: Option<f64>,
+    /// Messages in the fan-out burst [default: 50; smoke: 3].
+    #[arg(long)]
+    burst_messages: Option<u64>,
+    /// Also run the fan-out pinned: the server's processes (and the shared
+    /// redis-server, `--redis-pid`) on the first CPU, the generator on the
+    /// second; the shared-core figures are taken first on the same server.
+    #[arg(long)]
+    pin: bool,
+    /// The shared redis-server's pid, pinned with the servers (run.sh passes it).
+    #[arg(long)]
+    redis_pid: Option<u32>,
     /// Scenario groups to run: sockets (idle + fan-out), handshake (closed + paced), reject, query, rpc [default: all].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -137,6 +160,7 @@ fn machine_meta(args: &SuiteArgs, caps: &SockhiveCaps) -> Value {
         })
         .unwrap_or_default();
     let sockhive_dir = args
+        .paths
         .sockhive
         .parent()
         .and_then(|p| p.parent())
@@ -198,6 +222,19 @@ fn run_suite(args: SuiteArgs) -> ExitCode {
     if let Some(s) = args.rpc_seconds {
         params.rpc.duration = std::time::Duration::from_secs_f64(s);
     }
+    if let Some(n) = args.burst_messages {
+        params.sockets.burst_messages = n;
+    }
+    params.redis_pid = args.redis_pid;
+    if args.pin {
+        match pinning::Pinning::plan() {
+            Some(plan) => params.pin = Some(plan),
+            None => {
+                eprintln!("[bench] --pin needs at least two CPUs this process may use");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if fd_limit < (params.sockets.sockets as u64) + 512 {
         eprintln!(
             "[bench] open-file limit {fd_limit} is too low for {} sockets",
@@ -205,22 +242,9 @@ fn run_suite(args: SuiteArgs) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let caps = SockhiveCaps::probe(&args.sockhive);
+    let env = Environment::new(&args.paths, args.bare.clone(), args.peers.clone());
+    let caps = env.caps.clone();
     eprintln!("[bench] sockhive: {caps:?}");
-    let _ = std::fs::create_dir_all(&args.out);
-    let _ = std::fs::create_dir_all(&args.logs);
-    let env = Environment {
-        sockhive: args.sockhive.clone(),
-        bare: args.bare.clone(),
-        peers: args.peers.clone(),
-        logs: args.logs.clone(),
-        redis: args.redis,
-        session_secret: "bench keyboard cat".into(),
-        jwt_key: "bench-jwt-key".into(),
-        admin_token: "bench-admin-token".into(),
-        hook_secret: "bench-hook-secret".into(),
-        caps: caps.clone(),
-    };
     let servers = args
         .servers
         .clone()
@@ -237,7 +261,8 @@ fn run_suite(args: SuiteArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let output = match runtime.block_on(suite::run(&env, &servers, &params, meta, args.redis)) {
+    let output = match runtime.block_on(suite::run(&env, &servers, &params, meta, args.paths.redis))
+    {
         Ok(output) => output,
         Err(e) => {
             eprintln!("[bench] {e}");
@@ -253,10 +278,10 @@ fn run_suite(args: SuiteArgs) -> ExitCode {
     let json = serde_json::to_string_pretty(&output).unwrap_or_default();
     let md = report::markdown(&output);
     let writes = [
-        (args.out.join(format!("{stem}.json")), &json),
-        (args.out.join(format!("{stem}.md")), &md),
+        (args.paths.out.join(format!("{stem}.json")), &json),
+        (args.paths.out.join(format!("{stem}.md")), &md),
         (
-            args.out.join(if args.smoke {
+            args.paths.out.join(if args.smoke {
                 "smoke-latest.md"
             } else {
                 "latest.md"
@@ -283,6 +308,7 @@ fn run_suite(args: SuiteArgs) -> ExitCode {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Suite(args) => run_suite(*args),
+        Cmd::Soak(args) => soak::main(*args),
         Cmd::Report { json } => {
             let parsed = std::fs::read_to_string(&json)
                 .map_err(|e| e.to_string())

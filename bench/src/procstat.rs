@@ -101,19 +101,31 @@ pub fn sample_tree(roots: &[u32]) -> TreeSample {
         .iter()
         .filter_map(|p| processes.get(p).map(|(_, t)| *t))
         .sum();
-    let rss = members
-        .iter()
-        .filter_map(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/status"))
-                .ok()
-                .and_then(|s| parse_rss(&s))
-        })
-        .sum();
+    let rss = members.iter().map(|&p| rss_of(p)).sum();
     TreeSample {
         cpu_seconds: ticks as f64 / ticks_per_second(),
         rss_bytes: rss,
         processes: members.len(),
     }
+}
+
+/// Every process below `root` (not `root` itself): a master's workers.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let processes = all_processes();
+    let mut pids: Vec<u32> = tree(&[root], &processes)
+        .into_iter()
+        .filter(|&p| p != root)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// VmRSS of one process in bytes, 0 when it is gone.
+pub fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| parse_rss(&s))
+        .unwrap_or(0)
 }
 
 /// User + system CPU this process has used so far (all threads).

@@ -157,6 +157,18 @@ const FIGURES: &[Figure] = &[
         higher_is_better: false,
     },
     Figure {
+        scenario: "fanout_burst",
+        label: "server write syscalls per delivery",
+        pointer: "/server_syscalls_per_delivery/writes",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "fanout_burst",
+        label: "server epoll_waits per delivery",
+        pointer: "/server_syscalls_per_delivery/waits",
+        higher_is_better: false,
+    },
+    Figure {
         scenario: "fanout_paced",
         label: "deliveries/s offered",
         pointer: "/offered_per_s",
@@ -170,6 +182,72 @@ const FIGURES: &[Figure] = &[
     },
     Figure {
         scenario: "fanout_paced",
+        label: "latency p99, ms",
+        pointer: "/latency/p99_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "fanout_paced",
+        label: "server CPU per delivery, µs",
+        pointer: "/server_cpu_us_per_delivery",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "fanout_burst_pinned",
+        label: "deliveries/s",
+        pointer: "/deliveries_per_s",
+        higher_is_better: true,
+    },
+    Figure {
+        scenario: "fanout_burst_pinned",
+        label: "latency p50, ms",
+        pointer: "/latency/p50_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "fanout_burst_pinned",
+        label: "latency p99, ms",
+        pointer: "/latency/p99_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "fanout_burst_pinned",
+        label: "delivered / expected, %",
+        pointer: "/delivered_pct",
+        higher_is_better: true,
+    },
+    Figure {
+        scenario: "fanout_burst_pinned",
+        label: "server CPU per delivery, µs",
+        pointer: "/server_cpu_us_per_delivery",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "fanout_burst_pinned",
+        label: "generator CPU per delivery, µs",
+        pointer: "/generator_cpu_us_per_delivery",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "fanout_burst_pinned",
+        label: "server write syscalls per delivery",
+        pointer: "/server_syscalls_per_delivery/writes",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "fanout_burst_pinned",
+        label: "server epoll_waits per delivery",
+        pointer: "/server_syscalls_per_delivery/waits",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "fanout_paced_pinned",
+        label: "latency p50, ms",
+        pointer: "/latency/p50_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "fanout_paced_pinned",
         label: "latency p99, ms",
         pointer: "/latency/p99_ms",
         higher_is_better: false,
@@ -359,7 +437,7 @@ fn derived(record: &Record) -> Value {
             }
         }
     }
-    if record.scenario == "fanout_paced" {
+    if record.scenario.starts_with("fanout_paced") {
         if let (Some(m), Some(s), Some(el)) = (
             value["messages"].as_f64(),
             value["subscribers"].as_f64(),
@@ -577,6 +655,33 @@ fn targets(output: &SuiteOutput) -> Vec<Check> {
         },
         verdict: verdict(fan.zip(peer).map(|(h, (_, v))| h >= 10.0 * v)),
     });
+    // Issue 19: the burst costs the server no more per delivery than the
+    // bare server, through either broker, shared and pinned.
+    for scenario in ["fanout_burst", "fanout_burst_pinned"] {
+        let bare = median_of(
+            output,
+            ServerKind::Bare,
+            scenario,
+            "/server_cpu_us_per_delivery",
+        );
+        for kind in [ServerKind::SockhiveSc, ServerKind::SockhiveScRedis] {
+            let ours = median_of(output, kind, scenario, "/server_cpu_us_per_delivery");
+            if ours.is_none() && bare.is_none() {
+                continue;
+            }
+            checks.push(Check {
+                what: format!(
+                    "{scenario}: {} server CPU per delivery ≤ the bare server's (issue 19)",
+                    kind.title()
+                ),
+                measured: match (ours, bare) {
+                    (Some(a), Some(b)) => format!("{} µs vs {} µs", number(a), number(b)),
+                    _ => "—".into(),
+                },
+                verdict: verdict(ours.zip(bare).map(|(a, b)| a <= b)),
+            });
+        }
+    }
     let query = median_of(output, sockhive, "query", "/latency/p99_ms");
     checks.push(Check {
         what: "query p99 ≤ 2 ms".into(),
@@ -646,7 +751,14 @@ pub fn markdown(output: &SuiteOutput) -> String {
     let _ = writeln!(
         md,
         "Mode: {}; {} run(s) per server; suite took {:.0} s. Cells are median [min..max] over the runs.\n",
-        if output.params.smoke { "**smoke** (tiny sizes: figures mean nothing)" } else { "full" },
+        match (output.params.smoke, &output.params.pin) {
+            (true, _) => "**smoke** (tiny sizes: figures mean nothing)".to_string(),
+            (false, None) => "full, shared cores (servers and generator on every core)".to_string(),
+            (false, Some(pin)) => format!(
+                "full; fan-out measured on shared cores, then pinned (`*_pinned` rows: the server's processes and redis-server on CPU {}, the generator on CPU {})",
+                pin.server_cpus, pin.generator_cpus
+            ),
+        },
         output.params.runs,
         meta["suite_seconds"].as_f64().unwrap_or(0.0)
     );
@@ -687,12 +799,15 @@ pub fn markdown(output: &SuiteOutput) -> String {
     for s in &servers {
         let _ = write!(md, " {} |", s.title());
     }
-    let _ = writeln!(md, " sockhive÷SC | sockhive÷SIO | sockhive÷bare |");
+    let _ = writeln!(
+        md,
+        " sockhive÷SC | sockhive÷SIO | sockhive÷bare | sockhive (Redis)÷bare |"
+    );
     let _ = write!(md, "|---|---|---|");
     for _ in &servers {
         let _ = write!(md, "---|");
     }
-    let _ = writeln!(md, "---|---|---|");
+    let _ = writeln!(md, "---|---|---|---|");
     // A targeted run (`--only`) shows only the rows of the scenarios it ran.
     let ran = |scenario: &str| output.records.iter().any(|r| r.scenario == scenario);
     for figure in FIGURES.iter().filter(|f| ran(f.scenario)) {
@@ -722,7 +837,7 @@ pub fn markdown(output: &SuiteOutput) -> String {
         }
         let _ = writeln!(
             md,
-            " {} | {} | {} |",
+            " {} | {} | {} | {} |",
             ratio(
                 spread_of(ServerKind::SockhiveSc),
                 spread_of(ServerKind::ScPeer)
@@ -733,6 +848,10 @@ pub fn markdown(output: &SuiteOutput) -> String {
             ),
             ratio(
                 spread_of(ServerKind::SockhiveSc),
+                spread_of(ServerKind::Bare)
+            ),
+            ratio(
+                spread_of(ServerKind::SockhiveScRedis),
                 spread_of(ServerKind::Bare)
             ),
         );

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Connection, Outcome, Seen};
-use crate::fleet::{Fleet, FleetParams, FleetState, PACED_SEQ_BASE};
+use crate::fleet::{Fleet, FleetParams, FleetState, PHASE_SEQ_BASE};
 use crate::histogram::LatencySummary;
-use crate::procstat::{own_cpu, sample_tree};
+use crate::pinning::Pinning;
+use crate::procstat::{descendants, own_cpu, sample_tree};
+use crate::syscalls::{self, Syscalls};
 use crate::target::{CredentialBook, Target};
 
 /// The channel every subscriber joins.
@@ -85,6 +87,23 @@ pub struct FanoutResult {
     pub server_cpu_us_per_delivery: f64,
     /// Generator CPU per delivery, microseconds.
     pub generator_cpu_us_per_delivery: f64,
+    /// System calls of the server's processes per delivery (`perf stat`
+    /// on their syscall tracepoints; absent without a usable perf): writes
+    /// per delivery near 1 means every frame was written alone.
+    pub server_syscalls_per_delivery: Option<SyscallsPerDelivery>,
+}
+
+/// [`Syscalls`] divided by the deliveries.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct SyscallsPerDelivery {
+    /// Write-like calls (`sendto`, `write`, ...).
+    pub writes: f64,
+    /// Read-like calls.
+    pub reads: f64,
+    /// `epoll_wait`s (wake-ups).
+    pub waits: f64,
+    /// The raw counts.
+    pub counted: Syscalls,
 }
 
 /// Everything one run measured.
@@ -96,6 +115,13 @@ pub struct SocketsResult {
     pub burst: FanoutResult,
     /// The paced phase.
     pub paced: FanoutResult,
+    /// The burst again with the server on one core and the generator on
+    /// another (`--pin`).
+    pub burst_pinned: Option<FanoutResult>,
+    /// The paced phase, pinned.
+    pub paced_pinned: Option<FanoutResult>,
+    /// Why the pinned phases did not run, when `--pin` asked for them.
+    pub pin_problem: Option<String>,
     /// The first thing that went wrong, if anything did.
     pub first_problem: Option<String>,
 }
@@ -143,25 +169,40 @@ async fn wait_deliveries(
     }
 }
 
+/// What a phase cost, measured around it.
+struct Costs {
+    /// Seconds of CPU of the server's processes.
+    server_cpu: f64,
+    /// Seconds of CPU of the generator.
+    generator_cpu: f64,
+    /// The server's system calls, when perf could count them.
+    syscalls: Option<Syscalls>,
+}
+
 fn fanout_result(
     state: &FleetState,
     phase: usize,
     subscribers: usize,
     messages: u64,
     first_send_us: u64,
-    server_cpu: f64,
-    generator_cpu: f64,
+    costs: Costs,
 ) -> FanoutResult {
+    let Costs {
+        server_cpu,
+        generator_cpu,
+        syscalls,
+    } = costs;
     let delivered = state.delivered[phase].load(Ordering::Relaxed);
     let last = state.last_delivery_us[phase].load(Ordering::Relaxed);
     let elapsed = last.saturating_sub(first_send_us) as f64 / 1e6;
-    let per = |seconds: f64| {
+    let per_delivery = |count: f64| {
         if delivered == 0 {
             0.0
         } else {
-            seconds * 1e6 / delivered as f64
+            count / delivered as f64
         }
     };
+    let per = |seconds: f64| per_delivery(seconds * 1e6);
     FanoutResult {
         subscribers,
         messages,
@@ -176,14 +217,26 @@ fn fanout_result(
         latency: state.latency[phase].summary(),
         server_cpu_us_per_delivery: per(server_cpu),
         generator_cpu_us_per_delivery: per(generator_cpu),
+        server_syscalls_per_delivery: syscalls.map(|counted| SyscallsPerDelivery {
+            writes: per_delivery(counted.writes as f64),
+            reads: per_delivery(counted.reads as f64),
+            waits: per_delivery(counted.waits as f64),
+            counted,
+        }),
     }
 }
 
 /// Runs idle, burst and paced on one fleet.
+///
+/// With `pin`, the burst and the paced phase run a second time with the
+/// server's processes (and `extra_pids`, the shared redis-server) on one core
+/// and the generator on another.
 pub async fn run(
     target: Arc<Target>,
     book: Arc<CredentialBook>,
     params: SocketsParams,
+    pin: Option<&Pinning>,
+    extra_pids: &[u32],
 ) -> SocketsResult {
     let mut result = SocketsResult::default();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -244,61 +297,30 @@ pub async fn run(
         let state = fleet.state.clone();
         // Subscriptions on other processes may need a moment to reach the broker.
         service_until(&mut publisher, Instant::now() + Duration::from_millis(500)).await;
-
-        let cpu_before = sample_tree(&target.roots).cpu_seconds;
-        let generator_cpu = own_cpu();
-        let first = state.now_us();
-        for seq in 0..params.burst_messages {
-            if publisher
-                .publish(CHANNEL, state.now_us(), seq)
-                .await
-                .is_err()
-            {
-                break;
+        let (burst, paced) =
+            fanout_phases(&target, &state, &mut publisher, &params, subscribers, 0).await;
+        result.burst = burst;
+        result.paced = paced;
+        if let Some(pinning) = pin {
+            // The server's whole tree (workers included) and the shared
+            // redis-server on one core, the generator on the other.
+            let mut pids = extra_pids.to_vec();
+            pids.extend(tree_pids(&target));
+            match pinning.pin(&pids) {
+                Ok(()) => {
+                    // Let the scheduler move everything before measuring.
+                    service_until(&mut publisher, Instant::now() + Duration::from_millis(300))
+                        .await;
+                    let (burst, paced) =
+                        fanout_phases(&target, &state, &mut publisher, &params, subscribers, 2)
+                            .await;
+                    result.burst_pinned = Some(burst);
+                    result.paced_pinned = Some(paced);
+                }
+                Err(e) => result.pin_problem = Some(e),
             }
+            pinning.unpin(&pids);
         }
-        let expected = params.burst_messages * subscribers as u64;
-        wait_deliveries(&state, 0, expected, &mut publisher, params.delivery_timeout).await;
-        result.burst = fanout_result(
-            &state,
-            0,
-            subscribers,
-            params.burst_messages,
-            first,
-            sample_tree(&target.roots).cpu_seconds - cpu_before,
-            (own_cpu() - generator_cpu).as_secs_f64(),
-        );
-
-        let cpu_before = sample_tree(&target.roots).cpu_seconds;
-        let generator_cpu = own_cpu();
-        let start = Instant::now();
-        let first = state.now_us();
-        let interval = Duration::from_secs_f64(1.0 / params.paced_rate.max(0.001));
-        let mut sent = 0u64;
-        while start + interval * sent as u32 <= start + params.paced_duration {
-            let due = start + interval * sent as u32;
-            service_until(&mut publisher, due).await;
-            if publisher
-                .publish(CHANNEL, state.now_us(), PACED_SEQ_BASE + sent)
-                .await
-                .is_err()
-            {
-                break;
-            }
-            sent += 1;
-        }
-        let expected = sent * subscribers as u64;
-        wait_deliveries(&state, 1, expected, &mut publisher, params.delivery_timeout).await;
-        result.paced = fanout_result(
-            &state,
-            1,
-            subscribers,
-            sent,
-            first,
-            sample_tree(&target.roots).cpu_seconds - cpu_before,
-            (own_cpu() - generator_cpu).as_secs_f64(),
-        );
-        // Paced throughput is the offered rate; elapsed ends at the last delivery.
         publisher.close().await;
     }
     if result.first_problem.is_none() {
@@ -306,4 +328,109 @@ pub async fn run(
     }
     fleet.stop().await;
     result
+}
+
+/// A burst, then the paced phase, counted in phases `first` and `first + 1`.
+///
+/// The burst is what a user's client does: one socket sends
+/// `burst_messages` publishes back to back (each a WebSocket frame of its
+/// own), without waiting for answers.
+async fn fanout_phases(
+    target: &Target,
+    state: &FleetState,
+    publisher: &mut Connection,
+    params: &SocketsParams,
+    subscribers: usize,
+    first: usize,
+) -> (FanoutResult, FanoutResult) {
+    let (burst_phase, paced_phase) = (first, first + 1);
+    let cpu_before = sample_tree(&target.roots).cpu_seconds;
+    let counting = syscalls::start(&tree_pids(target));
+    let generator_cpu = own_cpu();
+    let start_us = state.now_us();
+    let base = PHASE_SEQ_BASE * burst_phase as u64;
+    for seq in 0..params.burst_messages {
+        if publisher
+            .publish(CHANNEL, state.now_us(), base + seq)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let expected = params.burst_messages * subscribers as u64;
+    wait_deliveries(
+        state,
+        burst_phase,
+        expected,
+        publisher,
+        params.delivery_timeout,
+    )
+    .await;
+    let burst = fanout_result(
+        state,
+        burst_phase,
+        subscribers,
+        params.burst_messages,
+        start_us,
+        Costs {
+            server_cpu: sample_tree(&target.roots).cpu_seconds - cpu_before,
+            generator_cpu: (own_cpu() - generator_cpu).as_secs_f64(),
+            syscalls: counting.and_then(syscalls::Counting::stop),
+        },
+    );
+
+    let cpu_before = sample_tree(&target.roots).cpu_seconds;
+    let counting = syscalls::start(&tree_pids(target));
+    let generator_cpu = own_cpu();
+    let start = Instant::now();
+    let start_us = state.now_us();
+    let base = PHASE_SEQ_BASE * paced_phase as u64;
+    let interval = Duration::from_secs_f64(1.0 / params.paced_rate.max(0.001));
+    let mut sent = 0u64;
+    while start + interval * sent as u32 <= start + params.paced_duration {
+        let due = start + interval * sent as u32;
+        service_until(publisher, due).await;
+        if publisher
+            .publish(CHANNEL, state.now_us(), base + sent)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    let expected = sent * subscribers as u64;
+    wait_deliveries(
+        state,
+        paced_phase,
+        expected,
+        publisher,
+        params.delivery_timeout,
+    )
+    .await;
+    // Paced throughput is the offered rate; elapsed ends at the last delivery.
+    let paced = fanout_result(
+        state,
+        paced_phase,
+        subscribers,
+        sent,
+        start_us,
+        Costs {
+            server_cpu: sample_tree(&target.roots).cpu_seconds - cpu_before,
+            generator_cpu: (own_cpu() - generator_cpu).as_secs_f64(),
+            syscalls: counting.and_then(syscalls::Counting::stop),
+        },
+    );
+    (burst, paced)
+}
+
+/// The server's processes: its roots and every process below them.
+fn tree_pids(target: &Target) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for &root in &target.roots {
+        pids.push(root);
+        pids.extend(descendants(root));
+    }
+    pids
 }

@@ -16,6 +16,11 @@ pub enum ServerKind {
     /// sockhive, SocketCluster protocol.
     #[value(name = "sockhive-sc")]
     SockhiveSc,
+    /// sockhive, SocketCluster protocol, its 2 workers joined by the Redis
+    /// broker (`--redis-url`) instead of the master's embedded one: what a
+    /// user with several nodes runs. Measured on the fan-out only.
+    #[value(name = "sockhive-sc-redis")]
+    SockhiveScRedis,
     /// sockhive, Socket.IO protocol.
     #[value(name = "sockhive-sio")]
     SockhiveSio,
@@ -32,8 +37,9 @@ pub enum ServerKind {
 
 impl ServerKind {
     /// Every server, in report column order.
-    pub const ALL: [ServerKind; 5] = [
+    pub const ALL: [ServerKind; 6] = [
         ServerKind::SockhiveSc,
+        ServerKind::SockhiveScRedis,
         ServerKind::SockhiveSio,
         ServerKind::Bare,
         ServerKind::ScPeer,
@@ -44,6 +50,7 @@ impl ServerKind {
     pub fn key(self) -> &'static str {
         match self {
             ServerKind::SockhiveSc => "sockhive-sc",
+            ServerKind::SockhiveScRedis => "sockhive-sc-redis",
             ServerKind::SockhiveSio => "sockhive-sio",
             ServerKind::Bare => "bare",
             ServerKind::ScPeer => "sc-peer",
@@ -55,6 +62,7 @@ impl ServerKind {
     pub fn title(self) -> &'static str {
         match self {
             ServerKind::SockhiveSc => "sockhive (SC)",
+            ServerKind::SockhiveScRedis => "sockhive (SC, Redis broker)",
             ServerKind::SockhiveSio => "sockhive (SIO)",
             ServerKind::Bare => "bare tokio-tungstenite",
             ServerKind::ScPeer => "socketcluster-server 20",
@@ -131,6 +139,28 @@ pub struct Environment {
     pub hook_secret: String,
     /// What sockhive supports.
     pub caps: SockhiveCaps,
+}
+
+impl Environment {
+    /// The run's environment with the bench's fixed secrets (every server and
+    /// the generator use the same ones); creates the output and log
+    /// directories and asks the sockhive binary what it supports.
+    pub fn new(paths: &crate::RunPaths, bare: PathBuf, peers: PathBuf) -> Environment {
+        let _ = std::fs::create_dir_all(&paths.out);
+        let _ = std::fs::create_dir_all(&paths.logs);
+        Environment {
+            sockhive: paths.sockhive.clone(),
+            bare,
+            peers,
+            logs: paths.logs.clone(),
+            redis: paths.redis,
+            session_secret: "bench keyboard cat".into(),
+            jwt_key: "bench-jwt-key".into(),
+            admin_token: "bench-admin-token".into(),
+            hook_secret: "bench-hook-secret".into(),
+            caps: SockhiveCaps::probe(&paths.sockhive),
+        }
+    }
 }
 
 /// Which shape of deployment to start.
@@ -236,16 +266,15 @@ impl Environment {
         match kind {
             ServerKind::Bare => AuthMode::None,
             ServerKind::ScPeer | ServerKind::SioPeer => AuthMode::Cookie,
-            ServerKind::SockhiveSc | ServerKind::SockhiveSio if self.caps.cookie_auth => {
-                AuthMode::Cookie
-            }
-            ServerKind::SockhiveSc | ServerKind::SockhiveSio => AuthMode::Jwt,
+            _ if self.caps.cookie_auth => AuthMode::Cookie,
+            _ => AuthMode::Jwt,
         }
     }
 
-    /// One node serves with its embedded broker (reading sessions from Redis);
-    /// `node` names a node of a two-node cluster, which shares the Redis broker;
-    /// `hook` is the app's hook server, if calls go to one.
+    /// One node serves with its embedded broker (reading sessions from Redis),
+    /// or with the Redis broker when `redis_broker`; `node` names a node of a
+    /// two-node cluster, which shares the Redis broker; `hook` is the app's
+    /// hook server, if calls go to one.
     fn sockhive_command(
         &self,
         port: u16,
@@ -253,6 +282,7 @@ impl Environment {
         workers: u16,
         node: Option<&str>,
         hook: Option<SocketAddr>,
+        redis_broker: bool,
     ) -> Command {
         // BENCH_SOCKHIVE_WRAPPER="valgrind --tool=callgrind --trace-children=yes"
         // runs sockhive under a profiler (see README, "Profiles").
@@ -279,7 +309,7 @@ impl Environment {
         if self.caps.cookie_auth {
             command.args(["--session-secret", &self.session_secret]);
         }
-        let cluster = node.is_some() && self.caps.redis_broker;
+        let cluster = (node.is_some() || redis_broker) && self.caps.redis_broker;
         if cluster || (self.caps.cookie_auth && !self.caps.session_redis) {
             command.args(["--redis-url", &self.redis_url()]);
         } else if self.caps.cookie_auth {
@@ -352,6 +382,16 @@ impl Environment {
         let mut admin = None;
         let description;
         match kind {
+            ServerKind::SockhiveScRedis if layout != Layout::Serving => {
+                return Err(LaunchError::NotApplicable(
+                    "n/a: measured in the sockhive (SC) column (this one differs only in the broker)".into(),
+                ));
+            }
+            ServerKind::SockhiveScRedis if !self.caps.redis_broker => {
+                return Err(LaunchError::NotApplicable(
+                    "not available in this build: sockhive serve has no --redis-url".into(),
+                ));
+            }
             ServerKind::SockhiveSc | ServerKind::SockhiveSio if layout == Layout::Rpc => {
                 if !self.caps.hooks {
                     return Err(LaunchError::NotApplicable(
@@ -363,7 +403,7 @@ impl Environment {
                 hook_roots.push(hook.id());
                 children.push(hook);
                 let (p, a) = (port(())?, port(())?);
-                let command = self.sockhive_command(p, a, 2, None, Some(hook_addr));
+                let command = self.sockhive_command(p, a, 2, None, Some(hook_addr), false);
                 match self.spawn(kind.key(), command) {
                     Ok(child) => children.push(child),
                     Err(e) => {
@@ -377,12 +417,13 @@ impl Environment {
                     "one node, 2 worker processes, embedded broker; rpc answered by the app's hook server (peers/hook-server.js: one node process, node:http keep-alive, signature checked) at --hook-url http://{hook_addr}{HOOK_BASE}, its CPU counted with sockhive's"
                 );
             }
-            ServerKind::SockhiveSc | ServerKind::SockhiveSio => {
+            ServerKind::SockhiveSc | ServerKind::SockhiveScRedis | ServerKind::SockhiveSio => {
+                let redis_broker = kind == ServerKind::SockhiveScRedis;
                 if layout == Layout::TwoNodes && self.caps.redis_broker {
                     for node in 1..=2 {
                         let (p, a) = (port(())?, port(())?);
                         let name = format!("bench-node-{node}");
-                        let command = self.sockhive_command(p, a, 1, Some(&name), None);
+                        let command = self.sockhive_command(p, a, 1, Some(&name), None, true);
                         children.push(self.spawn(&format!("{}-{name}", kind.key()), command)?);
                         addrs.push(loopback(p));
                         admin.get_or_insert(loopback(a));
@@ -390,12 +431,14 @@ impl Environment {
                     description = "two nodes (1 worker each) sharing the Redis broker".to_string();
                 } else {
                     let (p, a) = (port(())?, port(())?);
-                    let command = self.sockhive_command(p, a, 2, None, None);
+                    let command = self.sockhive_command(p, a, 2, None, None, redis_broker);
                     children.push(self.spawn(kind.key(), command)?);
                     addrs.push(loopback(p));
                     admin = Some(loopback(a));
                     description = if layout == Layout::TwoNodes {
                         "one node with 2 workers (this build has no --redis-url, so no second node can join)".to_string()
+                    } else if redis_broker {
+                        "one node, 2 worker processes sharing the port, Redis broker (--redis-url: every publish also goes through redis-server), sessions read from the Redis".to_string()
                     } else {
                         "one node, 2 worker processes sharing the port, embedded broker, sessions read from the Redis".to_string()
                     };

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::credentials::Login;
+use crate::pinning::Pinning;
 use crate::redis_seed::seed_sessions;
 use crate::scenario_handshake::{self, HandshakeParams, HandshakeResult, Load};
 use crate::scenario_polling::{self, PollingParams};
@@ -50,6 +51,14 @@ pub struct SuiteParams {
     /// (absent from suites run before it existed).
     #[serde(default)]
     pub polling: PollingParams,
+    /// `--pin`: the fan-out phases run a second time with the server's
+    /// processes on `server_cpus` and the generator on `generator_cpus`
+    /// (absent: shared cores only, as every run before it existed).
+    #[serde(default)]
+    pub pin: Option<Pinning>,
+    /// The shared redis-server, pinned with the server (not recorded: a pid).
+    #[serde(skip)]
+    pub redis_pid: Option<u32>,
     /// Scenario groups to run (`sockets` = idle + fan-out, `handshake` = closed + paced,
     /// `reject`, `query`, `rpc`, `polling` = polling handshake + fan-out); all when empty.
     #[serde(default)]
@@ -73,7 +82,8 @@ impl SuiteParams {
                 sockets,
                 connect_concurrency: 100,
                 hold: Duration::from_secs(10),
-                burst_messages: 20,
+                // What a client does in issue 19: 50 publishes back to back.
+                burst_messages: 50,
                 paced_rate: 1.0,
                 paced_duration: Duration::from_secs(8),
                 delivery_timeout: Duration::from_secs(30),
@@ -87,6 +97,8 @@ impl SuiteParams {
             },
             rpc: RpcParams::default(),
             polling: PollingParams::default(),
+            pin: None,
+            redis_pid: None,
             only: Vec::new(),
         }
     }
@@ -133,6 +145,8 @@ impl SuiteParams {
                 delivery_timeout: Duration::from_secs(5),
                 timeout,
             },
+            pin: None,
+            redis_pid: None,
             only: Vec::new(),
         }
     }
@@ -315,6 +329,23 @@ impl Runner<'_> {
         if params.wants("sockets") {
             self.sockets_scenarios(kind, run, &target).await;
         }
+        if kind == ServerKind::SockhiveScRedis {
+            // Only the fan-out depends on the broker; the rest is the SC column's.
+            let reason =
+                "n/a: measured in the sockhive (SC) column (this one differs only in the broker)";
+            let mut rest = Vec::new();
+            if params.wants("handshake") {
+                rest.extend(["handshake", "handshake_paced"]);
+            }
+            if params.wants("reject") {
+                rest.push("reject");
+            }
+            if params.wants("polling") {
+                rest.extend(["polling_handshake", "polling_fanout"]);
+            }
+            self.skip_all(kind, run, &rest, Status::Skipped, reason);
+            return;
+        }
         if params.wants("handshake") || params.wants("reject") {
             self.handshake_scenarios(kind, run, &target).await;
         }
@@ -329,7 +360,7 @@ impl Runner<'_> {
         const POLLING: [&str; 2] = ["polling_handshake", "polling_fanout"];
         let not_applicable = match kind {
             ServerKind::SockhiveSio | ServerKind::SioPeer => None,
-            ServerKind::SockhiveSc => Some("n/a: SocketCluster has no long-polling transport (sockhive serves polling to Socket.IO clients: the SIO column)"),
+            ServerKind::SockhiveSc | ServerKind::SockhiveScRedis => Some("n/a: SocketCluster has no long-polling transport (sockhive serves polling to Socket.IO clients: the SIO column)"),
             ServerKind::Bare => Some("n/a: the bare server speaks only WebSocket"),
             ServerKind::ScPeer => Some("n/a: socketcluster-server 20 has no long-polling transport"),
         };
@@ -408,8 +439,15 @@ impl Runner<'_> {
 
     async fn sockets_scenarios(&mut self, kind: ServerKind, run: usize, target: &Arc<Target>) {
         let params = self.params;
-        let sockets =
-            scenario_sockets::run(target.clone(), self.book.clone(), params.sockets).await;
+        let extra: Vec<u32> = params.redis_pid.into_iter().collect();
+        let sockets = scenario_sockets::run(
+            target.clone(),
+            self.book.clone(),
+            params.sockets,
+            params.pin.as_ref(),
+            &extra,
+        )
+        .await;
         let idle_ok = sockets.idle.connected > 0
             && (!params.smoke || sockets.idle.connected == params.sockets.sockets);
         let reason = |ok: bool| {
@@ -428,10 +466,24 @@ impl Runner<'_> {
             reason(idle_ok),
             to_value(&sockets.idle),
         );
-        for (name, phase) in [
-            ("fanout_burst", &sockets.burst),
-            ("fanout_paced", &sockets.paced),
-        ] {
+        let mut phases = vec![
+            ("fanout_burst", Some(&sockets.burst)),
+            ("fanout_paced", Some(&sockets.paced)),
+        ];
+        if params.pin.is_some() {
+            phases.push(("fanout_burst_pinned", sockets.burst_pinned.as_ref()));
+            phases.push(("fanout_paced_pinned", sockets.paced_pinned.as_ref()));
+        }
+        for (name, phase) in phases {
+            let Some(phase) = phase else {
+                let why = sockets
+                    .pin_problem
+                    .clone()
+                    .or_else(|| sockets.first_problem.clone())
+                    .unwrap_or_else(|| "the pinned phases did not run".into());
+                self.push(kind, run, name, Status::Failed, Some(why), Value::Null);
+                continue;
+            };
             let ok = phase.delivered > 0 && (!params.smoke || phase.delivered == phase.expected);
             self.push(
                 kind,
@@ -573,6 +625,8 @@ impl Runner<'_> {
             "idle",
             "fanout_burst",
             "fanout_paced",
+            "fanout_burst_pinned",
+            "fanout_paced_pinned",
             "handshake",
             "handshake_paced",
             "reject",
@@ -583,9 +637,11 @@ impl Runner<'_> {
             .iter()
             .any(|g| self.params.wants(g));
         let wants_polling = self.params.wants("polling");
+        let pinned = self.params.pin.is_some();
         let serving: Vec<&str> = serving
             .into_iter()
             .filter(|s| wants_polling || !s.starts_with("polling_"))
+            .filter(|s| pinned || !s.ends_with("_pinned"))
             .collect();
         let started = if serving_wanted {
             Some(self.env.start(kind, Layout::Serving, &self.book).await)

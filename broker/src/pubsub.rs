@@ -6,15 +6,21 @@
 //! (so it survives a Redis outage), which is why a worker drops Redis
 //! messages its own node published. On a Redis Cluster, sharded pub/sub
 //! (SSUBSCRIBE/SPUBLISH) spreads channels over the shards.
+//!
+//! Publishes leave through one queue per worker, drained by one task that
+//! sends whatever has queued up as one pipeline: a socket publishing a burst
+//! never waits a Redis round trip per message (which spread the burst out so
+//! every subscriber was woken, and written to, once per message), and the
+//! messages reach Redis in the order they were published.
 
 use std::sync::Arc;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::redis::{client, is_cluster, redis_config, subscriber};
+use crate::redis::{client, fail_fast, is_cluster, redis_config, subscriber};
 use crate::BrokerError;
 
 /// Prefix of sockhive's channels in the Redis pub/sub namespace.
@@ -29,11 +35,41 @@ pub struct Delivery {
     pub data: Box<RawValue>,
 }
 
+/// Most publishes sent to Redis as one pipeline.
+pub const MAX_PIPELINE: usize = 256;
+
+/// One publish waiting in the queue.
+struct Outgoing {
+    /// The Redis channel.
+    name: String,
+    /// The envelope (origin node, newline, data).
+    payload: String,
+    /// Who waits for Redis to take it, if anyone does.
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// A publish on its way to Redis; await [`Published::confirmed`] to learn
+/// whether Redis took it, or drop it (the queue still sends it, in order).
+#[derive(Debug)]
+pub struct Published(oneshot::Receiver<Result<(), String>>);
+
+impl Published {
+    /// Resolves once Redis answered the publish (an error: other nodes did not get it).
+    pub async fn confirmed(self) -> Result<(), BrokerError> {
+        match self.0.await {
+            Ok(result) => result.map_err(BrokerError::Unavailable),
+            Err(_) => Err(BrokerError::Unavailable(
+                "the publisher stopped before sending".into(),
+            )),
+        }
+    }
+}
+
 /// The worker's connection to Redis pub/sub.
 #[derive(Clone)]
 pub struct RedisChannels {
-    publisher: Client,
     subscriber: SubscriberClient,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
     node: Arc<str>,
     sharded: bool,
 }
@@ -106,9 +142,11 @@ impl RedisChannels {
                 );
             }
         });
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        tokio::spawn(send_publishes(publisher, sharded, queue));
         Ok(RedisChannels {
-            publisher,
             subscriber,
+            outgoing,
             node,
             sharded,
         })
@@ -136,17 +174,106 @@ impl RedisChannels {
         Ok(())
     }
 
-    /// Publishes to every other node; an error means other nodes did not get it.
-    pub async fn publish(&self, channel: &str, data: &str) -> Result<(), BrokerError> {
-        let payload = envelope(&self.node, data);
-        let name = redis_channel(channel);
-        if self.sharded {
-            let _: i64 = self.publisher.spublish(name, payload).await?;
-        } else {
-            let _: i64 = self.publisher.publish(name, payload).await?;
-        }
-        Ok(())
+    /// Publishes to every other node, queued behind this worker's earlier
+    /// publishes; the receipt tells whether Redis took it (an error: other
+    /// nodes did not get it).
+    pub fn publish_confirmed(&self, channel: &str, data: &str) -> Published {
+        let (done, receipt) = oneshot::channel();
+        self.queue(channel, data, Some(done));
+        Published(receipt)
     }
+
+    /// Queues a publish behind the earlier ones without waiting for Redis;
+    /// a failure is logged (nobody is told). For publishes nobody acknowledges.
+    pub fn publish_unconfirmed(&self, channel: &str, data: &str) {
+        self.queue(channel, data, None);
+    }
+
+    fn queue(&self, channel: &str, data: &str, done: Option<oneshot::Sender<Result<(), String>>>) {
+        let outgoing = Outgoing {
+            name: redis_channel(channel),
+            payload: envelope(&self.node, data),
+            done,
+        };
+        if let Err(mpsc::error::SendError(lost)) = self.outgoing.send(outgoing) {
+            // The worker is exiting; a waiting caller hears why.
+            if let Some(done) = lost.done {
+                let _ = done.send(Err("the publisher has stopped".into()));
+            }
+        }
+    }
+}
+
+/// Drains the publish queue: whatever waits is sent as one pipeline (in
+/// queue order, so per channel in publish order), then each waiting
+/// publisher hears how its message fared.
+async fn send_publishes(
+    client: Client,
+    sharded: bool,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, MAX_PIPELINE).await > 0 {
+        let results = send_batch(&client, sharded, &mut batch).await;
+        // One line per batch, not per message: an outage under a busy
+        // publisher would otherwise log every message.
+        let mut failed = 0usize;
+        let mut first_error = None;
+        for (outgoing, result) in batch.drain(..).zip(results) {
+            if let Err(e) = &result {
+                failed += 1;
+                first_error.get_or_insert_with(|| e.clone());
+            }
+            if let Some(done) = outgoing.done {
+                let _ = done.send(result);
+            }
+        }
+        if let Some(error) = first_error {
+            tracing::warn!(failed, %error, "redis publishes failed: other nodes did not get these messages");
+        }
+    }
+}
+
+/// One result per message of `batch`, in order.
+async fn send_batch(
+    client: &Client,
+    sharded: bool,
+    batch: &mut [Outgoing],
+) -> Vec<Result<(), String>> {
+    // Fails at once while Redis is disconnected instead of queueing the
+    // batch for up to the command timeout (see `fail_fast`).
+    let client = client.with_options(&fail_fast());
+    if let [one] = batch {
+        let payload = std::mem::take(&mut one.payload);
+        let sent: Result<i64, _> = if sharded {
+            client.spublish(one.name.as_str(), payload).await
+        } else {
+            client.publish(one.name.as_str(), payload).await
+        };
+        return vec![sent.map(drop).map_err(|e| e.to_string())];
+    }
+    // Built from the fail-fast handle (`client.pipeline()` would drop its options).
+    let pipeline = fred::clients::Pipeline::from(client);
+    for outgoing in batch.iter_mut() {
+        let payload = std::mem::take(&mut outgoing.payload);
+        let queued: Result<(), _> = if sharded {
+            pipeline.spublish(outgoing.name.as_str(), payload).await
+        } else {
+            pipeline.publish(outgoing.name.as_str(), payload).await
+        };
+        if let Err(e) = queued {
+            return vec![Err(e.to_string()); batch.len()];
+        }
+    }
+    let mut results: Vec<Result<(), String>> = pipeline
+        .try_all::<i64>()
+        .await
+        .into_iter()
+        .map(|r| r.map(drop).map_err(|e| e.to_string()))
+        .collect();
+    // A pipeline that failed as a whole answers with fewer results.
+    results.resize(batch.len(), Err("redis did not answer the pipeline".into()));
+    results
 }
 
 fn decode(own_node: &str, message: &fred::types::Message) -> Option<Delivery> {

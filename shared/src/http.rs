@@ -109,20 +109,23 @@ pub fn parse_header_line(line: &str) -> Result<(String, String), String> {
 }
 
 /// Decodes `%XX` escapes and `+` (form encoding, as `URLSearchParams` writes spaces).
+/// A `%` not followed by two hex digits stays a literal `%`, as in `URLSearchParams`.
 pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
+            b'%' => {
+                // Digit by digit: `u8::from_str_radix` would also take a sign (`%+6`).
+                let hex = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
+                match (hex(i + 1), hex(i + 2)) {
+                    (Some(high), Some(low)) => {
+                        // Two hex digits make at most 0xff.
+                        out.push((high * 16 + low) as u8);
                         i += 3;
                     }
-                    None => {
+                    _ => {
                         out.push(b'%');
                         i += 1;
                     }
@@ -756,5 +759,17 @@ mod tests {
         assert_eq!(percent_decode("s%3Aabc.def"), "s:abc.def");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    /// From fuzz/http_head: `%` must be followed by two hex digits, not by anything
+    /// `u8::from_str_radix` accepts; `URLSearchParams` reads `%+6` as `% 6`.
+    #[test]
+    fn percent_decoding_takes_only_hex_digits() {
+        assert_eq!(percent_decode("%+6"), "% 6");
+        assert_eq!(percent_decode("%-6"), "%-6");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%41%4a%4A"), "AJJ");
+        assert_eq!(percent_decode("a%e2%82%ac"), "a€");
+        assert_eq!(percent_decode("%%41"), "%A");
     }
 }

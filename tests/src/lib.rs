@@ -10,16 +10,20 @@
 //! - [`nginx`]: a real nginx balancing over nodes, running the shipped config.
 //! - [`tempdir`]: scratch directories for the configs and logs of those processes.
 //! - [`app`]: the real express/passport web app that logs users in.
+//! - [`traffic`]: steady, recorded publish/subscribe/login traffic for fault tests.
+//! - [`fault_proxy`]: a TCP proxy that makes Redis slow or unreachable for one node.
 //!
 //! Every wait here has a deadline; nothing sleeps where a signal exists.
 
 pub mod app;
 pub mod driver;
+pub mod fault_proxy;
 pub mod http;
 pub mod nginx;
 pub mod node;
 pub mod redis;
 pub mod tempdir;
+pub mod traffic;
 pub mod ws;
 
 pub use driver::Driver;

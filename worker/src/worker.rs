@@ -137,9 +137,7 @@ pub async fn serve_process(
     let delivering = worker.clone();
     tokio::spawn(async move {
         while let Some(Delivery { channel, data }) = deliveries.recv().await {
-            delivering
-                .channels
-                .deliver(&channel, &data, &delivering.metrics);
+            delivering.channels.deliver(&channel, &data);
         }
     });
     if let Some(mut logouts) = logouts {
@@ -255,7 +253,7 @@ async fn read_from_master(
                 });
             }
             ToWorker::Deliver { channel, data } => {
-                worker.channels.deliver(&channel, &data, &worker.metrics)
+                worker.channels.deliver(&channel, &data);
             }
             ToWorker::PollCall {
                 request,

@@ -136,7 +136,20 @@ async fn serve_socket(stream: TcpStream, socket_id: u64, channels: Arc<Channels>
                 Some(Ok(_)) => {}
             },
             Some(frame) = inbox.recv() => {
-                if socket.send(Message::Text(frame)).await.is_err() {
+                // Whatever else is queued goes out in the same write, as a
+                // plain server that batches does: the ceiling should not pay
+                // a flush (a syscall) per frame of a burst.
+                if socket.feed(Message::Text(frame)).await.is_err() {
+                    break;
+                }
+                let mut fed = true;
+                while let Ok(frame) = inbox.try_recv() {
+                    fed = socket.feed(Message::Text(frame)).await.is_ok();
+                    if !fed {
+                        break;
+                    }
+                }
+                if !fed || socket.flush().await.is_err() {
                     break;
                 }
             }

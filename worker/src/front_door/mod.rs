@@ -10,12 +10,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sockhive_shared::http::{self, HeadError};
+use sockhive_shared::http::{self, HeadError, RequestHead};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+pub mod echo;
 pub mod http_routes;
 pub mod polling;
 pub mod upgrade;
@@ -60,42 +61,40 @@ enum Handover {
 /// lifetime: everything before the 101 runs in a boxed future that is freed
 /// once the upgrade is done (its state, head buffers and parser included, is
 /// several KiB), then the protocol session runs in this task's own state.
+///
+/// The handover is taken apart before the session is awaited: held across
+/// that await, it (the stream, the upgrade, the protocol, already moved into
+/// the session) would stay in every idle socket's task (issue 19).
 pub async fn serve(ctx: Arc<Worker>, stream: TcpStream, peer: SocketAddr) {
-    let handover = Box::pin(front(ctx.clone(), stream, peer)).await;
+    let (session, _open) = match Box::pin(front(ctx.clone(), stream, peer)).await {
+        None => return,
+        Some(handover) => start_session(ctx, handover),
+    };
+    session.await;
+}
+
+/// The socket's session future for a handover, and the connection's guard.
+fn start_session(
+    ctx: Arc<Worker>,
+    handover: Handover,
+) -> (impl std::future::Future<Output = ()>, OpenConnection) {
+    use futures_util::future::Either;
     match handover {
-        None => {}
-        Some(Handover::SocketCluster(ws, upgraded, _open, admission, protocol)) => {
-            run_socket(ctx, ws, upgraded, admission, protocol).await
-        }
-        Some(Handover::SocketIo(ws, upgraded, _open, admission, protocol)) => {
-            run_socket(ctx, ws, upgraded, admission, protocol).await
-        }
+        Handover::SocketCluster(ws, upgraded, open, admission, protocol) => (
+            Either::Left(run_socket(ctx, ws, upgraded, admission, protocol)),
+            open,
+        ),
+        Handover::SocketIo(ws, upgraded, open, admission, protocol) => (
+            Either::Right(run_socket(ctx, ws, upgraded, admission, protocol)),
+            open,
+        ),
     }
 }
 
 /// Everything up to the WebSocket handover: the head, plain HTTP answers, the upgrade.
 async fn front(ctx: Arc<Worker>, mut stream: TcpStream, peer: SocketAddr) -> Option<Handover> {
     let started = Instant::now();
-    let _ = stream.set_nodelay(true);
-    let limits = &ctx.config.limits;
-    let read = http::read_head(&mut stream, limits.max_header_bytes as usize);
-    let (head, rest) = match tokio::time::timeout(limits.upgrade_timeout, read).await {
-        Err(_) => {
-            refuse(&ctx, &mut stream, Rejection::UpgradeTimeout).await;
-            return None;
-        }
-        Ok(Err(HeadError::TooLarge(_))) => {
-            refuse(&ctx, &mut stream, Rejection::HeaderTooLarge).await;
-            return None;
-        }
-        Ok(Err(HeadError::Malformed(why))) => {
-            refuse(&ctx, &mut stream, Rejection::Malformed(why)).await;
-            return None;
-        }
-        // The peer went away mid-head: nothing to answer, nothing to count.
-        Ok(Err(HeadError::Closed | HeadError::Io(_))) => return None,
-        Ok(Ok(parsed)) => parsed,
-    };
+    let (head, rest) = read_request(&ctx, &mut stream).await?;
     match head.path.as_str() {
         "/healthz" => {
             let _ = http_routes::healthz(&ctx).write_to(&mut stream).await;
@@ -167,6 +166,33 @@ async fn front(ctx: Arc<Worker>, mut stream: TcpStream, peer: SocketAddr) -> Opt
             refuse(&ctx, &mut stream, rejection).await;
             None
         }
+    }
+}
+
+/// Reads the request head under the pre-socket limits (head time, head
+/// size) and answers the refusals; the head and the bytes read past it, or
+/// `None` when the connection was answered or is gone. Shared with
+/// [`echo`], so the Autobahn suite exercises this very code.
+async fn read_request(ctx: &Worker, stream: &mut TcpStream) -> Option<(RequestHead, Vec<u8>)> {
+    let _ = stream.set_nodelay(true);
+    let limits = &ctx.config.limits;
+    let read = http::read_head(&mut *stream, limits.max_header_bytes as usize);
+    match tokio::time::timeout(limits.upgrade_timeout, read).await {
+        Err(_) => {
+            refuse(ctx, stream, Rejection::UpgradeTimeout).await;
+            None
+        }
+        Ok(Err(HeadError::TooLarge(_))) => {
+            refuse(ctx, stream, Rejection::HeaderTooLarge).await;
+            None
+        }
+        Ok(Err(HeadError::Malformed(why))) => {
+            refuse(ctx, stream, Rejection::Malformed(why)).await;
+            None
+        }
+        // The peer went away mid-head: nothing to answer, nothing to count.
+        Ok(Err(HeadError::Closed | HeadError::Io(_))) => None,
+        Ok(Ok(parsed)) => Some(parsed),
     }
 }
 

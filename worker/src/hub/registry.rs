@@ -20,16 +20,14 @@ use crate::master_link::MasterLink;
 pub struct SocketEntry {
     /// `socketcluster` or `socketio`.
     pub protocol: &'static str,
-    /// The peer address as `ip:port`.
-    pub remote_addr: String,
-    /// RFC 3339 time the socket was accepted.
-    pub connected_at: String,
-    /// True while the socket carries a verified credential.
-    pub logged_in: bool,
-    /// The resolved user, `null` when anonymous.
-    pub user: Value,
-    /// The verified JWT claims, `null` when none.
-    pub auth: Value,
+    /// The peer address (records show `ip:port`).
+    pub remote_addr: std::net::SocketAddr,
+    /// When the socket was accepted (records show RFC 3339).
+    pub connected_at: time::OffsetDateTime,
+    /// The verified JWT claims, `None` when anonymous: the socket's own
+    /// login, shared (issue 19: one copy per socket). Records derive
+    /// `logged_in`, `user` and `auth` from it ([`login_view`]).
+    pub login: Option<Arc<Map<String, Value>>>,
     /// Channels the socket is subscribed to.
     pub channels: BTreeSet<String>,
     /// The socket's own key-value session (admin API `PATCH .../session`).
@@ -90,19 +88,14 @@ impl SocketEntry {
         protocol: &'static str,
         peer: std::net::SocketAddr,
         outbox: Outbox,
-        claims: Option<&Map<String, Value>>,
+        login: Option<Arc<Map<String, Value>>>,
         web_session: Option<String>,
     ) -> SocketEntry {
-        let (logged_in, user, auth) = login_view(claims);
         SocketEntry {
             protocol,
-            remote_addr: peer.to_string(),
-            connected_at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-            logged_in,
-            user,
-            auth,
+            remote_addr: peer,
+            connected_at: time::OffsetDateTime::now_utc(),
+            login,
             channels: BTreeSet::new(),
             session: Map::new(),
             web_session,
@@ -111,9 +104,15 @@ impl SocketEntry {
     }
 }
 
-/// The ids a socket is indexed under: its user's id and its token's subject.
+/// The ids a socket is indexed under: its user's id and its token's subject
+/// (`user.id` is `sub`, else the claims' `user.id`: see [`login_view`]).
 fn user_keys(entry: &SocketEntry) -> Vec<String> {
-    let mut keys: Vec<String> = [entry.user.get("id"), entry.auth.get("sub")]
+    let Some(claims) = entry.login.as_deref() else {
+        return Vec::new();
+    };
+    let sub = claims.get("sub");
+    let user_id = sub.or_else(|| claims.get("user").and_then(|user| user.get("id")));
+    let mut keys: Vec<String> = [user_id, sub]
         .into_iter()
         .flatten()
         .filter_map(user_id_index_key)
@@ -308,14 +307,11 @@ impl SocketRegistry {
     pub fn set_login(
         &self,
         id: &str,
-        claims: Option<&Map<String, Value>>,
+        login: Option<Arc<Map<String, Value>>>,
         web_session: Option<String>,
     ) {
-        let (logged_in, user, auth) = login_view(claims);
         self.update(id, |entry| {
-            entry.logged_in = logged_in;
-            entry.user = user;
-            entry.auth = auth;
+            entry.login = login;
             entry.web_session = web_session;
         });
     }
@@ -327,6 +323,18 @@ impl SocketRegistry {
         for (id, entry) in &inner.entries {
             records.put(id, &self.record(id, entry));
         }
+    }
+
+    /// How many holders each registered login's claims have (the entry
+    /// included): 2 while the socket and its entry share one (tests).
+    #[cfg(test)]
+    pub fn login_allocations(&self) -> Vec<usize> {
+        let inner = self.lock();
+        inner
+            .entries
+            .values()
+            .filter_map(|entry| entry.login.as_ref().map(Arc::strong_count))
+            .collect()
     }
 
     /// Number of registered sockets.
@@ -341,18 +349,22 @@ impl SocketRegistry {
 
     /// The record of one socket, as the admin API shows it.
     pub fn record(&self, id: &str, entry: &SocketEntry) -> Value {
+        let (logged_in, user, auth) = login_view(entry.login.as_deref());
         json!({
             "id": id,
             "node": self.node,
             "worker": self.worker,
             "protocol": entry.protocol,
-            "logged_in": entry.logged_in,
-            "user": entry.user,
-            "auth": entry.auth,
+            "logged_in": logged_in,
+            "user": user,
+            "auth": auth,
             "channels": entry.channels,
             "session": entry.session,
-            "remote_addr": entry.remote_addr,
-            "connected_at": entry.connected_at,
+            "remote_addr": entry.remote_addr.to_string(),
+            "connected_at": entry
+                .connected_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
         })
     }
 
@@ -428,17 +440,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn claims(claims: Value) -> Arc<Map<String, Value>> {
+        let Value::Object(claims) = claims else {
+            unreachable!("an object")
+        };
+        Arc::new(claims)
+    }
+
     fn entry(user: Value) -> SocketEntry {
         SocketEntry {
             protocol: "socketcluster",
-            remote_addr: "127.0.0.1:1".into(),
-            connected_at: String::new(),
-            logged_in: !user.is_null(),
-            auth: user
-                .get("id")
-                .map(|id| json!({"sub": id}))
-                .unwrap_or(Value::Null),
-            user,
+            remote_addr: "127.0.0.1:1".parse().unwrap(),
+            connected_at: time::OffsetDateTime::UNIX_EPOCH,
+            login: user.get("id").map(|id| claims(json!({"sub": id}))),
             channels: BTreeSet::new(),
             session: Map::new(),
             web_session: None,
@@ -470,8 +484,7 @@ mod tests {
         assert_eq!(registry.query(&filter(json!({})), 10).len(), 4);
         // A login change moves the socket in the index.
         registry.update("s3", |e| {
-            e.user = json!({"id": "carol"});
-            e.auth = json!({"sub": "carol"});
+            e.login = Some(claims(json!({"sub": "carol"})));
         });
         assert_eq!(
             registry.query(&filter(json!({"user.id": "bob"})), 10).len(),

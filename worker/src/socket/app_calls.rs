@@ -158,7 +158,8 @@ pub async fn ask_connect(
         return Ok(Vec::new());
     };
     let (outbox, _) = outbox(0);
-    let entry = SocketEntry::new(protocol, peer, outbox, claims, web_session);
+    let login = claims.map(|claims| std::sync::Arc::new(claims.clone()));
+    let entry = SocketEntry::new(protocol, peer, outbox, login, web_session);
     let record = worker.sockets.record(id, &entry);
     drop(entry);
     let limit = worker.config.hooks.hook_timeout.min(CONNECT_TIMEOUT_CAP);
@@ -355,8 +356,7 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
                     },
                     None => data,
                 };
-                let result = Membership::publish(&self.worker, &channel, data).await;
-                self.answer_channel(reply, &channel, result);
+                self.publish(reply, channel, data).await;
             }
         }
     }
@@ -397,14 +397,46 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
                     )
                     .await
             }
+            (Ok(_), ChannelAction::Publish, data) if reply.is_none() => {
+                Membership::publish_unacknowledged(
+                    &self.worker,
+                    &channel,
+                    data.unwrap_or_else(null_json),
+                )
+            }
             (Ok(_), ChannelAction::Publish, data) => {
-                Membership::publish(&self.worker, &channel, data.unwrap_or_else(null_json)).await
+                return self
+                    .publish(reply, channel, data.unwrap_or_else(null_json))
+                    .await;
             }
         };
         if let (Err(e), None, ChannelAction::Publish) = (&result, reply, action) {
             tracing::debug!(socket = %self.id, error = ?e, "publish without ack refused or not fully delivered");
         }
         self.answer_channel(reply, &channel, result);
+    }
+}
+
+impl<P: Protocol, W: Wire> Socket<P, W> {
+    /// Publishes now and answers when Redis confirmed it, without holding up
+    /// the socket's reading (see [`super::publish_acks`]); past
+    /// [`super::publish_acks::MAX_PENDING_ACKS`] unanswered replies it waits
+    /// for the oldest first.
+    async fn publish(&mut self, reply: Option<ReplyTo>, channel: String, data: Box<RawValue>) {
+        let ack = match Membership::publish_acknowledged(&self.worker, &channel, data) {
+            Ok(Some(ack)) => ack,
+            result => return self.answer_channel(reply, &channel, result.map(drop)),
+        };
+        // Nobody asked: the broker still sends it, and logs a failure.
+        let Some(reply) = reply else { return };
+        let acks = self.acks.get_or_insert_with(Default::default);
+        if acks.is_full() {
+            let (reply, channel, result) = std::future::poll_fn(|cx| acks.poll_oldest(cx)).await;
+            self.answer_channel(Some(reply), &channel, result);
+        }
+        self.acks
+            .get_or_insert_with(Default::default)
+            .push(reply, channel, ack);
     }
 }
 

@@ -6,6 +6,7 @@
 //! session decides, through the logout watch. With `--token-renew-before`
 //! the token is re-signed that long before `exp` and handed to the client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -19,12 +20,14 @@ use crate::Worker;
 /// A verified login.
 #[derive(Debug)]
 struct LoggedIn {
-    claims: Map<String, Value>,
+    /// Shared with the socket's registry entry: one copy per socket (issue 19).
+    claims: Arc<Map<String, Value>>,
     /// When the login stops being valid, when its token bounds it.
     expires_at: Option<Instant>,
     /// When to re-sign and hand out a fresh token.
     renew_at: Option<Instant>,
-    /// The web session behind the login, watched for logout.
+    /// The web session behind the login, watched for logout (its `user` is
+    /// not kept: the claims' `user` is the socket's one copy).
     session: Option<SessionLogin>,
 }
 
@@ -73,7 +76,12 @@ fn clock(
 impl Login {
     /// The verified claims, if logged in.
     pub fn claims(&self) -> Option<&Map<String, Value>> {
-        self.state.as_ref().map(|s| &s.claims)
+        self.state.as_ref().map(|s| &*s.claims)
+    }
+
+    /// The verified claims as the registry keeps them: the same allocation.
+    pub fn shared_claims(&self) -> Option<Arc<Map<String, Value>>> {
+        self.state.as_ref().map(|s| s.claims.clone())
     }
 
     /// True while logged in.
@@ -94,7 +102,7 @@ impl Login {
     pub fn set(&mut self, worker: &Worker, identity: Identity) -> Option<String> {
         let Identity {
             claims,
-            session,
+            mut session,
             minted_token,
             ..
         } = identity;
@@ -105,6 +113,10 @@ impl Login {
                 .watcher
                 .watch_user(&login.sid, &login.passport_user, &login.user);
         }
+        if let Some(login) = session.as_mut() {
+            // The claims' `user` is the socket's copy (issue 19: one per socket).
+            login.user = Value::Null;
+        }
         self.clear(worker);
         let (expires_at, renew_at) = clock(
             &claims,
@@ -113,7 +125,7 @@ impl Login {
             worker.credentials.jwt.renew_before,
         );
         self.state = Some(Box::new(LoggedIn {
-            claims,
+            claims: Arc::new(claims),
             expires_at,
             renew_at,
             session,
@@ -161,13 +173,14 @@ impl Login {
     /// token, or `None` when the login is not a session's or cannot be signed.
     pub fn update_user(&mut self, worker: &Worker, user: Value) -> Option<String> {
         let state = self.state.as_mut()?;
-        let session = state.session.as_mut()?;
-        session.user = user.clone();
+        state.session.as_ref()?;
+        // The registry's copy follows at the next `set_login`.
+        let claims = Arc::make_mut(&mut state.claims);
         match crate::auth::channels_claim(&user) {
-            Some(channels) => state.claims.insert("channels".into(), channels),
-            None => state.claims.remove("channels"),
+            Some(channels) => claims.insert("channels".into(), channels),
+            None => claims.remove("channels"),
         };
-        state.claims.insert("user".into(), user);
+        claims.insert("user".into(), user);
         self.renew(worker)
     }
 
@@ -176,7 +189,7 @@ impl Login {
     /// have without renewal).
     pub fn renew(&mut self, worker: &Worker) -> Option<String> {
         let state = self.state.as_mut()?;
-        let mut claims = state.claims.clone();
+        let mut claims = (*state.claims).clone();
         claims.remove("iat");
         claims.remove("exp");
         let signed = worker
@@ -203,7 +216,7 @@ impl Login {
             worker.config.auth.jwt_leeway,
             worker.credentials.jwt.renew_before,
         );
-        state.claims = fresh;
+        state.claims = Arc::new(fresh);
         state.expires_at = expires_at;
         state.renew_at = renew_at;
         Some(token)

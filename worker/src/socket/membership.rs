@@ -15,6 +15,7 @@ use sockhive_shared::channel_rules::{ChannelAction, Verdict};
 use sockhive_shared::config::{ChannelAuth, ChannelConfig, HookKind};
 
 use super::protocol::ReplyError;
+use super::publish_acks::Ack;
 use crate::hub::channels::DeliveryEncoder;
 use crate::hub::outbox::Outbox;
 use crate::Worker;
@@ -271,19 +272,44 @@ impl Membership {
         Ok(())
     }
 
-    /// Publishes to a channel the rules (or the app) let this socket use.
-    pub async fn publish(
+    /// Publishes to a channel the rules (or the app) let this socket use, at
+    /// once; the returned [`Ack`] resolves when Redis confirmed it (`None`:
+    /// no Redis, the publish is complete).
+    pub fn publish_acknowledged(
+        worker: &Arc<Worker>,
+        channel: &str,
+        data: Box<RawValue>,
+    ) -> Result<Option<Ack>, ChannelRefusal> {
+        let started = std::time::Instant::now();
+        let receipt = worker
+            .channels
+            .publish_with_receipt(channel, data)
+            .map_err(|e| ChannelRefusal::Broker(e.to_string()))?;
+        let worker = worker.clone();
+        Ok(receipt.map(|receipt| -> Ack {
+            Box::pin(async move {
+                let confirmed = receipt.confirmed().await;
+                worker
+                    .metrics
+                    .broker_roundtrip
+                    .observe(started.elapsed().as_secs_f64());
+                confirmed.map_err(|e| ChannelRefusal::Broker(e.to_string()))
+            })
+        }))
+    }
+
+    /// Publishes without waiting for Redis to take it: for a publish the
+    /// client asked no acknowledgement of, so a burst from one socket is not
+    /// spread out by a Redis round trip per message.
+    pub fn publish_unacknowledged(
         worker: &Worker,
         channel: &str,
         data: Box<RawValue>,
     ) -> Result<(), ChannelRefusal> {
-        let started = std::time::Instant::now();
-        let published = worker.channels.publish(channel, data).await;
         worker
-            .metrics
-            .broker_roundtrip
-            .observe(started.elapsed().as_secs_f64());
-        published.map_err(|e| ChannelRefusal::Broker(e.to_string()))
+            .channels
+            .publish_unconfirmed(channel, data)
+            .map_err(|e| ChannelRefusal::Broker(e.to_string()))
     }
 
     /// Applies the rules again after an identity change; leaves every channel

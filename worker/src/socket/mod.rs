@@ -25,6 +25,7 @@ pub mod heartbeat;
 pub mod login;
 pub mod membership;
 pub mod protocol;
+pub mod publish_acks;
 pub mod writer;
 
 #[cfg(test)]
@@ -92,6 +93,8 @@ struct Socket<P: Protocol, W: Wire> {
     heartbeat: Heartbeat,
     /// Calls to the app waiting or in flight (boxed, created at the first).
     calls: Option<Box<app_calls::AppCalls>>,
+    /// Replies to publishes waiting for Redis (boxed, created at the first).
+    acks: Option<Box<publish_acks::PendingAcks>>,
     /// The upgrade's credential, resolved at the protocol handshake.
     upgrade_credential: Option<PendingCredential>,
     /// The `connect` hook's answer when it was asked at the upgrade (boxed:
@@ -131,13 +134,18 @@ impl From<PendingCredential> for Admission {
 }
 
 /// Serves one upgraded connection with `protocol` until it ends.
-pub async fn run_socket<P: Protocol, W: Wire>(
+///
+/// Not an `async fn`: the socket is built here and only it travels into the
+/// returned future. An `async fn` would keep its arguments (the stream, the
+/// upgrade, the protocol) in every idle socket's task next to the socket
+/// they were moved into (issue 19).
+pub fn run_socket<P: Protocol, W: Wire>(
     worker: Arc<Worker>,
     ws: W,
     upgraded: Upgraded,
     admission: Admission,
     protocol: P,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let Admission {
         credential,
         admitted,
@@ -164,6 +172,7 @@ pub async fn run_socket<P: Protocol, W: Wire>(
         membership: Membership::default(),
         rule_record: None,
         calls: None,
+        acks: None,
         upgrade_credential: Some(credential),
         admitted,
         peer: upgraded.peer,
@@ -171,12 +180,15 @@ pub async fn run_socket<P: Protocol, W: Wire>(
     };
     drop(upgraded);
     let connections = worker.metrics.connections.with_label_values(&[P::NAME]);
-    connections.inc();
-    let ending = socket.run(inbox).await;
-    // Boxed like the other rare states: the close handshake should not
-    // enlarge every idle socket.
-    Box::pin(socket.finish(ending)).await;
-    connections.dec();
+    drop(worker);
+    async move {
+        connections.inc();
+        let ending = socket.run(inbox).await;
+        // Boxed like the other rare states: the close handshake should not
+        // enlarge every idle socket.
+        Box::pin(socket.finish(ending)).await;
+        connections.dec();
+    }
 }
 
 /// The ending a WebSocket-level read error calls for.
@@ -217,12 +229,16 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
             }
             tokio::select! {
                 biased;
-                _ = budget.overflowed() => return CloseReason::NotReading,
-                _ = shutdown.cancelled(), if self.registered => return CloseReason::GoingAway,
-                // A connection accepted just before the drain still completes
-                // its handshake (briefly), so a client never sees its attempt
-                // refused during a rolling restart; it then gets 1001 like all.
-                _ = shutdown.cancelled(), if !self.registered && !drain_grace => {
+                () = budget.overflowed() => return CloseReason::NotReading,
+                // One branch (each branch's future lives in every idle
+                // socket's task). A connection accepted just before the drain
+                // still completes its handshake (briefly), so a client never
+                // sees its attempt refused during a rolling restart; it then
+                // gets 1001 like all.
+                _ = shutdown.cancelled(), if self.registered || !drain_grace => {
+                    if self.registered {
+                        return CloseReason::GoingAway;
+                    }
                     drain_grace = true;
                     handshake_deadline = handshake_deadline.min(Instant::now() + DRAIN_HANDSHAKE_GRACE);
                 }
@@ -242,10 +258,23 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
                         return ending;
                     }
                 }
+                (reply, channel, result) = std::future::poll_fn(|cx| match self.acks.as_mut() {
+                    Some(acks) => acks.poll_oldest(cx),
+                    None => std::task::Poll::Pending,
+                }), if self.acks.as_ref().is_some_and(|a| !a.is_empty()) => {
+                    self.answer_channel(Some(reply), &channel, result);
+                }
                 item = inbox.recv() => {
                     let Some(item) = item else { return CloseReason::Gone };
                     if let Some(ending) = self.on_outbound(item) {
                         return ending;
+                    }
+                    // The rest of a burst in the same turn (bounded by the
+                    // send budget): one pass of this loop per burst.
+                    while let Some(item) = inbox.try_recv() {
+                        if let Some(ending) = self.on_outbound(item) {
+                            return ending;
+                        }
                     }
                 }
                 io = std::future::poll_fn(|cx| self.out.poll_io(&mut self.ws, cx)) => match io {
@@ -661,9 +690,11 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
         if !self.registered {
             return;
         }
-        self.worker
-            .sockets
-            .set_login(&self.id, self.login.claims(), self.login.web_session());
+        self.worker.sockets.set_login(
+            &self.id,
+            self.login.shared_claims(),
+            self.login.web_session(),
+        );
         let subject = Subject {
             claims: self.login.claims(),
             record: self.rule_record.as_deref().unwrap_or(&Value::Null),
@@ -698,7 +729,7 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
             P::NAME,
             self.peer,
             self.outbox.clone(),
-            self.login.claims(),
+            self.login.shared_claims(),
             self.login.web_session(),
         );
         self.worker.sockets.insert(self.id.clone(), entry);

@@ -44,6 +44,13 @@ pub struct Out {
     sent: IntCounter,
 }
 
+/// Frames handed to the transport in one [`Out::poll_write`].
+#[derive(Debug, Default)]
+struct Handed {
+    frames: u64,
+    bytes: usize,
+}
+
 fn size_of(message: &Message) -> usize {
     match message {
         Message::Text(text) => text.len(),
@@ -115,22 +122,21 @@ impl Out {
     /// Hot path: every queued frame is handed over in one wake and flushed
     /// once.
     pub fn poll_write<W: Wire>(&mut self, ws: &mut W, cx: &mut Context<'_>) -> Result<(), WsError> {
-        while let Some(next) = self.queue.front() {
-            let size = size_of(next);
-            match Pin::new(&mut *ws).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => {
-                    self.blocked_since.get_or_insert_with(Instant::now);
-                    return Ok(());
-                }
-            }
-            let message = self.queue.pop_front().expect("front was Some");
-            self.budget.release(size);
-            Pin::new(&mut *ws).start_send(message)?;
-            self.sent.inc();
+        // The budget and the counter are settled once per batch, not per frame.
+        let mut handed = Handed::default();
+        let result = self.hand_over(ws, cx, &mut handed);
+        if handed.frames > 0 {
+            self.budget.release(handed.bytes);
+            self.sent.inc_by(handed.frames);
             self.unflushed = true;
-            self.blocked_since = None;
+        }
+        result?;
+        if !self.queue.is_empty() {
+            return Ok(());
+        }
+        if self.queue.capacity() > 0 {
+            // Drained: an idle socket keeps no queue buffer (issue 19).
+            self.queue = VecDeque::new();
         }
         if self.unflushed {
             match Pin::new(&mut *ws).poll_flush(cx) {
@@ -143,6 +149,32 @@ impl Out {
             }
         }
         self.blocked_since = None;
+        Ok(())
+    }
+
+    /// Hands queued frames to the transport while it takes them; counts
+    /// them in `handed` (whatever happens, so the caller settles the count).
+    fn hand_over<W: Wire>(
+        &mut self,
+        ws: &mut W,
+        cx: &mut Context<'_>,
+        handed: &mut Handed,
+    ) -> Result<(), WsError> {
+        while !self.queue.is_empty() {
+            match Pin::new(&mut *ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {
+                    self.blocked_since.get_or_insert_with(Instant::now);
+                    return Ok(());
+                }
+            }
+            let message = self.queue.pop_front().expect("not empty");
+            handed.bytes += size_of(&message);
+            handed.frames += 1;
+            self.blocked_since = None;
+            Pin::new(&mut *ws).start_send(message)?;
+        }
         Ok(())
     }
 

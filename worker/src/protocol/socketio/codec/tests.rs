@@ -819,6 +819,16 @@ fn broken_json_and_trailing_garbage_are_bad_json() {
     assert_eq!(spaced.args, vec!["1", "{ \"b\" : 2 }"]);
 }
 
+/// From fuzz/socketio_packet (its first check was stricter than JSON): a number beyond f64 is
+/// valid JSON (`JSON.parse` reads it as Infinity), so the argument is accepted and relayed as
+/// sent, never refused or rewritten.
+#[test]
+fn numbers_beyond_f64_are_relayed_as_sent() {
+    let (_, event) = event(r#"42["ublis]",{"cda_p":444e44440}]"#);
+    assert_eq!(event.name, "ublis]");
+    assert_eq!(event.args, vec![r#"{"cda_p":444e44440}"#]);
+}
+
 #[test]
 fn namespaces() {
     assert!(matches!(
