@@ -11,6 +11,11 @@
 #                           redis-server) on CPU 0 and the generator on CPU 1
 #   bench/run.sh soak       10,000 sockets churning for 5 minutes under publishes,
 #                           worker RSS and descriptors sampled (--smoke: 200, 24 s)
+#   bench/run.sh scale      one node holding 1k, 10k, 50k, 100k idle sockets:
+#                           handshakes/s and RSS at each, RSS after they leave
+#                           (--steps 1000,5000; --smoke: 100 and 400 sockets)
+#   bench/run.sh redis-ceiling   PUBLISHes/s this redis-server relays by number of
+#                           subscriber connections (for bench/SCALING.md)
 #
 # Other flags go to `sockhive-bench suite` (e.g. --runs 5, --sockets 20000,
 # --servers sockhive-sc,sc-peer). Everything runs on 127.0.0.1 only.
@@ -21,9 +26,11 @@ ROOT="$(cd "$BENCH/.." && pwd)"
 SMOKE=0
 # `bench/run.sh soak [--smoke] [--sockets N] [--minutes M]`: the churn soak
 # (issue 15) instead of the comparison suite; sockhive only.
+# `bench/run.sh scale [--smoke] [--steps ...] [--workers W]`: the scale run
+# (issue 19); sockhive only.
 COMMAND=suite
-if [[ "${1:-}" == "soak" ]]; then
-  COMMAND=soak
+if [[ "${1:-}" == "soak" || "${1:-}" == "scale" || "${1:-}" == "redis-ceiling" ]]; then
+  COMMAND="$1"
   shift
 fi
 for arg in "$@"; do
@@ -98,8 +105,9 @@ export BENCH_SOCKHIVE_COMMIT
 if ((SMOKE)); then OUT="$BENCH/results/tmp"; else OUT="$BENCH/results"; fi
 started=$(date +%s)
 set +e
-if [[ "$COMMAND" == "soak" ]]; then
-  "$BENCH_TARGET/release/sockhive-bench" soak \
+if [[ "$COMMAND" == "redis-ceiling" ]]; then set -- --redis-pid "$REDIS_PID" "$@"; fi
+if [[ "$COMMAND" != "suite" ]]; then
+  "$BENCH_TARGET/release/sockhive-bench" "$COMMAND" \
     --sockhive "$SOCKHIVE" \
     --redis "127.0.0.1:$REDIS_PORT" \
     --out "$OUT" \
@@ -107,7 +115,7 @@ if [[ "$COMMAND" == "soak" ]]; then
     "$@"
   status=$?
   set -e
-  log "soak finished in $(( $(date +%s) - started )) s with status $status"
+  log "$COMMAND finished in $(( $(date +%s) - started )) s with status $status"
   exit "$status"
 fi
 "$BENCH_TARGET/release/sockhive-bench" suite \

@@ -12,12 +12,12 @@
 //! less CPU per operation than the servers it measures, and a Node client per
 //! socket would cost more than the Node servers themselves.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -249,13 +249,31 @@ fn close_code(frame: &Option<CloseFrame>) -> Option<u16> {
 }
 
 impl Connection {
-    /// TCP connect and WebSocket upgrade; an HTTP refusal is an `Err(Ok(status))`.
+    /// TCP connect and WebSocket upgrade, from the local address `source`
+    /// when given; an HTTP refusal is an `Err(Ok(status))`. Why a source: one
+    /// source address has about 28,000 ephemeral ports towards one server
+    /// port, so the scale run spreads its sockets over several loopback
+    /// addresses (127.0.0.0/8 is all loopback).
     pub async fn open(
+        source: Option<IpAddr>,
         addr: SocketAddr,
         protocol: Protocol,
         credential: Credential<'_>,
     ) -> Result<Result<Connection, Refusal>, ClientError> {
-        let stream = TcpStream::connect(addr)
+        let connecting = async {
+            match source {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let socket = match ip {
+                        IpAddr::V4(_) => TcpSocket::new_v4()?,
+                        IpAddr::V6(_) => TcpSocket::new_v6()?,
+                    };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(addr).await
+                }
+            }
+        };
+        let stream = connecting
             .await
             .map_err(|e| ClientError::Io(format!("connect {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);

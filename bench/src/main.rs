@@ -13,8 +13,10 @@ mod http;
 mod pinning;
 mod polling;
 mod procstat;
+mod redis_ceiling;
 mod redis_seed;
 mod report;
+mod scale;
 mod scenario_handshake;
 mod scenario_polling;
 mod scenario_query;
@@ -50,6 +52,13 @@ enum Cmd {
     Suite(Box<SuiteArgs>),
     /// Soak: sockets churning for minutes under publishes, each worker's RSS and descriptors sampled.
     Soak(Box<soak::SoakArgs>),
+    /// Scale: one node holding 1k, 10k, 50k and 100k idle sockets, handshakes/s and RSS at each.
+    Scale(Box<scale::ScaleArgs>),
+    /// One generator process of `scale` (started by it, steered over stdin).
+    #[command(hide = true)]
+    ScaleHolder(Box<scale::HolderArgs>),
+    /// Redis's pub/sub ceiling: PUBLISHes/s one redis-server relays, by subscriber connections.
+    RedisCeiling(Box<redis_ceiling::CeilingArgs>),
     /// Re-render the Markdown table from a suite's JSON.
     Report {
         /// The JSON a suite wrote.
@@ -122,6 +131,11 @@ struct SuiteArgs {
     /// Servers to measure (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     servers: Option<Vec<ServerKind>>,
+}
+
+/// Now, UTC, as result files are named (`2026-12-05T033744Z`).
+pub fn utc_stamp() -> String {
+    command_output("date", &["-u", "+%Y-%m-%dT%H%M%SZ"])
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
@@ -269,7 +283,7 @@ fn run_suite(args: SuiteArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let stamp = command_output("date", &["-u", "+%Y-%m-%dT%H%M%SZ"]);
+    let stamp = utc_stamp();
     let stem = if args.smoke {
         format!("smoke-{stamp}")
     } else {
@@ -309,6 +323,9 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Suite(args) => run_suite(*args),
         Cmd::Soak(args) => soak::main(*args),
+        Cmd::Scale(args) => scale::main(*args),
+        Cmd::RedisCeiling(args) => redis_ceiling::main(*args),
+        Cmd::ScaleHolder(args) => scale::holder_main(*args),
         Cmd::Report { json } => {
             let parsed = std::fs::read_to_string(&json)
                 .map_err(|e| e.to_string())

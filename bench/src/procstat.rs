@@ -128,6 +128,11 @@ pub fn rss_of(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The open descriptors of `pid`, or 0 when it is gone.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 /// User + system CPU this process has used so far (all threads).
 pub fn own_cpu() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we own.

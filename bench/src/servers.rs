@@ -375,6 +375,19 @@ impl Environment {
         layout: Layout,
         book: &CredentialBook,
     ) -> Result<Running, LaunchError> {
+        self.start_with_workers(kind, layout, book, 2).await
+    }
+
+    /// As [`Environment::start`], with `workers` worker processes where a
+    /// sockhive node serves (`Layout::Serving`): the scale run needs more than
+    /// two because each process's open-file limit caps the sockets it holds.
+    pub async fn start_with_workers(
+        &self,
+        kind: ServerKind,
+        layout: Layout,
+        book: &CredentialBook,
+        workers: u16,
+    ) -> Result<Running, LaunchError> {
         let port = |_: ()| free_port().map_err(|e| LaunchError::Spawn(kind.key().into(), e));
         let mut children = Vec::new();
         let mut addrs = Vec::new();
@@ -431,16 +444,16 @@ impl Environment {
                     description = "two nodes (1 worker each) sharing the Redis broker".to_string();
                 } else {
                     let (p, a) = (port(())?, port(())?);
-                    let command = self.sockhive_command(p, a, 2, None, None, redis_broker);
+                    let command = self.sockhive_command(p, a, workers, None, None, redis_broker);
                     children.push(self.spawn(kind.key(), command)?);
                     addrs.push(loopback(p));
                     admin = Some(loopback(a));
                     description = if layout == Layout::TwoNodes {
-                        "one node with 2 workers (this build has no --redis-url, so no second node can join)".to_string()
+                        format!("one node with {workers} workers (this build has no --redis-url, so no second node can join)")
                     } else if redis_broker {
-                        "one node, 2 worker processes sharing the port, Redis broker (--redis-url: every publish also goes through redis-server), sessions read from the Redis".to_string()
+                        format!("one node, {workers} worker processes sharing the port, Redis broker (--redis-url: every publish also goes through redis-server), sessions read from the Redis")
                     } else {
-                        "one node, 2 worker processes sharing the port, embedded broker, sessions read from the Redis".to_string()
+                        format!("one node, {workers} worker processes sharing the port, embedded broker, sessions read from the Redis")
                     };
                 }
             }

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -205,11 +205,6 @@ impl Counters {
     }
 }
 
-/// The open descriptors of `pid`, or 0 when it is gone.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 /// Reads the master and each of its workers.
 fn sample(master: u32, at: Duration, counters: &Counters) -> Sample {
     let workers = procstat::descendants(master)
@@ -217,7 +212,7 @@ fn sample(master: u32, at: Duration, counters: &Counters) -> Sample {
         .map(|pid| WorkerSample {
             pid,
             rss_bytes: procstat::rss_of(pid),
-            fds: fd_count(pid),
+            fds: procstat::fd_count(pid),
         })
         .collect();
     Sample {
@@ -560,11 +555,7 @@ pub fn main(args: SoakArgs) -> ExitCode {
     // The soak runs sockhive only: no bare server, no Node peers.
     let env = Environment::new(&args.paths, PathBuf::new(), PathBuf::new());
     let caps = env.caps.clone();
-    let stamp = Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H%M%SZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
+    let stamp = crate::utc_stamp();
     let meta = serde_json::json!({
         "date": stamp,
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -1,7 +1,7 @@
 //! The server under test as the scenarios see it: where to connect, which
 //! protocol, how its sockets authenticate, and which processes to account.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -96,6 +96,8 @@ pub struct Target {
     pub admin: Option<SocketAddr>,
     /// Bearer token for the admin endpoint.
     pub admin_token: String,
+    /// The local address connections come from (the kernel's choice when `None`).
+    pub source: Option<IpAddr>,
     /// Spreads connections over `addrs`.
     cursor: AtomicUsize,
 }
@@ -118,6 +120,7 @@ impl Target {
             hook_roots: Vec::new(),
             admin: None,
             admin_token: String::new(),
+            source: None,
             cursor: AtomicUsize::new(0),
         }
     }
@@ -145,7 +148,8 @@ impl Target {
     ) -> Result<(Outcome, Option<Connection>), ClientError> {
         let addr = self.next_addr();
         let attempt = async {
-            let mut connection = match Connection::open(addr, self.protocol, credential).await? {
+            let opened = Connection::open(self.source, addr, self.protocol, credential);
+            let mut connection = match opened.await? {
                 Ok(c) => c,
                 Err(refusal) => return Ok((Outcome::Refused(refusal), None)),
             };
