@@ -7,8 +7,9 @@
 #   bench/run.sh            full run (3 runs per server; about 20-30 minutes on 2 cores)
 #   bench/run.sh --smoke    every scenario on every server, tiny (seconds), for CI;
 #                           exits non-zero if any scenario fails to run
-#   bench/run.sh --pin      also measure the fan-out with the servers (and this
-#                           redis-server) on CPU 0 and the generator on CPU 1
+#   bench/run.sh --pin      also measure the fan-out and the closed-loop handshake
+#                           with the servers (and this redis-server) on CPU 0
+#                           and the generator on CPU 1
 #   bench/run.sh soak       10,000 sockets churning for 5 minutes under publishes,
 #                           worker RSS and descriptors sampled (--smoke: 200, 24 s)
 #   bench/run.sh scale      one node holding 1k, 10k, 50k, 100k idle sockets:

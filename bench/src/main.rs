@@ -117,9 +117,10 @@ struct SuiteArgs {
     /// Messages in the fan-out burst [default: 50; smoke: 3].
     #[arg(long)]
     burst_messages: Option<u64>,
-    /// Also run the fan-out pinned: the server's processes (and the shared
-    /// redis-server, `--redis-pid`) on the first CPU, the generator on the
-    /// second; the shared-core figures are taken first on the same server.
+    /// Also run the fan-out and the closed-loop handshake pinned: the
+    /// server's processes (and the shared redis-server, `--redis-pid`) on the
+    /// first CPU, the generator on the second; the shared-core figures are
+    /// taken first on the same server.
     #[arg(long)]
     pin: bool,
     /// The shared redis-server's pid, pinned with the servers (run.sh passes it).

@@ -1,6 +1,6 @@
 //! The pinned mode (`--pin`): the server's processes on one core, the
 //! generator on another, so the server's own cost is not hidden by the
-//! generator's.
+//! generator's. The fan-out phases and the closed-loop handshake run pinned.
 //!
 //! Why at run time and with `taskset -a -p`: the same server, holding the
 //! same sockets, is measured first shared (every process on every core, as a
@@ -58,6 +58,18 @@ impl Pinning {
         }
         let _ = set_affinity(std::process::id(), &self.all_cpus);
     }
+}
+
+/// Every process of a server's trees (workers included) and `extra` (the
+/// shared redis-server): what is moved to the server's CPU, so the session
+/// store a cookie login reads shares the server's core, not the generator's.
+pub fn server_pids(roots: &[u32], extra: Option<u32>) -> Vec<u32> {
+    let mut pids: Vec<u32> = extra.into_iter().collect();
+    for &root in roots {
+        pids.push(root);
+        pids.extend(crate::procstat::descendants(root));
+    }
+    pids
 }
 
 fn set_affinity(pid: u32, cpus: &str) -> Result<(), String> {

@@ -61,6 +61,12 @@ const FIGURES: &[Figure] = &[
         higher_is_better: false,
     },
     Figure {
+        scenario: "handshake",
+        label: "redis-server CPU per handshake, ms",
+        pointer: "/store_cpu_ms_per_op",
+        higher_is_better: false,
+    },
+    Figure {
         scenario: "handshake_paced",
         label: "offered rate (half of own peak)/s",
         pointer: "/offered_rate_per_s",
@@ -76,6 +82,48 @@ const FIGURES: &[Figure] = &[
         scenario: "handshake_paced",
         label: "latency p99, ms",
         pointer: "/latency/p99_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "handshake_pinned",
+        label: "authenticated handshakes/s",
+        pointer: "/rate_per_s",
+        higher_is_better: true,
+    },
+    Figure {
+        scenario: "handshake_pinned",
+        label: "latency p50, ms",
+        pointer: "/latency/p50_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "handshake_pinned",
+        label: "latency p99, ms",
+        pointer: "/latency/p99_ms",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "handshake_pinned",
+        label: "server CPU per handshake, ms",
+        pointer: "/server_cpu_ms_per_op",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "handshake_pinned",
+        label: "generator CPU per handshake, ms",
+        pointer: "/generator_cpu_ms_per_op",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "handshake_pinned",
+        label: "redis-server CPU per handshake, ms",
+        pointer: "/store_cpu_ms_per_op",
+        higher_is_better: false,
+    },
+    Figure {
+        scenario: "handshake_pinned",
+        label: "failed attempts",
+        pointer: "/errors",
         higher_is_better: false,
     },
     Figure {
@@ -682,6 +730,33 @@ fn targets(output: &SuiteOutput) -> Vec<Check> {
             });
         }
     }
+    // Issue 19: a cookie-authenticated SocketCluster handshake costs the
+    // server at most 1.2x the CPU of the bare server's unauthenticated one
+    // (the same protocol handshake), shared and pinned.
+    for scenario in ["handshake", "handshake_pinned"] {
+        let cpu = |kind| median_of(output, kind, scenario, "/server_cpu_ms_per_op");
+        let (ours, bare) = (cpu(sockhive), cpu(ServerKind::Bare));
+        if ours.is_none() && bare.is_none() {
+            continue;
+        }
+        checks.push(Check {
+            what: format!(
+                "{scenario}: {} server CPU per cookie handshake ≤ 1.2x the bare server's (issue 19)",
+                sockhive.title()
+            ),
+            measured: match (ours, bare) {
+                (Some(a), Some(b)) if b > 0.0 => {
+                    format!("{} ms vs {} ms = {:.2}x", number(a), number(b), a / b)
+                }
+                _ => "—".into(),
+            },
+            verdict: verdict(
+                ours.zip(bare)
+                    .filter(|(_, b)| *b > 0.0)
+                    .map(|(a, b)| a <= 1.2 * b),
+            ),
+        });
+    }
     let query = median_of(output, sockhive, "query", "/latency/p99_ms");
     checks.push(Check {
         what: "query p99 ≤ 2 ms".into(),
@@ -755,7 +830,7 @@ pub fn markdown(output: &SuiteOutput) -> String {
             (true, _) => "**smoke** (tiny sizes: figures mean nothing)".to_string(),
             (false, None) => "full, shared cores (servers and generator on every core)".to_string(),
             (false, Some(pin)) => format!(
-                "full; fan-out measured on shared cores, then pinned (`*_pinned` rows: the server's processes and redis-server on CPU {}, the generator on CPU {})",
+                "full; fan-out and closed-loop handshake measured on shared cores, then pinned (`*_pinned` rows: the server's processes and redis-server on CPU {}, the generator on CPU {})",
                 pin.server_cpus, pin.generator_cpus
             ),
         },
@@ -953,6 +1028,46 @@ mod tests {
         assert_eq!(number(0.456), "0.46");
         assert_eq!(number(0.0123), "0.012");
         assert_eq!(number(3.0), "3");
+    }
+
+    #[test]
+    fn the_auth_cost_target_compares_server_cpu_with_the_bare_servers() {
+        let record = |server: &str, scenario: &str, cpu: f64| Record {
+            server: server.into(),
+            run: 1,
+            scenario: scenario.into(),
+            status: Status::Ok,
+            reason: None,
+            result: serde_json::json!({ "server_cpu_ms_per_op": cpu }),
+        };
+        let output = SuiteOutput {
+            meta: serde_json::json!({}),
+            params: crate::suite::SuiteParams::smoke(),
+            servers: Vec::new(),
+            records: vec![
+                record("sockhive-sc", "handshake", 0.11),
+                record("bare", "handshake", 0.1),
+                record("sockhive-sc", "handshake_pinned", 0.13),
+                record("bare", "handshake_pinned", 0.1),
+            ],
+        };
+        let checks = targets(&output);
+        let find = |scenario: &str| {
+            checks
+                .iter()
+                .find(|c| c.what.starts_with(&format!("{scenario}: ")) && c.what.contains("1.2x"))
+                .map(|c| (c.measured.clone(), c.verdict))
+                .expect("a target row")
+        };
+        assert_eq!(
+            find("handshake"),
+            ("0.11 ms vs 0.10 ms = 1.10x".into(), "met")
+        );
+        assert_eq!(
+            find("handshake_pinned"),
+            ("0.13 ms vs 0.10 ms = 1.30x".into(), "**missed**")
+        );
+        assert!(markdown(&output).contains("| handshake_pinned | server CPU per handshake, ms |"));
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct ScaleParams {
     pub connect_concurrency: usize,
     /// How long the sockets sit idle before the RSS is read.
     pub settle: Duration,
+    /// After every socket left, how much longer until the RSS is read again:
+    /// allocators give memory back on a delay (jemalloc's decay, sockhive's
+    /// heap trim every 10 s).
+    pub later: Duration,
     /// How long the server's idle CPU (heartbeats) is measured after each
     /// growth step: two of SocketCluster's 8 s ping intervals.
     pub idle_window: Duration,
@@ -70,6 +74,7 @@ impl ScaleParams {
             holders: needed.max(1),
             connect_concurrency: 256,
             settle: Duration::from_secs(5),
+            later: Duration::from_secs(30),
             idle_window: Duration::from_secs(16),
             connect_timeout: Duration::from_secs(30),
         }
@@ -81,6 +86,7 @@ impl ScaleParams {
         params.holders = 2;
         params.connect_concurrency = 32;
         params.settle = Duration::from_secs(1);
+        params.later = Duration::from_secs(1);
         params.idle_window = Duration::from_secs(1);
         params
     }
@@ -121,6 +127,8 @@ pub struct StepRow {
     pub kernel_slab_bytes: u64,
     /// Server CPU while the sockets sat idle (heartbeats only), as a share of one core.
     pub idle_cpu_share: Option<f64>,
+    /// On a close step, the RSS once `later` has passed too, bytes.
+    pub server_rss_later_bytes: Option<u64>,
     /// Held sockets the server closed so far.
     pub dropped: usize,
 }
@@ -409,6 +417,7 @@ impl Run<'_> {
             worker_fds: settled.worker_fds,
             kernel_slab_bytes: settled.kernel_slab_bytes,
             idle_cpu_share: Some(idle_cpu_share),
+            server_rss_later_bytes: None,
             dropped,
         })
     }
@@ -442,6 +451,8 @@ impl Run<'_> {
         let seconds = started.elapsed().as_secs_f64();
         tokio::time::sleep(self.params.settle).await;
         let settled = sample_node(self.master);
+        tokio::time::sleep(self.params.later).await;
+        let later = sample_node(self.master);
         Ok(StepRow {
             label,
             sockets: 0,
@@ -454,6 +465,7 @@ impl Run<'_> {
             worker_fds: settled.worker_fds,
             kernel_slab_bytes: settled.kernel_slab_bytes,
             idle_cpu_share: None,
+            server_rss_later_bytes: Some(later.rss_bytes),
             dropped,
         })
     }
@@ -799,12 +811,13 @@ pub fn markdown(output: &ScaleOutput) -> String {
         p.settle.as_secs(),
         mib(output.base_rss_bytes),
     );
-    md.push_str(
+    md.push_str(&format!(
         "| step | sockets held | handshakes | failed | handshakes/s | server CPU per handshake, ms | \
-         server RSS, MiB | RSS per socket, bytes | this step's RSS per added socket, bytes | \
+         server RSS, MiB | server RSS a further {} s later, MiB | RSS per socket, bytes | this step's RSS per added socket, bytes | \
          kernel slab per socket end, bytes | idle server CPU, µs per socket per second | \
-         descriptors per worker |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
+         descriptors per worker |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        p.later.as_secs(),
+    ));
     let mut previous: Option<&StepRow> = None;
     for row in &output.rows {
         let per_socket = output
@@ -825,7 +838,7 @@ pub fn markdown(output: &ScaleOutput) -> String {
             .idle_us_per_socket_second(row)
             .map_or("—".into(), |us| format!("{us:.2}"));
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row.label,
             thousands(row.sockets),
             thousands(row.handshakes),
@@ -835,6 +848,7 @@ pub fn markdown(output: &ScaleOutput) -> String {
             row.server_ms_per_handshake()
                 .map_or("—".into(), |ms| format!("{ms:.3}")),
             mib(row.server_rss_bytes),
+            row.server_rss_later_bytes.map_or("—".into(), mib),
             per_socket,
             marginal,
             slab,
@@ -905,6 +919,7 @@ mod tests {
             worker_fds: Vec::new(),
             kernel_slab_bytes: 2_000_000 + 4_000 * sockets as u64,
             idle_cpu_share: Some(0.01),
+            server_rss_later_bytes: None,
             dropped: 0,
         };
         let output = ScaleOutput {

@@ -53,6 +53,11 @@ pub struct HandshakeParams {
     /// suites run before it existed).
     #[serde(default)]
     pub polling: bool,
+    /// The shared redis-server, whose CPU is reported beside the server's:
+    /// a cookie login's session read costs Redis CPU that the server's own
+    /// figure does not show (not recorded: a pid).
+    #[serde(skip)]
+    pub store_pid: Option<u32>,
 }
 
 /// What one run measured.
@@ -74,6 +79,9 @@ pub struct HandshakeResult {
     pub server_cpu_ms_per_op: f64,
     /// Generator CPU per `ok` attempt, ms.
     pub generator_cpu_ms_per_op: f64,
+    /// The shared redis-server's CPU per `ok` attempt, ms (absent without its pid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_cpu_ms_per_op: Option<f64>,
     /// One example of a wrong outcome or error, for the log.
     pub first_problem: Option<String>,
     /// Attempts started, warm-up included.
@@ -254,6 +262,8 @@ pub async fn run(
     if !params.warmup.is_zero() {
         phase(Instant::now() + params.warmup, false).await;
     }
+    let store: Vec<u32> = params.store_pid.into_iter().collect();
+    let store_before = sample_tree(&store).cpu_seconds;
     let server_before = sample_tree(&target.roots);
     let generator_before = own_cpu();
     let started = Instant::now();
@@ -261,6 +271,7 @@ pub async fn run(
     let elapsed = started.elapsed().as_secs_f64();
     let server_cpu = sample_tree(&target.roots).cpu_seconds - server_before.cpu_seconds;
     let generator_cpu = (own_cpu() - generator_before).as_secs_f64();
+    let store_cpu = sample_tree(&store).cpu_seconds - store_before;
     let ok = shared.ok.load(Ordering::Relaxed);
     let per_op = |seconds: f64| {
         if ok == 0 {
@@ -278,6 +289,7 @@ pub async fn run(
         latency: shared.histogram.summary(),
         server_cpu_ms_per_op: per_op(server_cpu),
         generator_cpu_ms_per_op: per_op(generator_cpu),
+        store_cpu_ms_per_op: params.store_pid.map(|_| per_op(store_cpu)),
         first_problem: shared.first_problem.lock().ok().and_then(|s| s.clone()),
         attempts_all: shared.next_login.load(Ordering::Relaxed) as u64,
         http_requests_all: shared.http_requests.load(Ordering::Relaxed),

@@ -51,9 +51,10 @@ pub struct SuiteParams {
     /// (absent from suites run before it existed).
     #[serde(default)]
     pub polling: PollingParams,
-    /// `--pin`: the fan-out phases run a second time with the server's
-    /// processes on `server_cpus` and the generator on `generator_cpus`
-    /// (absent: shared cores only, as every run before it existed).
+    /// `--pin`: the fan-out phases and the closed-loop handshake run a
+    /// second time with the server's processes on `server_cpus` and the
+    /// generator on `generator_cpus` (absent: shared cores only, as every
+    /// run before it existed).
     #[serde(default)]
     pub pin: Option<Pinning>,
     /// The shared redis-server, pinned with the server (not recorded: a pid).
@@ -336,6 +337,9 @@ impl Runner<'_> {
             let mut rest = Vec::new();
             if params.wants("handshake") {
                 rest.extend(["handshake", "handshake_paced"]);
+                if params.pin.is_some() {
+                    rest.push("handshake_pinned");
+                }
             }
             if params.wants("reject") {
                 rest.push("reject");
@@ -395,6 +399,7 @@ impl Runner<'_> {
             forged: false,
             timeout: Duration::from_secs(10),
             polling: true,
+            store_pid: None,
         };
         let forwards_before = polling_forwards(target).await;
         let result = scenario_handshake::run(target, &self.book, closed).await;
@@ -508,6 +513,7 @@ impl Runner<'_> {
             forged: false,
             timeout: Duration::from_secs(10),
             polling: false,
+            store_pid: params.redis_pid,
         };
         if !params.wants("handshake") {
             self.reject_scenario(kind, run, target, closed).await;
@@ -546,9 +552,46 @@ impl Runner<'_> {
             );
         }
 
+        if let Some(pinning) = params.pin.as_ref() {
+            self.pinned_handshake(kind, run, target, pinning, closed)
+                .await;
+        }
+
         if params.wants("reject") {
             self.reject_scenario(kind, run, target, closed).await;
         }
+    }
+
+    /// `handshake_pinned`: the closed loop again, on the same server, with
+    /// its processes and the shared redis-server on one CPU and the
+    /// generator on the other (issue 19: the server's own cost per
+    /// handshake, which the generator cannot hide or inflate), then every
+    /// CPU back to everyone.
+    async fn pinned_handshake(
+        &mut self,
+        kind: ServerKind,
+        run: usize,
+        target: &Target,
+        pinning: &Pinning,
+        closed: HandshakeParams,
+    ) {
+        let pids = crate::pinning::server_pids(&target.roots, self.params.redis_pid);
+        let pinned = pinning.pin(&pids);
+        let (status, reason, value) = match pinned {
+            Ok(()) => {
+                // Let the scheduler move everything before measuring (the
+                // warm-up runs pinned too).
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let result = scenario_handshake::run(target, &self.book, closed).await;
+                let (status, reason) = handshake_status(&result, self.params.smoke);
+                let mut value = to_value(&result);
+                value["concurrency"] = Value::from(self.params.concurrency);
+                (status, reason, value)
+            }
+            Err(e) => (Status::Failed, Some(e), Value::Null),
+        };
+        pinning.unpin(&pids);
+        self.push(kind, run, "handshake_pinned", status, reason, value);
     }
 
     async fn reject_scenario(
@@ -629,6 +672,7 @@ impl Runner<'_> {
             "fanout_paced_pinned",
             "handshake",
             "handshake_paced",
+            "handshake_pinned",
             "reject",
             "polling_handshake",
             "polling_fanout",

@@ -132,18 +132,33 @@ pub struct JwtKeys {
     default_verifying_key: Option<DecodingKey>,
     /// Verifies tokens whose `kid` header names the entry; the header is only ever a map key.
     verifying_keys_by_kid: HashMap<String, DecodingKey>,
+    /// HS256 only: the HMAC with the secret already keyed in, so signing a
+    /// token clones it instead of hashing the key again (issue 19: a token
+    /// is minted per cookie login).
+    hs256_mac: Option<HmacSha256>,
 }
+
+/// HMAC-SHA256, HS256's signature.
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 impl JwtKeys {
     /// HS256 keys from SocketCluster's `authKey`: the string's UTF-8 bytes are the HMAC key, used
     /// both to sign and to verify.
     pub fn hs256(secret: &str) -> Result<Self, JwtKeyError> {
         let (signing_key, verifying_key) = hmac_keys(secret)?;
+        let mac = <HmacSha256 as hmac::Mac>::new_from_slice(secret.as_bytes()).map_err(|e| {
+            JwtKeyError::UnusableKey {
+                algorithm: JwtAlgorithm::Hs256,
+                role: "secret",
+                detail: e.to_string(),
+            }
+        })?;
         Ok(JwtKeys {
             algorithm: JwtAlgorithm::Hs256,
             signing_key: Some(signing_key),
             default_verifying_key: Some(verifying_key),
             verifying_keys_by_kid: HashMap::new(),
+            hs256_mac: Some(mac),
         })
     }
 
@@ -173,6 +188,7 @@ impl JwtKeys {
             signing_key: None,
             default_verifying_key: None,
             verifying_keys_by_kid: HashMap::new(),
+            hs256_mac: None,
         }
     }
 
@@ -224,6 +240,7 @@ impl JwtKeys {
             signing_key,
             default_verifying_key: Some(verifying_key),
             verifying_keys_by_kid: HashMap::new(),
+            hs256_mac: None,
         })
     }
 
@@ -729,6 +746,8 @@ pub struct TokenSigner {
     key: EncodingKey,
     /// base64url of the fixed header, computed once.
     encoded_header: String,
+    /// HS256: the HMAC keyed once (see [`JwtKeys`]).
+    hs256_mac: Option<HmacSha256>,
 }
 
 impl TokenSigner {
@@ -745,6 +764,7 @@ impl TokenSigner {
             algorithm: keys.algorithm,
             key,
             encoded_header: URL_SAFE_NO_PAD.encode(header),
+            hs256_mac: keys.hs256_mac.clone(),
         })
     }
 
@@ -783,20 +803,47 @@ impl TokenSigner {
                 .ok_or(TokenSignError::ExpiryOverflow)?;
             claims.insert("exp".to_owned(), exp.into());
         }
-        let payload = serde_json::to_vec(&claims)
+        self.sign_as_is(&claims)
+    }
+
+    /// Signs `claims` exactly as given, `iat` and `exp` included (nothing
+    /// is added): a caller that built the claims it keeps signs them
+    /// without handing over a copy (issue 19: a token per cookie login).
+    pub fn sign_as_is(&self, claims: &Map<String, Value>) -> Result<String, TokenSignError> {
+        // Our own verifier refuses non-numeric time claims, so never issue one.
+        for claim in ["iat", "nbf", "exp"] {
+            if claims.get(claim).is_some_and(|value| !value.is_number()) {
+                return Err(TokenSignError::NonNumericClaim { claim });
+            }
+        }
+        let payload = serde_json::to_vec(claims)
             .map_err(|error| TokenSignError::Encoding(error.to_string()))?;
-        let signing_input = format!(
-            "{}.{}",
-            self.encoded_header,
-            URL_SAFE_NO_PAD.encode(payload)
-        );
-        let signature = crypto::sign(
-            signing_input.as_bytes(),
-            &self.key,
-            self.algorithm.library_algorithm(),
-        )
-        .map_err(|error| TokenSignError::Crypto(error.to_string()))?;
-        Ok(format!("{signing_input}.{signature}"))
+        // The whole token grows in one buffer: header, payload, signature.
+        let mut token =
+            String::with_capacity(self.encoded_header.len() + payload.len() * 4 / 3 + 64);
+        token.push_str(&self.encoded_header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        match &self.hs256_mac {
+            Some(mac) => {
+                let mut mac = mac.clone();
+                hmac::Mac::update(&mut mac, token.as_bytes());
+                let tag = hmac::Mac::finalize(mac).into_bytes();
+                token.push('.');
+                URL_SAFE_NO_PAD.encode_string(tag, &mut token);
+            }
+            None => {
+                let signature = crypto::sign(
+                    token.as_bytes(),
+                    &self.key,
+                    self.algorithm.library_algorithm(),
+                )
+                .map_err(|error| TokenSignError::Crypto(error.to_string()))?;
+                token.push('.');
+                token.push_str(&signature);
+            }
+        }
+        Ok(token)
     }
 }
 

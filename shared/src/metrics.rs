@@ -8,7 +8,9 @@
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
+use prometheus::{IntCounter, IntCounterVec};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The kinds of metric sockhive uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +187,75 @@ pub fn merge_families(families: Vec<MetricFamily>) -> Vec<MetricFamily> {
         }
     }
     merged
+}
+
+/// The series of one family for every label set known in advance, resolved
+/// once: counting an event is a short scan of static names, where
+/// `with_label_values` hashes the values and locks the family every time
+/// (issue 19: several per handshake). Label sets are one or two values
+/// (`""` for the second of a one-label family).
+#[derive(Clone)]
+pub struct SeriesTable<M> {
+    entries: Arc<[(&'static str, &'static str, M)]>,
+}
+
+impl<M> SeriesTable<M> {
+    /// Resolves `make(labels)` for every label set.
+    pub fn new(
+        sets: impl IntoIterator<Item = (&'static str, &'static str)>,
+        make: impl Fn(&[&str]) -> M,
+    ) -> SeriesTable<M> {
+        let entries = sets
+            .into_iter()
+            .map(|(a, b)| {
+                let series = if b.is_empty() {
+                    make(&[a])
+                } else {
+                    make(&[a, b])
+                };
+                (a, b, series)
+            })
+            .collect();
+        SeriesTable { entries }
+    }
+
+    /// The series of a label set resolved at start, if it was.
+    pub fn get(&self, a: &str, b: &str) -> Option<&M> {
+        self.entries
+            .iter()
+            .find(|(x, y, _)| *x == a && *y == b)
+            .map(|(_, _, series)| series)
+    }
+}
+
+/// A counter family with its known series resolved; an unknown label set
+/// (none is counted today) still counts, through the family.
+#[derive(Clone)]
+pub struct CounterTable {
+    family: IntCounterVec,
+    known: SeriesTable<IntCounter>,
+}
+
+impl CounterTable {
+    /// Resolves (and so exports at 0) every series in `sets`.
+    pub fn new(
+        family: &IntCounterVec,
+        sets: impl IntoIterator<Item = (&'static str, &'static str)>,
+    ) -> CounterTable {
+        CounterTable {
+            family: family.clone(),
+            known: SeriesTable::new(sets, |labels| family.with_label_values(labels)),
+        }
+    }
+
+    /// Counts one event of label set (`a`, `b`); `b` is `""` for a one-label family.
+    pub fn inc(&self, a: &str, b: &str) {
+        match self.known.get(a, b) {
+            Some(counter) => counter.inc(),
+            None if b.is_empty() => self.family.with_label_values(&[a]).inc(),
+            None => self.family.with_label_values(&[a, b]).inc(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -339,7 +339,12 @@ async fn socket_records_and_sessions_are_reachable_from_any_node() {
         .await
         .json();
     assert_eq!(found["sockets"].as_array().unwrap().len(), 1, "{found}");
-    assert_eq!(redis.cli(&["HEXISTS", "sockhive:sockets:node-b", &id]), "1");
+    // Records reach Redis in batches, behind the worker's own Redis
+    // connection: node A may have answered (over the cluster bus) first.
+    eventually(Duration::from_secs(5), "the record in redis", async || {
+        (redis.cli(&["HEXISTS", "sockhive:sockets:node-b", &id]) == "1").then_some(())
+    })
+    .await;
     driver.ok("sc.disconnect", json!({"client": "c"})).await;
     eventually(
         Duration::from_secs(5),

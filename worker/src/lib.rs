@@ -29,6 +29,7 @@ pub mod app;
 pub mod auth;
 pub mod context;
 pub mod front_door;
+pub mod heap_trim;
 pub mod http_client;
 pub mod hub;
 pub mod json_text;

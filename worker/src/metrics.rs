@@ -5,9 +5,10 @@
 //! are small fixed sets: never a user, a socket id or a channel.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
-use sockhive_shared::metrics::FamilySnapshot;
+use sockhive_shared::metrics::{CounterTable, FamilySnapshot, SeriesTable};
 
 use crate::auth::passport::SessionAuthError;
 
@@ -102,6 +103,20 @@ pub struct WorkerMetrics {
     pub hook_calls: IntCounterVec,
     /// Time from starting a hook call to its answer, by hook.
     pub hook_duration: HistogramVec,
+    /// `handshakes`, resolved for every (outcome, method).
+    handshake_counts: CounterTable,
+    /// `messages{direction="in"}`.
+    messages_in: IntCounter,
+    /// `messages{direction="out"}`.
+    messages_out: IntCounter,
+    /// `connections` and `handshake_duration`, resolved per protocol.
+    per_protocol: SeriesTable<(IntGauge, Histogram)>,
+    /// `rejected_connections`, resolved per reason.
+    rejections: CounterTable,
+    /// `protocol_errors`, resolved per (protocol, reason).
+    protocol_error_counts: CounterTable,
+    /// `hook_calls` and `hook_duration`, resolved per (hook, outcome).
+    hook_series: SeriesTable<(IntCounter, Histogram)>,
 }
 
 impl WorkerMetrics {
@@ -208,41 +223,47 @@ impl WorkerMetrics {
             &["scope"],
         )
         .expect("valid metric");
+        // Every known series exists from the start with 0, so a dashboard
+        // or an alert can tell "none yet" from "not exported"; resolving
+        // them here creates them.
         for scope in ["worker", "node"] {
             polling_forwards.with_label_values(&[scope]);
         }
-        for hook in sockhive_shared::config::HookKind::ALL {
-            hook_duration.with_label_values(&[hook.as_str()]);
-            for outcome in HOOK_OUTCOMES {
-                hook_calls.with_label_values(&[hook.as_str(), outcome]);
-            }
-        }
-        // Every known series exists from the start with 0, so a dashboard
-        // or an alert can tell "none yet" from "not exported".
-        for protocol in PROTOCOLS {
-            connections.with_label_values(&[protocol]);
-            handshake_duration.with_label_values(&[protocol]);
-            for reason in PROTOCOL_ERROR_REASONS {
-                protocol_errors.with_label_values(&[protocol, reason]);
-            }
-        }
-        for (protocol, reason) in PROTOCOL_SPECIFIC_ERRORS {
-            protocol_errors.with_label_values(&[protocol, reason]);
-        }
-        for outcome in HANDSHAKE_OUTCOMES {
-            for method in HANDSHAKE_METHODS {
-                handshakes.with_label_values(&[outcome, method]);
-            }
-        }
-        for outcome in AUTHENTICATE_OUTCOMES {
-            handshakes.with_label_values(&[outcome, AUTHENTICATE_METHOD]);
-        }
-        for direction in MESSAGE_DIRECTIONS {
-            messages.with_label_values(&[direction]);
-        }
-        for reason in REJECTION_REASONS {
-            rejected_connections.with_label_values(&[reason]);
-        }
+        let hook_series = SeriesTable::new(
+            sockhive_shared::config::HookKind::ALL
+                .iter()
+                .flat_map(|hook| HOOK_OUTCOMES.map(|outcome| (hook.as_str(), outcome))),
+            |labels| {
+                (
+                    hook_calls.with_label_values(labels),
+                    hook_duration.with_label_values(&labels[..1]),
+                )
+            },
+        );
+        let per_protocol = SeriesTable::new(PROTOCOLS.map(|p| (p, "")), |labels| {
+            (
+                connections.with_label_values(labels),
+                handshake_duration.with_label_values(labels),
+            )
+        });
+        let protocol_error_counts = CounterTable::new(
+            &protocol_errors,
+            PROTOCOLS
+                .iter()
+                .flat_map(|&protocol| PROTOCOL_ERROR_REASONS.map(|reason| (protocol, reason)))
+                .chain(PROTOCOL_SPECIFIC_ERRORS),
+        );
+        let handshake_counts = CounterTable::new(
+            &handshakes,
+            HANDSHAKE_OUTCOMES
+                .iter()
+                .flat_map(|&outcome| HANDSHAKE_METHODS.map(|method| (outcome, method)))
+                .chain(AUTHENTICATE_OUTCOMES.map(|outcome| (outcome, AUTHENTICATE_METHOD))),
+        );
+        let [messages_in, messages_out] =
+            MESSAGE_DIRECTIONS.map(|direction| messages.with_label_values(&[direction]));
+        let rejections =
+            CounterTable::new(&rejected_connections, REJECTION_REASONS.map(|r| (r, "")));
         for result in std::iter::once(SESSION_LOGIN_OK).chain(SessionAuthError::REASONS) {
             session_logins.with_label_values(&[result]);
         }
@@ -280,16 +301,68 @@ impl WorkerMetrics {
             hook_calls,
             hook_duration,
             polling_forwards,
+            handshake_counts,
+            messages_in,
+            messages_out,
+            per_protocol,
+            rejections,
+            protocol_error_counts,
+            hook_series,
         }
     }
 
     /// Counts one finished hook call.
     pub fn hook_call(&self, hook: &str, outcome: &str, took: std::time::Duration) {
-        self.hook_calls.with_label_values(&[hook, outcome]).inc();
-        if outcome != "queue_full" {
-            self.hook_duration
-                .with_label_values(&[hook])
-                .observe(took.as_secs_f64());
+        let observe = outcome != "queue_full";
+        match self.hook_series.get(hook, outcome) {
+            Some((calls, duration)) => {
+                calls.inc();
+                if observe {
+                    duration.observe(took.as_secs_f64());
+                }
+            }
+            None => {
+                self.hook_calls.with_label_values(&[hook, outcome]).inc();
+                if observe {
+                    self.hook_duration
+                        .with_label_values(&[hook])
+                        .observe(took.as_secs_f64());
+                }
+            }
+        }
+    }
+
+    /// Counts a protocol handshake (or `#authenticate`) by outcome and method.
+    pub fn handshake(&self, outcome: &str, method: &str) {
+        self.handshake_counts.inc(outcome, method);
+    }
+
+    /// Counts one protocol message read from a client.
+    pub fn message_in(&self) {
+        self.messages_in.inc();
+    }
+
+    /// The counter of protocol messages written (a socket's writer holds it).
+    pub fn messages_out(&self) -> IntCounter {
+        self.messages_out.clone()
+    }
+
+    /// A protocol's open-socket gauge (a socket's task holds it).
+    pub fn connections_of(&self, protocol: &str) -> IntGauge {
+        match self.per_protocol.get(protocol, "") {
+            Some((gauge, _)) => gauge.clone(),
+            None => self.connections.with_label_values(&[protocol]),
+        }
+    }
+
+    /// Records how long a protocol handshake took from the upgrade request.
+    pub fn handshake_took(&self, protocol: &str, seconds: f64) {
+        match self.per_protocol.get(protocol, "") {
+            Some((_, histogram)) => histogram.observe(seconds),
+            None => self
+                .handshake_duration
+                .with_label_values(&[protocol])
+                .observe(seconds),
         }
     }
 
@@ -304,14 +377,12 @@ impl WorkerMetrics {
 
     /// Counts a connection refused before the upgrade.
     pub fn reject(&self, reason: &str) {
-        self.rejected_connections.with_label_values(&[reason]).inc();
+        self.rejections.inc(reason, "");
     }
 
     /// Counts a protocol error.
     pub fn protocol_error(&self, protocol: &str, reason: &str) {
-        self.protocol_errors
-            .with_label_values(&[protocol, reason])
-            .inc();
+        self.protocol_error_counts.inc(protocol, reason);
     }
 }
 

@@ -173,6 +173,7 @@ pub async fn serve_process(
             }
         });
     }
+    tokio::spawn(crate::heap_trim::run(worker.clone()));
     let orphaned = CancellationToken::new();
     tokio::spawn(read_from_master(worker.clone(), ipc_read, orphaned.clone()));
     worker.master.send(&ToMaster::Ready);

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 /// The layers, top first; a module may import only modules of a lower layer.
 const LAYERS: &[&[&str]] = &[
     &["lib", "worker"],
-    &["front_door"],
+    // Beside the front door: the worker's heap, watched over its connection count.
+    &["front_door", "heap_trim"],
     &["protocol"],
     &["socket"],
     &["context"],

@@ -63,6 +63,15 @@ impl Auth {
         self.sign_for(claims, self.token_expiry)
     }
 
+    /// Signs claims that carry their own `iat` and `exp`, as they are: the
+    /// caller keeps its claims and no copy is made to sign them.
+    pub fn sign_as_is(&self, claims: &Map<String, Value>) -> Result<String, TokenSignError> {
+        match &self.signer {
+            Some(signer) => signer.sign_as_is(claims),
+            None => Err(TokenSignError::NoSigningKey),
+        }
+    }
+
     /// Signs claims with a given lifetime (unless they carry `exp`).
     pub fn sign_for(
         &self,

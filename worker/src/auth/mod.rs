@@ -15,7 +15,10 @@
 //! from it.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -27,11 +30,12 @@ use sockhive_shared::http::RequestHead;
 use sockhive_shared::jwt::AuthTokenError;
 
 use passport::{
-    cookie::CookieRejection, watch::WatcherConfig, DuplicateCookiePolicy, LoggedOut,
-    SessionAuthConfig, SessionAuthError, SessionAuthenticator, SessionLogin, SessionOutcome,
-    SessionWatcher, StoredSession, UserRecordShape, UserResolver,
+    watch::WatcherConfig, DuplicateCookiePolicy, LoggedOut, SessionAuthConfig, SessionAuthError,
+    SessionAuthenticator, SessionLogin, SessionOutcome, SessionWatcher, SignedSessionId,
+    StoredSession, UserRecordShape, UserResolver,
 };
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
+use sockhive_shared::metrics::CounterTable;
 
 pub mod jwt;
 pub mod passport;
@@ -176,8 +180,6 @@ pub struct SessionSupport {
     minted: Client,
     prefix: String,
     sharded: bool,
-    /// `--accept-query-session-id`: a signed `session_id` query parameter may log in.
-    accept_query_session_id: bool,
 }
 
 /// Keys of the minted-token index: `sockhive:minted:<session hash>` holds the session id.
@@ -232,8 +234,15 @@ impl MintedCheck {
 
 /// The hash a minted token uses to name its session.
 pub fn session_hash(sid: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(sid.as_bytes());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    // One allocation, not a formatted string per byte (per cookie login).
+    let mut hash = String::with_capacity(32);
+    for b in &digest[..16] {
+        hash.push(HEX[usize::from(b >> 4)] as char);
+        hash.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    hash
 }
 
 fn resolver(config: &Config) -> UserResolver {
@@ -301,7 +310,6 @@ impl SessionSupport {
                 minted,
                 prefix: session.session_prefix.clone(),
                 sharded,
-                accept_query_session_id: session.accept_query_session_id,
             },
             logouts,
         )))
@@ -388,8 +396,10 @@ pub struct Credentials {
     store_timeout: Duration,
     /// `--negotiate-expiry`: lifetime of `/negotiate` tickets.
     negotiate_expiry: Duration,
-    /// `sockhive_session_logins_total`, by result.
-    session_logins: IntCounterVec,
+    /// `sockhive_session_logins_total{result="ok"}`, resolved once.
+    session_logins_ok: IntCounter,
+    /// `sockhive_session_logins_total` by refusal reason, resolved once.
+    session_refusals: CounterTable,
 }
 
 /// The claims of a token minted from a session login. When the resolved user
@@ -452,52 +462,61 @@ impl Credentials {
             sessions,
             store_timeout: config.session.session_store_timeout,
             negotiate_expiry: config.session.negotiate_expiry,
-            session_logins,
+            // `metrics::SESSION_LOGIN_OK`.
+            session_logins_ok: session_logins.with_label_values(&["ok"]),
+            session_refusals: CounterTable::new(
+                &session_logins,
+                SessionAuthError::REASONS.map(|reason| (reason, "")),
+            ),
         })
     }
 
     /// Steps 1 and 2 of the pipeline, at the upgrade.
     pub async fn from_upgrade(&self, head: &RequestHead) -> Credential {
+        self.decide(self.presented(head)).await
+    }
+
+    /// What an upgrade request presented, settled as far as it can be
+    /// without I/O (a cookie's signature is checked here): what is left for
+    /// [`decide`](Self::decide) owns only the token or the session id, not
+    /// the request.
+    fn presented(&self, head: &RequestHead) -> Presented {
         if let Some(token) = upgrade_token(head) {
-            return match self.from_token(&token, Method::AccessToken).await {
-                // An access token is a ticket for the connection: the socket gets
-                // a token of its own, minted afresh from the session behind the
-                // ticket (a short `/negotiate` ticket must not end the socket), or
-                // the ticket itself when no session is behind it.
-                Credential::Accepted(mut identity) => {
-                    match (identity.session.clone(), self.sessions.as_ref()) {
-                        (Some(login), Some(sessions)) => {
-                            match self.mint(sessions, login, self.jwt.token_expiry) {
-                                Ok(fresh) => Credential::Accepted(Box::new(Identity {
-                                    method: Method::AccessToken,
-                                    ..fresh
-                                })),
-                                Err(refusal) => Credential::Refused(refusal),
-                            }
-                        }
-                        _ => {
-                            identity.minted_token = Some(token);
-                            Credential::Accepted(identity)
-                        }
-                    }
-                }
-                other => other,
-            };
+            return Presented::Token(token);
         }
         let Some(sessions) = self.sessions.as_ref() else {
-            return Credential::Absent;
+            return Presented::Decided(Credential::Absent);
         };
         let cookies: Vec<&str> = head.headers_named("cookie").collect();
         let query_sid = head.query_param("session_id");
         match sessions
             .authenticator
-            .authenticate(&cookies, query_sid.as_deref())
-            .await
+            .verify_cookie(&cookies, query_sid.as_deref())
         {
+            Ok(None) => Presented::Decided(Credential::Absent),
+            Err(error) => Presented::Decided(self.session_refused(&error)),
+            Ok(Some(signed)) => Presented::Session(signed),
+        }
+    }
+
+    /// The rest of steps 1 and 2: the token verified, or the session read
+    /// from the store and a token minted from it.
+    async fn decide(&self, presented: Presented) -> Credential {
+        let signed = match presented {
+            Presented::Decided(credential) => return credential,
+            // Boxed: the cookie login's state machine, which every such
+            // upgrade allocates, should not be sized by the token path's.
+            Presented::Token(token) => return Box::pin(self.decide_access_token(token)).await,
+            Presented::Session(signed) => signed,
+        };
+        let Some(sessions) = self.sessions.as_ref() else {
+            return Credential::Absent;
+        };
+        match sessions.authenticator.login_signed(signed).await {
             SessionOutcome::Anonymous => Credential::Absent,
             SessionOutcome::Refused(error) => self.session_refused(&error),
             SessionOutcome::Authenticated(login) => {
-                self.session_logins.with_label_values(&["ok"]).inc();
+                self.session_logins_ok.inc();
                 match self.mint(sessions, login, self.jwt.token_expiry) {
                     Ok(identity) => Credential::Accepted(Box::new(identity)),
                     Err(refusal) => Credential::Refused(refusal),
@@ -506,11 +525,37 @@ impl Credentials {
         }
     }
 
+    /// Step 1: a JWT in `access_token` or `Authorization: Bearer`.
+    async fn decide_access_token(&self, token: String) -> Credential {
+        match self.from_token(&token, Method::AccessToken).await {
+            // An access token is a ticket for the connection: the socket gets
+            // a token of its own, minted afresh from the session behind the
+            // ticket (a short `/negotiate` ticket must not end the socket), or
+            // the ticket itself when no session is behind it.
+            Credential::Accepted(mut identity) => {
+                match (identity.session.clone(), self.sessions.as_ref()) {
+                    (Some(login), Some(sessions)) => {
+                        match self.mint(sessions, login, self.jwt.token_expiry) {
+                            Ok(fresh) => Credential::Accepted(Box::new(Identity {
+                                method: Method::AccessToken,
+                                ..fresh
+                            })),
+                            Err(refusal) => Credential::Refused(refusal),
+                        }
+                    }
+                    _ => {
+                        identity.minted_token = Some(token);
+                        Credential::Accepted(identity)
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Counts and converts a refused session credential.
     fn session_refused(&self, error: &SessionAuthError) -> Credential {
-        self.session_logins
-            .with_label_values(&[error.reason()])
-            .inc();
+        self.session_refusals.inc(error.reason(), "");
         Credential::Refused(Refusal::from_session(error))
     }
 
@@ -528,7 +573,7 @@ impl Credentials {
         let now = now_unix();
         claims.insert("iat".into(), json!(now));
         claims.insert("exp".into(), json!(now + lifetime.as_secs()));
-        match self.jwt.sign_for(claims.clone(), lifetime) {
+        match self.jwt.sign_as_is(&claims) {
             Ok(token) => {
                 sessions.remember_minted(hash, &login, lifetime);
                 Ok(Identity {
@@ -630,60 +675,71 @@ impl Credentials {
     }
 }
 
+/// What an upgrade presented, once everything that needs no I/O is done.
+enum Presented {
+    /// Nothing presented, or refused on the spot (a bad cookie signature).
+    Decided(Credential),
+    /// A JWT at the upgrade.
+    Token(String),
+    /// A session cookie (or `session_id`) whose signature verified.
+    Session(SignedSessionId),
+}
+
+/// The state machine deciding a presented credential.
+type Deciding = Pin<Box<dyn Future<Output = Credential> + Send>>;
+
 /// The upgrade's credential, possibly still being decided: the session
 /// lookup runs while the client sends its protocol handshake, so its Redis
 /// round trip overlaps the client's.
-#[derive(Debug)]
 pub enum PendingCredential {
     /// Already known (nothing presented, or decided before the 101).
     Ready(Box<Credential>),
-    /// Being decided by a task started at the upgrade.
-    Pending(tokio::task::JoinHandle<Credential>),
+    /// Being decided in the connection's own task: polled once at the
+    /// upgrade, which sends the store read, and finished when the protocol
+    /// handshake asks. Not a task of its own: spawning one per connection
+    /// moved this state machine by value into the task cell and its result
+    /// out of it again (issue 19: most of a handshake's memcpy).
+    Pending(Deciding),
+}
+
+impl std::fmt::Debug for PendingCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PendingCredential::Ready(credential) => {
+                f.debug_tuple("Ready").field(credential).finish()
+            }
+            PendingCredential::Pending(_) => f.write_str("Pending"),
+        }
+    }
 }
 
 impl PendingCredential {
     /// Starts the pipeline for an upgrade; cheap when nothing is presented.
-    /// A `session_id` query parameter starts the session lookup only when it
-    /// can log someone in (`--accept-query-session-id`, no token, no cookie);
-    /// otherwise it is refused on the spot, with no task and no store access.
-    pub fn start(credentials: &Arc<Credentials>, head: &RequestHead) -> PendingCredential {
-        let has_token = upgrade_token(head).is_some();
-        let mut cookie_auth = false;
-        if let (Some(sessions), false) = (credentials.sessions.as_ref(), has_token) {
-            if head.header("cookie").is_some() {
-                cookie_auth = true;
-            } else if head.query_param("session_id").is_some() {
-                if !sessions.accept_query_session_id {
-                    let error = SessionAuthError::CookieInvalid(CookieRejection::QuerySessionId);
-                    return PendingCredential::Ready(Box::new(credentials.session_refused(&error)));
-                }
-                cookie_auth = true;
+    /// Everything that needs no I/O is settled here (a bad cookie or a
+    /// `session_id` not accepted is refused on the spot, with no store
+    /// access); a store read is sent before this returns.
+    pub async fn start(credentials: &Arc<Credentials>, head: &RequestHead) -> PendingCredential {
+        let presented = match credentials.presented(head) {
+            Presented::Decided(credential) => {
+                return PendingCredential::Ready(Box::new(credential))
             }
+            presented => presented,
+        };
+        let credentials = credentials.clone();
+        let mut deciding: Deciding = Box::pin(async move { credentials.decide(presented).await });
+        // One poll with this connection task's waker: the store read leaves
+        // now, and its answer wakes this task.
+        match std::future::poll_fn(|cx| Poll::Ready(deciding.as_mut().poll(cx))).await {
+            Poll::Ready(credential) => PendingCredential::Ready(Box::new(credential)),
+            Poll::Pending => PendingCredential::Pending(deciding),
         }
-        if !cookie_auth && !has_token {
-            return PendingCredential::Ready(Box::new(Credential::Absent));
-        }
-        let (credentials, head) = (credentials.clone(), head.clone());
-        PendingCredential::Pending(tokio::spawn(async move {
-            credentials.from_upgrade(&head).await
-        }))
     }
 
     /// The decided credential.
     pub async fn resolve(self) -> Credential {
         match self {
             PendingCredential::Ready(credential) => *credential,
-            PendingCredential::Pending(task) => task.await.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "credential task failed");
-                Credential::Refused(Refusal {
-                    method: Method::Session,
-                    name: "SessionStoreUnavailableError".into(),
-                    message: "the credential could not be checked".into(),
-                    reason: "store_unavailable",
-                    fields: Box::default(),
-                    bad_token: false,
-                })
-            }),
+            PendingCredential::Pending(deciding) => deciding.await,
         }
     }
 }
@@ -754,6 +810,18 @@ mod tests {
         let renamed = session(json!({"id": 7, "name": "Carl"}));
         ended(check(Some(&object), Some(&renamed)));
         ended(check(Some(&filed(json!(7))), Some(&session(json!("7")))));
+    }
+
+    #[test]
+    fn the_session_hash_is_the_first_16_bytes_of_sha256_in_lowercase_hex() {
+        for sid in ["sid-1", "", "Ab/+=é"] {
+            let expected: String = Sha256::digest(sid.as_bytes())
+                .iter()
+                .take(16)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(session_hash(sid), expected);
+        }
     }
 
     #[test]

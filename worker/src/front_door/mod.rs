@@ -106,7 +106,9 @@ async fn front(ctx: Arc<Worker>, mut stream: TcpStream, peer: SocketAddr) -> Opt
                 refuse(&ctx, &mut stream, rejection).await;
                 return None;
             }
-            let _ = http_routes::negotiate(&ctx, &head)
+            // Boxed, like the polling transport below: the WebSocket path,
+            // which every socket takes, should not carry their state.
+            let _ = Box::pin(http_routes::negotiate(&ctx, &head))
                 .await
                 .write_to(&mut stream)
                 .await;
@@ -133,7 +135,15 @@ async fn front(ctx: Arc<Worker>, mut stream: TcpStream, peer: SocketAddr) -> Opt
                 || head.query_param("transport").as_deref() == Some("polling")
                 || head.query_param("sid").is_some() =>
         {
-            polling::serve(ctx.clone(), stream, head, rest, peer, started).await;
+            Box::pin(polling::serve(
+                ctx.clone(),
+                stream,
+                head,
+                rest,
+                peer,
+                started,
+            ))
+            .await;
             None
         }
         socketio::PATH => {
@@ -218,7 +228,7 @@ pub async fn credential_for_upgrade<P: Protocol>(
     upgraded: &Upgraded,
     protocol: &P,
 ) -> Option<Admission> {
-    let pending = PendingCredential::start(&ctx.credentials, &upgraded.head);
+    let pending = PendingCredential::start(&ctx.credentials, &upgraded.head).await;
     let auth = &ctx.config.auth;
     let reject_here = auth.require_auth && auth.reject_at_upgrade;
     let connect_here = auth.require_auth && ctx.hook_on(HookKind::Connect);
@@ -255,14 +265,15 @@ pub async fn credential_for_upgrade<P: Protocol>(
     let mut admitted = None;
     if connect_here {
         let socket_id = protocol.new_socket_id();
-        let answer = ask_connect(
+        // Boxed: the hook call's state is only needed with the hook on.
+        let answer = Box::pin(ask_connect(
             ctx,
             P::NAME,
             &socket_id,
             upgraded.peer,
             Some(&identity.claims),
             identity.session.as_ref().map(|s| s.sid.clone()),
-        )
+        ))
         .await;
         match answer {
             Err(refusal) if refusal.server_fault() || reject_here => {

@@ -158,7 +158,7 @@ pub fn run_socket<P: Protocol, W: Wire>(
         None => (protocol.new_socket_id(), None),
     };
     let (outbox, inbox) = outbox(worker.config.limits.max_send_queue as usize);
-    let sent = worker.metrics.messages.with_label_values(&["out"]);
+    let sent = worker.metrics.messages_out();
     let mut socket = Socket {
         id: id.into(),
         heartbeat: Heartbeat::new(protocol.heartbeat()),
@@ -179,7 +179,7 @@ pub fn run_socket<P: Protocol, W: Wire>(
         started: upgraded.started,
     };
     drop(upgraded);
-    let connections = worker.metrics.connections.with_label_values(&[P::NAME]);
+    let connections = worker.metrics.connections_of(P::NAME);
     drop(worker);
     async move {
         connections.inc();
@@ -373,11 +373,7 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
     }
 
     async fn on_message(&mut self, message: Message) -> Option<CloseReason> {
-        self.worker
-            .metrics
-            .messages
-            .with_label_values(&["in"])
-            .inc();
+        self.worker.metrics.message_in();
         let mut events = Vec::new();
         self.protocol
             .decode(message, self.registered, &mut self.out, &mut events);
@@ -570,10 +566,9 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
             None => {}
         }
         let authenticated = self.login.is_authenticated();
-        let handshakes = &worker.metrics.handshakes;
         if worker.config.auth.require_auth && !authenticated {
             let refusal = refusal.unwrap_or_else(credential_required);
-            handshakes.with_label_values(&["rejected", method]).inc();
+            worker.metrics.handshake("rejected", method);
             worker.metrics.reject("auth");
             return Some(
                 self.protocol
@@ -597,7 +592,7 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
             (_, _, Some(_)) | (false, _, _) => "failed",
             (true, false, None) => "anonymous",
         };
-        handshakes.with_label_values(&[outcome, method]).inc();
+        worker.metrics.handshake(outcome, method);
         if created {
             self.register();
             if !self.heartbeat.is_running() {
@@ -605,9 +600,7 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
             }
             worker
                 .metrics
-                .handshake_duration
-                .with_label_values(&[P::NAME])
-                .observe(self.started.elapsed().as_secs_f64());
+                .handshake_took(P::NAME, self.started.elapsed().as_secs_f64());
             if !connect_effects.is_empty() {
                 return self.apply_effects(connect_effects).await;
             }
@@ -631,13 +624,7 @@ impl<P: Protocol, W: Wire> Socket<P, W> {
 
     async fn on_authenticate(&mut self, token: &str, reply: ReplyTo) -> Option<CloseReason> {
         let worker = self.worker.clone();
-        let counter = |outcome: &str| {
-            worker
-                .metrics
-                .handshakes
-                .with_label_values(&[outcome, "authenticate"])
-                .inc()
-        };
+        let counter = |outcome: &str| worker.metrics.handshake(outcome, "authenticate");
         match worker.credentials.from_token(token, Method::Token).await {
             Credential::Accepted(identity) => {
                 counter("ok");

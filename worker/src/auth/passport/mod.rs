@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 
 pub use cookie::{
-    CookieRejection, CookieVerdict, DuplicateCookiePolicy, SessionCookieVerifier,
+    CookieRejection, CookieVerdict, DuplicateCookiePolicy, SessionCookieVerifier, SignedSessionId,
     DEFAULT_COOKIE_NAME,
 };
 pub use store::{
@@ -296,16 +296,36 @@ impl SessionAuthenticator {
         cookie_headers: &[&str],
         session_id_query: Option<&str>,
     ) -> SessionOutcome {
-        let signed = match self
+        match self.verify_cookie(cookie_headers, session_id_query) {
+            Ok(None) => SessionOutcome::Anonymous,
+            Err(error) => SessionOutcome::Refused(error),
+            Ok(Some(signed)) => self.login_signed(signed).await,
+        }
+    }
+
+    /// The half of [`authenticate`](Self::authenticate) that needs no I/O:
+    /// the session a request's cookie (or `session_id`) names, once its
+    /// signature verifies; `None` when nothing is presented. Lets the
+    /// upgrade settle every refusal on the spot and keep only the session
+    /// id for the store read, not the request.
+    pub fn verify_cookie(
+        &self,
+        cookie_headers: &[&str],
+        session_id_query: Option<&str>,
+    ) -> Result<Option<SignedSessionId>, SessionAuthError> {
+        match self
             .verifier
             .verify_request(cookie_headers.iter().copied(), session_id_query)
         {
-            CookieVerdict::Absent => return SessionOutcome::Anonymous,
-            CookieVerdict::Rejected(rejection) => {
-                return SessionOutcome::Refused(SessionAuthError::CookieInvalid(rejection))
-            }
-            CookieVerdict::Verified(signed) => signed,
-        };
+            CookieVerdict::Absent => Ok(None),
+            CookieVerdict::Rejected(rejection) => Err(SessionAuthError::CookieInvalid(rejection)),
+            CookieVerdict::Verified(signed) => Ok(Some(signed)),
+        }
+    }
+
+    /// The store half of [`authenticate`](Self::authenticate): the login of
+    /// a session whose cookie verified.
+    pub async fn login_signed(&self, signed: SignedSessionId) -> SessionOutcome {
         match self.login(&signed.sid).await {
             Ok((passport_user, user)) => SessionOutcome::Authenticated(SessionLogin {
                 sid: signed.sid,
@@ -332,15 +352,19 @@ impl SessionAuthenticator {
                 }
             })?
             .clone();
-        let user = self
-            .lookup
-            .resolve(&passport_user, self.store.as_ref())
-            .await
-            .map_err(|error| match error {
-                UserLookupError::NotFound => SessionAuthError::UserNotFound,
-                UserLookupError::BadRecord(why) => SessionAuthError::BadUserRecord(why),
-                UserLookupError::Unavailable(why) => SessionAuthError::UserLookupUnavailable(why),
-            })?;
+        let user = if self.lookup.reads_a_record() {
+            // Boxed: the lookup's state (an HTTP exchange, a Redis read)
+            // would otherwise size every cookie login's state machine, the
+            // default one that reads no record included.
+            Box::pin(self.lookup.resolve(&passport_user, self.store.as_ref())).await
+        } else {
+            Ok(user::user_as_is(&passport_user))
+        };
+        let user = user.map_err(|error| match error {
+            UserLookupError::NotFound => SessionAuthError::UserNotFound,
+            UserLookupError::BadRecord(why) => SessionAuthError::BadUserRecord(why),
+            UserLookupError::Unavailable(why) => SessionAuthError::UserLookupUnavailable(why),
+        })?;
         Ok((passport_user, user))
     }
 }
