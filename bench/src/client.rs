@@ -244,6 +244,26 @@ pub fn call_reply(protocol: Protocol, id: u64, seq: u64, text: &str) -> Option<C
     }
 }
 
+/// Lets `connect` pick the local port, not `bind` (`IP_BIND_ADDRESS_NO_PORT`):
+/// a port chosen at bind time must be free for every destination, and the
+/// kernel's search for one grew with every socket the scale run held (perf:
+/// most of the machine in `inet_bhash2_conflict` past 50,000 sockets).
+fn defer_port_choice(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor this socket owns, reading one c_int
+    // that lives across the call; failure only means the slower bind path.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn close_code(frame: &Option<CloseFrame>) -> Option<u16> {
     frame.as_ref().map(|f| u16::from(f.code))
 }
@@ -268,6 +288,7 @@ impl Connection {
                         IpAddr::V4(_) => TcpSocket::new_v4()?,
                         IpAddr::V6(_) => TcpSocket::new_v6()?,
                     };
+                    defer_port_choice(&socket);
                     socket.bind(SocketAddr::new(ip, 0))?;
                     socket.connect(addr).await
                 }
