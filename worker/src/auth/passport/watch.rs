@@ -276,12 +276,18 @@ impl SessionWatcher {
             .find(|e| e.passport_user == *passport_user)
         {
             Some(entry) => entry.sockets += 1,
-            None => entries.push(WatchEntry {
-                passport_user: passport_user.clone(),
-                user: user.map(|user| Box::new(user.clone())),
-                sockets: 1,
-                since,
-            }),
+            None => {
+                // Room for exactly this one: a session almost always holds
+                // one login, and `push` alone would reserve four (issue 19,
+                // massif: ~700 bytes per idle socket in this list).
+                entries.reserve_exact(1);
+                entries.push(WatchEntry {
+                    passport_user: passport_user.clone(),
+                    user: user.map(|user| Box::new(user.clone())),
+                    sockets: 1,
+                    since,
+                })
+            }
         }
         set.pending.insert(sid.to_owned());
     }
@@ -713,6 +719,19 @@ mod tests {
         assert_eq!(merged_keyspace_flags("AK"), None);
         assert_eq!(merged_keyspace_flags("gxK$e"), None);
         assert_eq!(merged_keyspace_flags("AE").as_deref(), Some("AEK"));
+    }
+
+    #[tokio::test]
+    async fn a_watched_session_keeps_room_for_one_login_only() {
+        let t = setup(&[], Duration::from_secs(60)).await;
+        t.watcher.watch("one", &json!(7));
+        t.watcher.watch("one", &json!(7));
+        t.watcher.watch("two", &json!(8));
+        t.watcher.watch("two", &json!(9));
+        let set = t.watcher.shared.lock();
+        assert_eq!(set.by_sid["one"].capacity(), 1);
+        assert_eq!(set.by_sid["one"][0].sockets, 2);
+        assert_eq!(set.by_sid["two"].len(), 2);
     }
 
     #[test]
