@@ -16,7 +16,7 @@ use crate::client::{Connection, Outcome};
 use crate::histogram::{Histogram, LatencySummary};
 use crate::polling::PollingSocket;
 use crate::procstat::{own_cpu, sample_tree};
-use crate::target::{CredentialBook, Target};
+use crate::target::{AuthMode, CredentialBook, Target};
 
 /// How attempts are started.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -79,7 +79,8 @@ pub struct HandshakeResult {
     pub server_cpu_ms_per_op: f64,
     /// Generator CPU per `ok` attempt, ms.
     pub generator_cpu_ms_per_op: f64,
-    /// The shared redis-server's CPU per `ok` attempt, ms (absent without its pid).
+    /// The shared redis-server's CPU per `ok` attempt, ms (absent without its
+    /// pid, and for a server whose logins do not use Redis).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_cpu_ms_per_op: Option<f64>,
     /// One example of a wrong outcome or error, for the log.
@@ -289,7 +290,12 @@ pub async fn run(
         latency: shared.histogram.summary(),
         server_cpu_ms_per_op: per_op(server_cpu),
         generator_cpu_ms_per_op: per_op(generator_cpu),
-        store_cpu_ms_per_op: params.store_pid.map(|_| per_op(store_cpu)),
+        // A server whose logins never touch Redis (the bare one) gets no
+        // figure: what redis-server did meanwhile is not its cost.
+        store_cpu_ms_per_op: params
+            .store_pid
+            .filter(|_| target.auth != AuthMode::None)
+            .map(|_| per_op(store_cpu)),
         first_problem: shared.first_problem.lock().ok().and_then(|s| s.clone()),
         attempts_all: shared.next_login.load(Ordering::Relaxed) as u64,
         http_requests_all: shared.http_requests.load(Ordering::Relaxed),
