@@ -10,6 +10,7 @@ mod credentials;
 mod fleet;
 mod histogram;
 mod http;
+mod outputs;
 mod pinning;
 mod polling;
 mod procstat;
@@ -265,16 +266,8 @@ fn run_suite(args: SuiteArgs) -> ExitCode {
         .clone()
         .unwrap_or_else(|| ServerKind::ALL.to_vec());
     let meta = machine_meta(&args, &caps);
-    // One thread: the generator must leave the cores to the servers it measures.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("[bench] no runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::outputs::generator_runtime("bench") else {
+        return ExitCode::FAILURE;
     };
     let output = match runtime.block_on(suite::run(&env, &servers, &params, meta, args.paths.redis))
     {
@@ -293,23 +286,19 @@ fn run_suite(args: SuiteArgs) -> ExitCode {
     let json = serde_json::to_string_pretty(&output).unwrap_or_default();
     let md = report::markdown(&output);
     let writes = [
-        (args.paths.out.join(format!("{stem}.json")), &json),
-        (args.paths.out.join(format!("{stem}.md")), &md),
+        (args.paths.out.join(format!("{stem}.json")), json.as_str()),
+        (args.paths.out.join(format!("{stem}.md")), md.as_str()),
         (
             args.paths.out.join(if args.smoke {
                 "smoke-latest.md"
             } else {
                 "latest.md"
             }),
-            &md,
+            md.as_str(),
         ),
     ];
-    for (path, text) in writes {
-        if let Err(e) = std::fs::write(&path, text) {
-            eprintln!("[bench] cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-        eprintln!("[bench] wrote {}", path.display());
+    if !outputs::write_files("bench", &writes) {
+        return ExitCode::FAILURE;
     }
     println!("{md}");
     if suite::all_ran(&output) {

@@ -89,6 +89,21 @@ fn publish_command(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Reads until at least `lines` RESP lines have arrived; returns all bytes read
+/// (which may run past them).
+async fn read_lines(stream: &mut TcpStream, lines: usize) -> std::io::Result<Vec<u8>> {
+    let mut buffer = [0u8; 4096];
+    let mut seen = Vec::new();
+    while seen.iter().filter(|&&b| b == b'\n').count() < lines {
+        let n = stream.read(&mut buffer).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    Ok(seen)
+}
+
 /// Subscribes and counts the bytes that arrive after the confirmation.
 async fn subscriber(redis: SocketAddr, received: Arc<AtomicU64>) -> std::io::Result<()> {
     let mut stream = TcpStream::connect(redis).await?;
@@ -98,15 +113,7 @@ async fn subscriber(redis: SocketAddr, received: Arc<AtomicU64>) -> std::io::Res
     );
     stream.write_all(command.as_bytes()).await?;
     // The confirmation: `*3 $9 subscribe $<n> <channel> :1`, six lines.
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut seen = Vec::new();
-    while seen.iter().filter(|&&b| b == b'\n').count() < 6 {
-        let n = stream.read(&mut buffer).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        seen.extend_from_slice(&buffer[..n]);
-    }
+    let seen = read_lines(&mut stream, 6).await?;
     let confirmation = seen
         .iter()
         .enumerate()
@@ -114,6 +121,7 @@ async fn subscriber(redis: SocketAddr, received: Arc<AtomicU64>) -> std::io::Res
         .nth(5)
         .map_or(seen.len(), |(i, _)| i + 1);
     received.fetch_add((seen.len() - confirmation) as u64, Ordering::Relaxed);
+    let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let n = stream.read(&mut buffer).await?;
         if n == 0 {
@@ -268,16 +276,8 @@ async fn subscriber_count(redis: SocketAddr) -> std::io::Result<usize> {
         CHANNEL.len()
     );
     stream.write_all(command.as_bytes()).await?;
-    let mut buffer = [0u8; 512];
-    let mut seen = Vec::new();
     // `*2 $<n> <channel> :<count>`: the count is the last line.
-    while seen.iter().filter(|&&b| b == b'\n').count() < 4 {
-        let n = stream.read(&mut buffer).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        seen.extend_from_slice(&buffer[..n]);
-    }
+    let seen = read_lines(&mut stream, 4).await?;
     let text = String::from_utf8_lossy(&seen);
     Ok(text
         .lines()
@@ -292,15 +292,8 @@ pub fn main(mut args: CeilingArgs) -> ExitCode {
         args.seconds = 1.0;
         args.subscribers = vec![0, 2];
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("[redis-ceiling] no runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::outputs::generator_runtime("redis-ceiling") else {
+        return ExitCode::FAILURE;
     };
     // redis-server on one core, the generator on another: the row then shows
     // one Redis command thread's ceiling, not what was left of a shared core.
@@ -361,11 +354,9 @@ pub fn main(mut args: CeilingArgs) -> ExitCode {
         ));
     }
     let path = args.paths.out.join(format!("redis-ceiling-{stamp}.md"));
-    if let Err(e) = std::fs::write(&path, &md) {
-        eprintln!("[redis-ceiling] cannot write {}: {e}", path.display());
+    if !crate::outputs::write_files("redis-ceiling", &[(path, md.as_str())]) {
         return ExitCode::FAILURE;
     }
-    eprintln!("[redis-ceiling] wrote {}", path.display());
     println!("{md}");
     if rows.iter().all(|r| r.all_delivered) {
         ExitCode::SUCCESS

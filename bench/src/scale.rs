@@ -628,23 +628,13 @@ pub fn main(args: ScaleArgs) -> ExitCode {
     );
     let env = Environment::new(&args.paths, PathBuf::new(), PathBuf::new());
     let stamp = crate::utc_stamp();
-    let meta = serde_json::json!({
-        "date": stamp,
-        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "sockhive": env.caps.version,
-        "commit": std::env::var("BENCH_SOCKHIVE_COMMIT").unwrap_or_default(),
-        "open_file_limit": fd_limit,
-        "wrapper": std::env::var("BENCH_SOCKHIVE_WRAPPER").unwrap_or_default(),
-    });
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("[scale] no runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let mut meta = crate::outputs::run_meta(&stamp, &env.caps.version);
+    meta["open_file_limit"] = fd_limit.into();
+    meta["wrapper"] = std::env::var("BENCH_SOCKHIVE_WRAPPER")
+        .unwrap_or_default()
+        .into();
+    let Some(runtime) = crate::outputs::generator_runtime("scale") else {
+        return ExitCode::FAILURE;
     };
     let output = match runtime.block_on(run(&env, &params, meta)) {
         Ok(output) => output,
@@ -660,15 +650,12 @@ pub fn main(args: ScaleArgs) -> ExitCode {
     };
     let md = markdown(&output);
     let json = serde_json::to_string_pretty(&output).unwrap_or_default();
-    for (path, text) in [
-        (args.paths.out.join(format!("{stem}.json")), &json),
-        (args.paths.out.join(format!("{stem}.md")), &md),
-    ] {
-        if let Err(e) = std::fs::write(&path, text) {
-            eprintln!("[scale] cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-        eprintln!("[scale] wrote {}", path.display());
+    let files = [
+        (args.paths.out.join(format!("{stem}.json")), json.as_str()),
+        (args.paths.out.join(format!("{stem}.md")), md.as_str()),
+    ];
+    if !crate::outputs::write_files("scale", &files) {
+        return ExitCode::FAILURE;
     }
     println!("{md}");
     if output.complete() {
@@ -683,15 +670,8 @@ pub fn main(args: ScaleArgs) -> ExitCode {
 /// them all and answers `closed <dropped>`; `exit` or the end of stdin ends it.
 pub fn holder_main(args: HolderArgs) -> ExitCode {
     procstat::raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("[scale-holder] no runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::outputs::generator_runtime("scale-holder") else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(hold(args));
     ExitCode::SUCCESS

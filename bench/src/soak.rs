@@ -554,24 +554,10 @@ pub fn main(args: SoakArgs) -> ExitCode {
     }
     // The soak runs sockhive only: no bare server, no Node peers.
     let env = Environment::new(&args.paths, PathBuf::new(), PathBuf::new());
-    let caps = env.caps.clone();
     let stamp = crate::utc_stamp();
-    let meta = serde_json::json!({
-        "date": stamp,
-        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "sockhive": caps.version,
-        "commit": std::env::var("BENCH_SOCKHIVE_COMMIT").unwrap_or_default(),
-    });
-    // One thread, as in the suite: the generator leaves the other core to the server.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("[soak] no runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let meta = crate::outputs::run_meta(&stamp, &env.caps.version);
+    let Some(runtime) = crate::outputs::generator_runtime("soak") else {
+        return ExitCode::FAILURE;
     };
     let output = match runtime.block_on(run(&env, &params, meta)) {
         Ok(output) => output,
@@ -587,15 +573,12 @@ pub fn main(args: SoakArgs) -> ExitCode {
     };
     let md = markdown(&output);
     let json = serde_json::to_string_pretty(&output).unwrap_or_default();
-    for (path, text) in [
-        (args.paths.out.join(format!("{stem}.json")), &json),
-        (args.paths.out.join(format!("{stem}.md")), &md),
-    ] {
-        if let Err(e) = std::fs::write(&path, text) {
-            eprintln!("[soak] cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-        eprintln!("[soak] wrote {}", path.display());
+    let files = [
+        (args.paths.out.join(format!("{stem}.json")), json.as_str()),
+        (args.paths.out.join(format!("{stem}.md")), md.as_str()),
+    ];
+    if !crate::outputs::write_files("soak", &files) {
+        return ExitCode::FAILURE;
     }
     println!("{md}");
     if output.verdict.passed() {
