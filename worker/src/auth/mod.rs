@@ -37,9 +37,11 @@ use passport::{
 use prometheus::{IntCounter, IntCounterVec};
 use sockhive_shared::metrics::CounterTable;
 
+pub mod claims;
 pub mod jwt;
 pub mod passport;
 
+pub use claims::Claims;
 pub use jwt::{now_unix, Auth};
 
 /// How the credential was presented (the `method` label of handshake metrics).

@@ -5,7 +5,7 @@
 //! only the application layer is swapped: a connection goes through the same
 //! head reading (the front door's `read_request`: head time and size limits),
 //! upgrade checks and 101 (its `upgrade`: origin, handshake headers,
-//! `--max-connections`, the credential step, and `websocket_config`'s
+//! `--max-connections`, the credential step, and `ws_limits`'
 //! production frame and message limits), the same socket core
 //! ([`run_socket`]: its read loop, its mapping of read errors to endings, its
 //! close and lingering close through
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sockhive_shared::channel_rules::ChannelRules;
 use sockhive_shared::config::{Config, Limits};
 use tokio::net::TcpStream;
@@ -168,7 +168,7 @@ impl Protocol for Echo {
 
     fn authenticate_reply(&mut self, _: &mut Out, _: ReplyTo, _: Result<(), &Refusal>) {}
 
-    fn token_issued(&mut self, _: &mut Out, _: &str, _: Option<&Map<String, Value>>) {}
+    fn token_issued(&mut self, _: &mut Out, _: &str, _: Option<&crate::auth::Claims>) {}
 
     fn deauthenticated(&mut self, _: &mut Out, _: &str, _: &str) {}
 

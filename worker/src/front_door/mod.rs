@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 use sockhive_shared::http::{self, HeadError, RequestHead};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 
 pub mod echo;
 pub mod http_routes;
@@ -27,7 +25,7 @@ use crate::auth::{Credential, PendingCredential};
 use crate::protocol::{socketcluster, socketio};
 use crate::socket::app_calls::ask_connect;
 use crate::socket::{run_socket, Admission, Admitted, Protocol};
-use crate::transport::{linger, Rewind, Upgraded, Ws};
+use crate::transport::{linger, Upgraded, WebSocket, Ws, WsLimits};
 use crate::Worker;
 use upgrade::Rejection;
 
@@ -73,19 +71,22 @@ pub async fn serve(ctx: Arc<Worker>, stream: TcpStream, peer: SocketAddr) {
     session.await;
 }
 
+/// A socket's session, in an allocation of its own protocol's size.
+type Session = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// The socket's session future for a handover, and the connection's guard.
-fn start_session(
-    ctx: Arc<Worker>,
-    handover: Handover,
-) -> (impl std::future::Future<Output = ()>, OpenConnection) {
-    use futures_util::future::Either;
+///
+/// Boxed (issue 19): the connection's task then holds a pointer, so a
+/// SocketCluster socket does not carry the room of the larger Socket.IO
+/// session (about 280 bytes per socket).
+fn start_session(ctx: Arc<Worker>, handover: Handover) -> (Session, OpenConnection) {
     match handover {
         Handover::SocketCluster(ws, upgraded, open, admission, protocol) => (
-            Either::Left(run_socket(ctx, ws, upgraded, admission, protocol)),
+            Box::pin(run_socket(ctx, ws, upgraded, admission, protocol)),
             open,
         ),
         Handover::SocketIo(ws, upgraded, open, admission, protocol) => (
-            Either::Right(run_socket(ctx, ws, upgraded, admission, protocol)),
+            Box::pin(run_socket(ctx, ws, upgraded, admission, protocol)),
             open,
         ),
     }
@@ -271,7 +272,7 @@ pub async fn credential_for_upgrade<P: Protocol>(
             P::NAME,
             &socket_id,
             upgraded.peer,
-            Some(&identity.claims),
+            Some(&crate::auth::Claims::new(&identity.claims)),
             identity.session.as_ref().map(|s| s.sid.clone()),
         ))
         .await;
@@ -319,17 +320,12 @@ async fn upgrade<P: Protocol>(
     {
         return None;
     }
-    let ws = WebSocketStream::from_raw_socket(
-        Rewind::new(stream, rest),
-        Role::Server,
-        Some(websocket_config(ctx)),
-    )
-    .await;
+    let ws = WebSocket::new(stream, rest, ws_limits(ctx));
     Some((ws, guard, admission))
 }
 
 /// How many bytes of frames a socket gathers before writing them (see
-/// [`websocket_config`]).
+/// [`ws_limits`]).
 const WRITE_COALESCE_BYTES: usize = 4096;
 
 /// Counts a new socket against `--max-connections`; the guard uncounts it.
@@ -347,24 +343,17 @@ fn admit_connection(ctx: &Arc<Worker>) -> Result<OpenConnection, Rejection> {
     Ok(guard)
 }
 
-/// The WebSocket limits of every socket: frame and message capped at `max_payload`.
-pub(crate) fn websocket_config(ctx: &Worker) -> WebSocketConfig {
-    let max = ctx.config.limits.max_payload as usize;
-    WebSocketConfig::default()
-        // 1 KiB: the buffer lives as long as the socket, and an idle socket's
-        // memory is dominated by such buffers (measured by bench/ idle: 4 KiB
-        // cost ~3 KiB more per socket with no fan-out gain). Protocol frames
-        // are small; a larger message just takes more reads.
-        .read_buffer_size(1024)
+/// The WebSocket limits of every socket: frame and message capped at
+/// `max_payload`.
+pub(crate) fn ws_limits(ctx: &Worker) -> WsLimits {
+    WsLimits {
+        max_message: ctx.config.limits.max_payload as usize,
         // The socket's loop takes every queued delivery before it writes
-        // (its select is biased towards the outbox), and the frames are
-        // gathered here and leave in one write of up to this size at the
-        // flush, instead of one send per frame. Small, because the buffer
-        // keeps its capacity for the socket's life once a burst has grown it.
-        .write_buffer_size(WRITE_COALESCE_BYTES)
-        .max_write_buffer_size(ctx.config.limits.max_send_queue as usize)
-        .max_frame_size(Some(max))
-        .max_message_size(Some(max))
+        // (its select is biased towards the outbox): the frames are gathered
+        // and leave in one write of about this size, or at the flush,
+        // instead of one send per frame.
+        write_coalesce: WRITE_COALESCE_BYTES,
+    }
 }
 
 /// Counts a refusal and sends its response, if it has one.

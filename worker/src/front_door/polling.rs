@@ -14,15 +14,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sockhive_shared::http::{self, RequestHead, Response};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 use super::upgrade;
-use super::{admit_connection, credential_for_upgrade, refuse, slimmed, websocket_config};
+use super::{admit_connection, credential_for_upgrade, refuse, slimmed, ws_limits};
 use crate::protocol::socketio::{self, codec};
 use crate::socket::run_socket;
 use crate::transport::polling::{PollRefusal, PollingSession};
-use crate::transport::{linger, Rewind, Upgraded};
+use crate::transport::{linger, Upgraded, WebSocket};
 use crate::Worker;
 use sockhive_shared::ipc::{PollAnswer, PollCall, ToMaster};
 
@@ -528,12 +526,7 @@ async fn upgrade_session(
     {
         return;
     }
-    let ws = WebSocketStream::from_raw_socket(
-        Rewind::new(stream, rest),
-        Role::Server,
-        Some(websocket_config(ctx)),
-    )
-    .await;
+    let ws = WebSocket::new(stream, rest, ws_limits(ctx));
     if let Err(refusal) = session.offer_upgrade(ws) {
         tracing::debug!(%refusal, "an upgrade for a session that cannot take it");
     }

@@ -13,6 +13,7 @@ use sockhive_shared::filter::{user_id_index_key, Filter};
 use sockhive_shared::ipc::ToMaster;
 
 use super::outbox::{Outbound, Outbox};
+use crate::auth::Claims;
 use crate::master_link::MasterLink;
 
 /// What the worker knows about one open socket.
@@ -27,7 +28,7 @@ pub struct SocketEntry {
     /// The verified JWT claims, `None` when anonymous: the socket's own
     /// login, shared (issue 19: one copy per socket). Records derive
     /// `logged_in`, `user` and `auth` from it ([`login_view`]).
-    pub login: Option<Arc<Map<String, Value>>>,
+    pub login: Option<Claims>,
     /// Channels the socket is subscribed to.
     pub channels: BTreeSet<String>,
     /// The socket's own key-value session (admin API `PATCH .../session`).
@@ -66,8 +67,8 @@ struct Inner {
 /// `logged_in`, `user` and `auth` as records show them, from a socket's
 /// verified claims (the same for every protocol): `user` is `{"id": sub}`
 /// plus the claims' `user` object.
-pub fn login_view(claims: Option<&Map<String, Value>>) -> (bool, Value, Value) {
-    let Some(claims) = claims else {
+pub fn login_view(claims: Option<&Claims>) -> (bool, Value, Value) {
+    let Some(claims) = claims.map(Claims::to_map) else {
         return (false, Value::Null, Value::Null);
     };
     let mut user = Map::new();
@@ -79,7 +80,7 @@ pub fn login_view(claims: Option<&Map<String, Value>>) -> (bool, Value, Value) {
             user.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
-    (true, Value::Object(user), Value::Object(claims.clone()))
+    (true, Value::Object(user), Value::Object(claims))
 }
 
 impl SocketEntry {
@@ -88,7 +89,7 @@ impl SocketEntry {
         protocol: &'static str,
         peer: std::net::SocketAddr,
         outbox: Outbox,
-        login: Option<Arc<Map<String, Value>>>,
+        login: Option<Claims>,
         web_session: Option<String>,
     ) -> SocketEntry {
         SocketEntry {
@@ -107,12 +108,12 @@ impl SocketEntry {
 /// The ids a socket is indexed under: its user's id and its token's subject
 /// (`user.id` is `sub`, else the claims' `user.id`: see [`login_view`]).
 fn user_keys(entry: &SocketEntry) -> Vec<String> {
-    let Some(claims) = entry.login.as_deref() else {
+    let Some(claims) = entry.login.as_ref() else {
         return Vec::new();
     };
-    let sub = claims.get("sub");
-    let user_id = sub.or_else(|| claims.get("user").and_then(|user| user.get("id")));
-    let mut keys: Vec<String> = [user_id, sub]
+    let (sub, user_id) = claims.ids();
+    let user_id = sub.as_ref().or(user_id.as_ref());
+    let mut keys: Vec<String> = [user_id, sub.as_ref()]
         .into_iter()
         .flatten()
         .filter_map(user_id_index_key)
@@ -304,12 +305,7 @@ impl SocketRegistry {
     }
 
     /// Records a socket's new login state (or its loss).
-    pub fn set_login(
-        &self,
-        id: &str,
-        login: Option<Arc<Map<String, Value>>>,
-        web_session: Option<String>,
-    ) {
+    pub fn set_login(&self, id: &str, login: Option<Claims>, web_session: Option<String>) {
         self.update(id, |entry| {
             entry.login = login;
             entry.web_session = web_session;
@@ -333,7 +329,7 @@ impl SocketRegistry {
         inner
             .entries
             .values()
-            .filter_map(|entry| entry.login.as_ref().map(Arc::strong_count))
+            .filter_map(|entry| entry.login.as_ref().map(Claims::holders))
             .collect()
     }
 
@@ -349,7 +345,7 @@ impl SocketRegistry {
 
     /// The record of one socket, as the admin API shows it.
     pub fn record(&self, id: &str, entry: &SocketEntry) -> Value {
-        let (logged_in, user, auth) = login_view(entry.login.as_deref());
+        let (logged_in, user, auth) = login_view(entry.login.as_ref());
         json!({
             "id": id,
             "node": self.node,
@@ -440,11 +436,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn claims(claims: Value) -> Arc<Map<String, Value>> {
+    fn claims(claims: Value) -> Claims {
         let Value::Object(claims) = claims else {
             unreachable!("an object")
         };
-        Arc::new(claims)
+        Claims::new(&claims)
     }
 
     fn entry(user: Value) -> SocketEntry {

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sockhive_shared::channel_rules::ChannelAction;
 use tokio::time::Instant;
 
@@ -19,7 +19,7 @@ use super::membership::{ChannelRefusal, Membership};
 use super::protocol::{AppEvent, Protocol, ReplyError, ReplyTo};
 use super::{CloseReason, Socket};
 use crate::app::{Effect, HookAnswer, HookCall, HookFailure, HookFuture, HookKind};
-use crate::auth::{Method, Refusal};
+use crate::auth::{Claims, Method, Refusal};
 use crate::hub::outbox::outbox;
 use crate::hub::registry::SocketEntry;
 use crate::transport::Wire;
@@ -151,15 +151,14 @@ pub async fn ask_connect(
     protocol: &'static str,
     id: &str,
     peer: SocketAddr,
-    claims: Option<&Map<String, Value>>,
+    claims: Option<&Claims>,
     web_session: Option<String>,
 ) -> Result<Vec<Effect>, Refusal> {
     let Some(app) = worker.app.clone() else {
         return Ok(Vec::new());
     };
     let (outbox, _) = outbox(0);
-    let login = claims.map(|claims| std::sync::Arc::new(claims.clone()));
-    let entry = SocketEntry::new(protocol, peer, outbox, login, web_session);
+    let entry = SocketEntry::new(protocol, peer, outbox, claims.cloned(), web_session);
     let record = worker.sockets.record(id, &entry);
     drop(entry);
     let limit = worker.config.hooks.hook_timeout.min(CONNECT_TIMEOUT_CAP);

@@ -6,7 +6,6 @@
 //! session decides, through the logout watch. With `--token-renew-before`
 //! the token is re-signed that long before `exp` and handed to the client.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -14,14 +13,15 @@ use tokio::time::Instant;
 
 use crate::auth::now_unix;
 use crate::auth::passport::SessionLogin;
-use crate::auth::Identity;
+use crate::auth::{Claims, Identity};
 use crate::Worker;
 
 /// A verified login.
 #[derive(Debug)]
 struct LoggedIn {
-    /// Shared with the socket's registry entry: one copy per socket (issue 19).
-    claims: Arc<Map<String, Value>>,
+    /// Shared with the socket's registry entry: one copy per socket, as
+    /// compact text (issue 19).
+    claims: Claims,
     /// When the login stops being valid, when its token bounds it.
     expires_at: Option<Instant>,
     /// When to re-sign and hand out a fresh token.
@@ -75,12 +75,12 @@ fn clock(
 
 impl Login {
     /// The verified claims, if logged in.
-    pub fn claims(&self) -> Option<&Map<String, Value>> {
-        self.state.as_ref().map(|s| &*s.claims)
+    pub fn claims(&self) -> Option<&Claims> {
+        self.state.as_ref().map(|s| &s.claims)
     }
 
     /// The verified claims as the registry keeps them: the same allocation.
-    pub fn shared_claims(&self) -> Option<Arc<Map<String, Value>>> {
+    pub fn shared_claims(&self) -> Option<Claims> {
         self.state.as_ref().map(|s| s.claims.clone())
     }
 
@@ -125,7 +125,7 @@ impl Login {
             worker.credentials.jwt.renew_before,
         );
         self.state = Some(Box::new(LoggedIn {
-            claims: Arc::new(claims),
+            claims: Claims::new(&claims),
             expires_at,
             renew_at,
             session,
@@ -175,21 +175,26 @@ impl Login {
         let state = self.state.as_mut()?;
         state.session.as_ref()?;
         // The registry's copy follows at the next `set_login`.
-        let claims = Arc::make_mut(&mut state.claims);
+        let mut claims = state.claims.to_map();
         match crate::auth::channels_claim(&user) {
             Some(channels) => claims.insert("channels".into(), channels),
             None => claims.remove("channels"),
         };
         claims.insert("user".into(), user);
-        self.renew(worker)
+        self.renew_from(worker, claims)
     }
 
     /// Re-signs the login's claims with a fresh lifetime; the new token, or
     /// `None` when signing is impossible (the login then runs out as it would
     /// have without renewal).
     pub fn renew(&mut self, worker: &Worker) -> Option<String> {
+        let claims = self.state.as_ref()?.claims.to_map();
+        self.renew_from(worker, claims)
+    }
+
+    /// [`Login::renew`] with these claims.
+    fn renew_from(&mut self, worker: &Worker, mut claims: Map<String, Value>) -> Option<String> {
         let state = self.state.as_mut()?;
-        let mut claims = (*state.claims).clone();
         claims.remove("iat");
         claims.remove("exp");
         let signed = worker
@@ -216,7 +221,7 @@ impl Login {
             worker.config.auth.jwt_leeway,
             worker.credentials.jwt.renew_before,
         );
-        state.claims = Arc::new(fresh);
+        state.claims = Claims::new(&fresh);
         state.expires_at = expires_at;
         state.renew_at = renew_at;
         Some(token)

@@ -10,12 +10,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sockhive_shared::channel_rules::{ChannelAction, Verdict};
 use sockhive_shared::config::{ChannelAuth, ChannelConfig, HookKind};
 
 use super::protocol::ReplyError;
 use super::publish_acks::Ack;
+use crate::auth::Claims;
 use crate::hub::channels::DeliveryEncoder;
 use crate::hub::outbox::Outbox;
 use crate::Worker;
@@ -86,7 +87,7 @@ impl ChannelRefusal {
 #[derive(Debug, Clone, Copy)]
 pub struct Subject<'a> {
     /// The login's claims, if any.
-    pub claims: Option<&'a Map<String, Value>>,
+    pub claims: Option<&'a Claims>,
     /// The socket's record for channel rules.
     pub record: &'a Value,
 }
@@ -118,7 +119,8 @@ pub enum Decision {
 /// a channel no claim lists or no rule matches) and the action's hook is on,
 /// the application decides.
 ///
-/// Hot path (every subscribe and publish): no allocation.
+/// Hot path (every subscribe and publish): no allocation, except reading
+/// the claims under `claims`.
 pub fn decide(
     worker: &Worker,
     action: ChannelAction,
@@ -155,11 +157,7 @@ pub fn decide(
 
 /// The `--channel-auth claims` rule: a channel is usable when it is public or
 /// listed in the token's `channels` claim.
-fn claims_allow(
-    config: &ChannelConfig,
-    claims: Option<&Map<String, Value>>,
-    channel: &str,
-) -> bool {
+fn claims_allow(config: &ChannelConfig, claims: Option<&Claims>, channel: &str) -> bool {
     if config
         .public_channel
         .iter()
@@ -167,15 +165,19 @@ fn claims_allow(
     {
         return true;
     }
-    let listed = claims
-        .and_then(|c| c.get("channels"))
-        .and_then(Value::as_array);
-    listed.is_some_and(|entries| {
-        entries
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|p| pattern_covers(p, channel))
-    })
+    let Some(mut claims) = claims.map(Claims::to_map) else {
+        return false;
+    };
+    let listed = claims.remove("channels");
+    listed
+        .as_ref()
+        .and_then(Value::as_array)
+        .is_some_and(|entries| {
+            entries
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|p| pattern_covers(p, channel))
+        })
 }
 
 /// Refuses a name over `--max-channel-length` before anything copies it.
@@ -357,8 +359,9 @@ mod tests {
             public_channel: vec!["public:*".into()],
             rule: Vec::new(),
         };
-        let claims: Map<String, Value> =
+        let claims: serde_json::Map<String, Value> =
             serde_json::from_str(r#"{"channels":["room:1","team:*"]}"#).unwrap();
+        let claims = Claims::new(&claims);
         assert!(claims_allow(&config, Some(&claims), "room:1"));
         assert!(claims_allow(&config, Some(&claims), "team:red"));
         assert!(claims_allow(&config, None, "public:news"));

@@ -10,13 +10,13 @@
 use std::borrow::Cow;
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::ending::CloseReason;
 use super::heartbeat::HeartbeatPolicy;
 use super::writer::Out;
-use crate::auth::Refusal;
+use crate::auth::{Claims, Refusal};
 use crate::hub::channels::DeliveryEncoder;
 
 /// Names the request a reply answers: SocketCluster's `cid`, Socket.IO's ack id.
@@ -150,7 +150,7 @@ pub struct HandshakeLogin<'a> {
     pub token: Option<&'a str>,
     /// The login's verified claims (an adapter that tells the client who it
     /// is derives the record's `user` from them, only then).
-    pub claims: Option<&'a Map<String, Value>>,
+    pub claims: Option<&'a Claims>,
 }
 
 /// A wire protocol, seen from the socket core. One value per socket holds
@@ -202,7 +202,7 @@ pub trait Protocol: Send + 'static {
     fn authenticate_reply(&mut self, out: &mut Out, reply: ReplyTo, result: Result<(), &Refusal>);
     /// Hands the client a token it should store (login, renewal), with the
     /// claims of who it now is.
-    fn token_issued(&mut self, out: &mut Out, token: &str, claims: Option<&Map<String, Value>>);
+    fn token_issued(&mut self, out: &mut Out, token: &str, claims: Option<&Claims>);
     /// Tells the client the server ended its login (expiry, logout, bad token).
     fn deauthenticated(&mut self, out: &mut Out, name: &str, message: &str);
     /// Tells the client it was removed from a channel.

@@ -7,14 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::{Sink, Stream, StreamExt};
+use futures_util::{Sink, Stream};
 use tokio_tungstenite::tungstenite::error::Error as WsError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-use super::{linger, truncated, write_raw_close, Transport, Ws, MAX_CLOSE_REASON};
 
 /// How long a closed connection keeps reading and discarding, so the close
 /// frame is not destroyed by a reset (interface.md: lingering close).
@@ -43,37 +38,4 @@ pub trait Wire:
         grace: Duration,
         ending: Ending,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
-}
-
-impl<S: Transport> Wire for Ws<S> {
-    fn end(
-        &mut self,
-        close: Option<(u16, String)>,
-        grace: Duration,
-        ending: Ending,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            let frame = close.as_ref().map(|(code, text)| CloseFrame {
-                code: CloseCode::from(*code),
-                reason: truncated(text, MAX_CLOSE_REASON).to_string().into(),
-            });
-            let sent = tokio::time::timeout(grace, WebSocketStream::close(self, frame)).await;
-            if ending == Ending::Abrupt {
-                return;
-            }
-            if !matches!(sent, Ok(Ok(()))) {
-                // tungstenite refuses to write after a read error (an
-                // oversized frame above all): write the close frame ourselves.
-                let raw = close.as_ref().map(|(code, text)| (*code, text.as_str()));
-                let _ = tokio::time::timeout(grace, write_raw_close(self.get_mut(), raw)).await;
-            } else {
-                // Wait for the client's close frame, then the lingering close.
-                let _ = tokio::time::timeout(grace, async {
-                    while let Some(Ok(_)) = self.next().await {}
-                })
-                .await;
-            }
-            linger(self.get_mut(), LINGER).await;
-        })
-    }
 }

@@ -326,12 +326,7 @@ impl Protocol for SocketCluster {
         });
     }
 
-    fn token_issued(
-        &mut self,
-        out: &mut Out,
-        token: &str,
-        _claims: Option<&serde_json::Map<String, Value>>,
-    ) {
+    fn token_issued(&mut self, out: &mut Out, token: &str, _claims: Option<&crate::auth::Claims>) {
         if self.pending_token.is_some() {
             // Still waiting for the first pong: the newer token replaces it.
             self.pending_token = Some(token.to_string());

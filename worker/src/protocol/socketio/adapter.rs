@@ -20,7 +20,7 @@ use super::codec::{
     self, close_code, disconnect_reason, BinaryAssembler, BinaryKind, BinaryPacket, ChannelRequest,
     DecodeLimits, EnginePacket, OpenHandshake, PacketKind, MAIN_NAMESPACE,
 };
-use crate::auth::Refusal;
+use crate::auth::{Claims, Refusal};
 use crate::hub::channels::DeliveryEncoder;
 use crate::hub::registry::login_view;
 use crate::socket::ending::{GOING_AWAY_TEXT, NOT_READING_TEXT};
@@ -458,7 +458,7 @@ impl Protocol for SocketIo {
     /// `authenticated` `{user, token}`: a Socket.IO client learns who it is
     /// logged in as (and the token to reconnect with), after a login and
     /// after each renewal.
-    fn token_issued(&mut self, out: &mut Out, token: &str, claims: Option<&Map<String, Value>>) {
+    fn token_issued(&mut self, out: &mut Out, token: &str, claims: Option<&Claims>) {
         let user = login_view(claims).1;
         let body = serde_json::json!({"user": user, "token": token}).to_string();
         out.text(codec::encode_event_json(
