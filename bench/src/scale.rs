@@ -127,7 +127,9 @@ pub struct StepRow {
     pub kernel_slab_bytes: u64,
     /// Server CPU while the sockets sat idle (heartbeats only), as a share of one core.
     pub idle_cpu_share: Option<f64>,
-    /// On a close step, the RSS once `later` has passed too, bytes.
+    /// The RSS read again: on a growth step at the end of the idle window
+    /// (the sockets still held; sockhive's heap trim after a crowd arrived
+    /// has run by then), on a close step once `later` has passed, bytes.
     pub server_rss_later_bytes: Option<u64>,
     /// Held sockets the server closed so far.
     pub dropped: usize,
@@ -170,6 +172,14 @@ impl ScaleOutput {
         (row.sockets > 0).then(|| {
             (row.server_rss_bytes as f64 - self.base_rss_bytes as f64) / row.sockets as f64
         })
+    }
+
+    /// [`ScaleOutput::rss_per_socket`] from the RSS read at the end of the
+    /// idle window (growth steps only).
+    pub fn rss_per_socket_later(&self, row: &StepRow) -> Option<f64> {
+        let later = row.server_rss_later_bytes?;
+        (row.sockets > 0)
+            .then(|| (later as f64 - self.base_rss_bytes as f64) / row.sockets as f64)
     }
 
     /// Kernel slab memory per connection end (the generator's sockets are on
@@ -417,7 +427,7 @@ impl Run<'_> {
             worker_fds: settled.worker_fds,
             kernel_slab_bytes: settled.kernel_slab_bytes,
             idle_cpu_share: Some(idle_cpu_share),
-            server_rss_later_bytes: None,
+            server_rss_later_bytes: Some(idle.rss_bytes),
             dropped,
         })
     }
@@ -793,15 +803,20 @@ pub fn markdown(output: &ScaleOutput) -> String {
     );
     md.push_str(&format!(
         "| step | sockets held | handshakes | failed | handshakes/s | server CPU per handshake, ms | \
-         server RSS, MiB | server RSS a further {} s later, MiB | RSS per socket, bytes | this step's RSS per added socket, bytes | \
+         server RSS, MiB | server RSS later, MiB (held: after the {} s idle window; closed: {} s later) | \
+         RSS per socket, bytes | RSS per socket after the idle window, bytes | this step's RSS per added socket, bytes | \
          kernel slab per socket end, bytes | idle server CPU, µs per socket per second | \
-         descriptors per worker |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         descriptors per worker |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        p.idle_window.as_secs(),
         p.later.as_secs(),
     ));
     let mut previous: Option<&StepRow> = None;
     for row in &output.rows {
         let per_socket = output
             .rss_per_socket(row)
+            .map_or("—".into(), |b| thousands(b.round().max(0.0) as usize));
+        let per_socket_later = output
+            .rss_per_socket_later(row)
             .map_or("—".into(), |b| thousands(b.round().max(0.0) as usize));
         let marginal = match previous {
             Some(prev) if row.sockets > prev.sockets && row.handshakes > 0 => {
@@ -818,7 +833,7 @@ pub fn markdown(output: &ScaleOutput) -> String {
             .idle_us_per_socket_second(row)
             .map_or("—".into(), |us| format!("{us:.2}"));
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row.label,
             thousands(row.sockets),
             thousands(row.handshakes),
@@ -830,6 +845,7 @@ pub fn markdown(output: &ScaleOutput) -> String {
             mib(row.server_rss_bytes),
             row.server_rss_later_bytes.map_or("—".into(), mib),
             per_socket,
+            per_socket_later,
             marginal,
             slab,
             idle,

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use sockhive_shared::config::Config;
 use sockhive_shared::http::RequestHead;
 use sockhive_shared::jwt::AuthTokenError;
+use tokio::sync::mpsc;
 
 use passport::{
     watch::WatcherConfig, DuplicateCookiePolicy, LoggedOut, SessionAuthConfig, SessionAuthError,
@@ -180,8 +181,46 @@ pub struct SessionSupport {
     /// Notices logouts of sessions that have sockets.
     pub watcher: SessionWatcher,
     minted: Client,
+    /// Where minted tokens wait to be filed together (standalone Redis).
+    filings: Option<mpsc::UnboundedSender<MintedFiling>>,
     prefix: String,
     sharded: bool,
+}
+
+/// A minted token's entry in the index: key, filed login, lifetime.
+type MintedFiling = (String, String, Duration);
+
+/// Most minted tokens filed in one pipeline.
+const FILING_BATCH: usize = 500;
+
+/// Files minted tokens, in batches, for as long as the worker lives.
+///
+/// Why (issue 19): one pipeline of `SET`s at a time, with every token
+/// minted meanwhile, where each login had a task of its own (a fred `SET`
+/// future, about 5 KB in the task, and a round trip each). The index is off
+/// the handshake's critical path either way.
+async fn file_minted(client: Client, mut filings: mpsc::UnboundedReceiver<MintedFiling>) {
+    let mut batch: Vec<MintedFiling> = Vec::new();
+    while let Some(first) = filings.recv().await {
+        batch.push(first);
+        while batch.len() < FILING_BATCH {
+            match filings.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let pipeline = client.pipeline();
+        for (key, filed, lifetime) in batch.drain(..) {
+            let expire = Expiration::PX(lifetime.as_millis().min(i64::MAX as u128) as i64);
+            // Queued in memory: this returns at once.
+            let _: Result<(), _> = pipeline.set(key, filed, Some(expire), None, false).await;
+        }
+        let results = pipeline.try_all::<RedisValue>().await;
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            let failed = results.iter().filter(|r| r.is_err()).count();
+            tracing::warn!(error = %e, failed, "minted tokens not filed; they will be refused until their sessions log in again");
+        }
+    }
 }
 
 /// Keys of the minted-token index: `sockhive:minted:<session hash>` holds the session id.
@@ -305,11 +344,18 @@ impl SessionSupport {
         let redis_config = sockhive_broker::redis::redis_config(url)?;
         let sharded = sockhive_broker::redis::is_cluster(&redis_config);
         let minted = sockhive_broker::redis::client(redis_config)?;
+        // A cluster's pipeline would span slots: there each token is filed alone.
+        let filings = (!sharded).then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(file_minted(minted.clone(), rx));
+            tx
+        });
         Ok(Some((
             SessionSupport {
                 authenticator,
                 watcher,
                 minted,
+                filings,
                 prefix: session.session_prefix.clone(),
                 sharded,
             },
@@ -360,17 +406,20 @@ impl SessionSupport {
             passport_user: login.passport_user.clone(),
         })
         .unwrap_or_default();
+        let key = format!("{MINTED_PREFIX}{hash}");
+        let filing = match &self.filings {
+            Some(filings) => match filings.send((key, filed, lifetime)) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(filing)) => filing,
+            },
+            None => (key, filed, lifetime),
+        };
+        let (key, filed, lifetime) = filing;
         let minted = self.minted.clone();
         tokio::spawn(async move {
             let expire = Expiration::PX(lifetime.as_millis().min(i64::MAX as u128) as i64);
             if let Err(e) = minted
-                .set::<(), _, _>(
-                    format!("{MINTED_PREFIX}{hash}"),
-                    filed,
-                    Some(expire),
-                    None,
-                    false,
-                )
+                .set::<(), _, _>(key, filed, Some(expire), None, false)
                 .await
             {
                 tracing::warn!(error = %e, "minted token not filed; it will be refused until the session logs in again");

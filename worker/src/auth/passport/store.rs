@@ -13,6 +13,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
 use serde_json::Value as Json;
+use tokio::sync::{mpsc, oneshot};
 
 /// connect-redis's default key prefix.
 pub const DEFAULT_SESSION_PREFIX: &str = "sess:";
@@ -94,7 +95,8 @@ pub enum StoreError {
 /// `Arc<dyn SessionStore>` for every connection and tests can substitute one.
 pub trait SessionStore: Send + Sync {
     /// The session stored for `sid`, `None` when there is no key.
-    /// The default Redis path is exactly one `GET` (hot path: per handshake).
+    /// The default Redis path is one `GET`, or one `MGET` shared with the
+    /// other logins waiting at that moment (hot path: per handshake).
     fn load<'a>(&'a self, sid: &'a str) -> StoreFuture<'a, Option<StoredSession>>;
 
     /// The sessions for many ids, in the same order; used by the periodic
@@ -196,6 +198,95 @@ pub struct RedisSessionStore {
     /// Every command carries the timeout itself so a command that gave up
     /// is also dropped from fred's queue instead of being sent later.
     options: Options,
+    /// Where a login's read waits for the next batch (standalone Redis; a
+    /// cluster's `MGET` cannot span slots, so there every login reads alone).
+    reads: Option<mpsc::UnboundedSender<WaitingRead>>,
+}
+
+/// A login's session key, and where its value goes.
+type WaitingRead = (String, oneshot::Sender<Result<Value, StoreError>>);
+
+/// Reads the sessions of logins in batches, for as long as the store lives.
+///
+/// Why (issue 19): one read in flight at a time, and the logins that arrive
+/// meanwhile go together in the next one, as one `MGET`: one round trip and
+/// one command for many logins where there was one each. A crowd of logins
+/// also no longer holds one fred command future (about 8 KB) each, which
+/// left the heap full of holes between the sockets that stayed.
+async fn read_batches(
+    client: Client,
+    options: Options,
+    timeout: Duration,
+    mut waiting: mpsc::UnboundedReceiver<WaitingRead>,
+) {
+    let mut batch: Vec<WaitingRead> = Vec::new();
+    while let Some(first) = waiting.recv().await {
+        batch.push(first);
+        while batch.len() < MGET_BATCH {
+            match waiting.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        // A login that gave up (its handshake ended) is not read.
+        batch.retain(|(_, reply)| !reply.is_closed());
+        let commands = client.with_options(&options);
+        let values = match batch.len() {
+            0 => continue,
+            1 => bounded(timeout, commands.get::<Value, _>(batch[0].0.as_str()))
+                .await
+                .map(|value| vec![value]),
+            n => {
+                let keys: Vec<Key> = batch
+                    .iter()
+                    .map(|(key, _)| Key::from(key.as_str()))
+                    .collect();
+                bounded(timeout, commands.mget::<Vec<Value>, _>(keys))
+                    .await
+                    .and_then(|values| {
+                        if values.len() == n {
+                            Ok(values)
+                        } else {
+                            Err(StoreError::Failed(format!(
+                                "MGET answered {} values for {n} keys",
+                                values.len()
+                            )))
+                        }
+                    })
+            }
+        };
+        match values {
+            Ok(values) => {
+                for ((_, reply), value) in batch.drain(..).zip(values) {
+                    let _ = reply.send(Ok(value));
+                }
+            }
+            Err(error) => {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+        if batch.capacity() > MGET_BATCH {
+            batch = Vec::new();
+        }
+    }
+}
+
+/// Runs one command under the store timeout; a fred timeout and an outer
+/// guard both map to [`StoreError::Timeout`].
+async fn bounded<T, F>(timeout: Duration, command: F) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    // The guard gives fred's own timeout a moment to fire first.
+    let guard = timeout + Duration::from_millis(50);
+    match tokio::time::timeout(guard, command).await {
+        Err(_) => Err(StoreError::Timeout(timeout)),
+        Ok(Err(error)) if *error.kind() == ErrorKind::Timeout => Err(StoreError::Timeout(timeout)),
+        Ok(Err(error)) => Err(StoreError::Failed(error.to_string())),
+        Ok(Ok(value)) => Ok(value),
+    }
 }
 
 impl RedisSessionStore {
@@ -207,14 +298,27 @@ impl RedisSessionStore {
             .map_err(|e| StoreSetupError::Client(e.to_string()))?;
         // The handle is not kept: the connection task runs until the client quits.
         let _connection = client.connect();
+        let options = Options {
+            timeout: Some(config.command_timeout),
+            ..Options::default()
+        };
+        let reads = (!client.is_clustered()).then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            // Ends when the last clone of the store is dropped.
+            tokio::spawn(read_batches(
+                client.clone(),
+                options.clone(),
+                config.command_timeout,
+                rx,
+            ));
+            tx
+        });
         Ok(RedisSessionStore {
             client,
             prefix: config.prefix.clone(),
             command_timeout: config.command_timeout,
-            options: Options {
-                timeout: Some(config.command_timeout),
-                ..Options::default()
-            },
+            options,
+            reads,
         })
     }
 
@@ -231,22 +335,12 @@ impl RedisSessionStore {
         let _ = self.client.quit().await;
     }
 
-    /// Runs one command under the store timeout; a fred timeout and an
-    /// outer guard both map to [`StoreError::Timeout`].
+    /// Runs one command under the store timeout.
     async fn bounded<T, F>(&self, command: F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, Error>>,
     {
-        // The guard gives fred's own timeout a moment to fire first.
-        let guard = self.command_timeout + Duration::from_millis(50);
-        match tokio::time::timeout(guard, command).await {
-            Err(_) => Err(StoreError::Timeout(self.command_timeout)),
-            Ok(Err(error)) if *error.kind() == ErrorKind::Timeout => {
-                Err(StoreError::Timeout(self.command_timeout))
-            }
-            Ok(Err(error)) => Err(StoreError::Failed(error.to_string())),
-            Ok(Ok(value)) => Ok(value),
-        }
+        bounded(self.command_timeout, command).await
     }
 }
 
@@ -265,10 +359,24 @@ impl SessionStore for RedisSessionStore {
     fn load<'a>(&'a self, sid: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
         Box::pin(async move {
             let key = self.key_for(sid);
-            let value: Value = self
-                .bounded(self.client.with_options(&self.options).get(key))
-                .await?;
-            Ok(session_from_value(value))
+            let Some(reads) = self.reads.as_ref() else {
+                let value: Value = self
+                    .bounded(self.client.with_options(&self.options).get(key))
+                    .await?;
+                return Ok(session_from_value(value));
+            };
+            let (reply, value) = oneshot::channel();
+            if reads.send((key, reply)).is_err() {
+                return Err(StoreError::Failed("the session reader has stopped".into()));
+            }
+            // Waiting for the batch in flight, then this one's: bounded once
+            // more in case the reader itself is stuck.
+            let guard = 2 * self.command_timeout + Duration::from_millis(100);
+            match tokio::time::timeout(guard, value).await {
+                Err(_) => Err(StoreError::Timeout(self.command_timeout)),
+                Ok(Err(_)) => Err(StoreError::Failed("the session reader has stopped".into())),
+                Ok(Ok(value)) => value.map(session_from_value),
+            }
         })
     }
 
@@ -384,6 +492,41 @@ mod tests {
         assert!(matches!(many[0], Some(StoredSession::Json(_))));
         assert_eq!(many[1], None);
         assert!(matches!(many[2], Some(StoredSession::Unparsable { .. })));
+    }
+
+    /// Issue 19: logins that arrive while a read is in flight share the next
+    /// one, and each still gets its own session (or none).
+    #[tokio::test]
+    async fn concurrent_loads_share_batched_reads() {
+        let redis = RedisFixture::start(&[]).await;
+        for i in (0..200).step_by(2) {
+            redis
+                .set(
+                    &format!("sess:c{i}"),
+                    &format!(r#"{{"passport":{{"user":{i}}}}}"#),
+                    60,
+                )
+                .await;
+        }
+        let store =
+            RedisSessionStore::connect(&RedisStoreConfig::new(&redis.url())).expect("store");
+        // Connected, and the statistics start from here.
+        assert_eq!(store.load("none").await.expect("load"), None);
+        redis.reset_stats().await;
+        let sids: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
+        let loads = futures_util::future::join_all(sids.iter().map(|sid| store.load(sid))).await;
+        for (i, loaded) in loads.into_iter().enumerate() {
+            let expected = (i % 2 == 0)
+                .then(|| StoredSession::Json(serde_json::json!({"passport": {"user": i}})));
+            assert_eq!(loaded.expect("load"), expected, "session c{i}");
+        }
+        let gets = redis.command_calls("get").await;
+        let mgets = redis.command_calls("mget").await;
+        assert!(mgets >= 1, "no batch: {gets} GET, {mgets} MGET");
+        assert!(
+            gets + mgets <= 10,
+            "{gets} GET and {mgets} MGET for 200 logins"
+        );
     }
 
     #[tokio::test]
