@@ -210,6 +210,39 @@ def main():
     ]
     write("http_head", [b"\x04\n" + h.encode() for h in heads] + [b"\x00\x07\x01\n" + heads[0].encode()])
 
+    # WebSocket frames as a client sends them (masked): captured protocol frames, one per frame
+    # and pipelined, a fragmented message around a ping, and the edge cases a server must refuse.
+    # The first byte picks the reads' size and what was read ahead with the head.
+    def ws(first, payload, masked=True):
+        mask = b"\x12\x34\x56\x78"
+        n = len(payload)
+        bit = 0x80 if masked else 0
+        if n < 126:
+            head = bytes([first, bit | n])
+        elif n <= 0xFFFF:
+            head = bytes([first, bit | 126]) + struct.pack(">H", n)
+        else:
+            head = bytes([first, bit | 127]) + struct.pack(">Q", n)
+        if not masked:
+            return head + payload
+        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    texts = [f.encode() for f in sc[:8] + sio[:8]]
+    streams = [ws(0x81, t) for t in texts] + [b"".join(ws(0x81, t) for t in texts)]
+    streams += [
+        ws(0x82, bytes(range(256))),
+        ws(0x01, "h\u00e9".encode()[:2]) + ws(0x89, b"ping") + ws(0x80, "h\u00e9llo".encode()[2:]),
+        ws(0x89, b"hi") + ws(0x8A, b"") + ws(0x88, b"\x03\xe8bye") + ws(0x81, b"late"),
+        ws(0x88, b"\x03\xed"),
+        ws(0x88, b"\x03"),
+        bytes([0x82, 0xFF]) + struct.pack(">Q", 1 << 40),
+        ws(0x81, b"x", masked=False),
+        ws(0x81, b"\xff\xfe"),
+        ws(0xC1, b"x"),
+        ws(0x09, b""),
+    ]
+    write("websocket_frames", [bytes([(i * 37) & 0xFF]) + b for i, b in enumerate(streams)])
+
 
 if __name__ == "__main__":
     main()
