@@ -799,6 +799,43 @@ impl PendingCredential {
 mod tests {
     use super::*;
 
+    /// Issue 19: minted tokens go to Redis from one filing task, in batches;
+    /// a burst of them is filed whole, each with its own lifetime.
+    #[tokio::test]
+    async fn a_burst_of_minted_tokens_is_filed_with_their_lifetimes() {
+        use passport::test_support::{RedisFixture, Resp};
+        let redis = RedisFixture::start(&[]).await;
+        let config = sockhive_broker::redis::redis_config(&redis.url()).unwrap();
+        let client = sockhive_broker::redis::client(config).unwrap();
+        let (filings, waiting) = mpsc::unbounded_channel();
+        for i in 0..300u64 {
+            let lifetime = Duration::from_secs(60 + i);
+            let filing = (format!("{MINTED_PREFIX}h{i}"), format!("s{i}"), lifetime);
+            filings.send(filing).unwrap();
+        }
+        drop(filings);
+        // Returns once every queued filing is written and the queue is closed.
+        tokio::time::timeout(Duration::from_secs(10), file_minted(client, waiting))
+            .await
+            .expect("filed in time");
+        assert_eq!(redis.command(&["DBSIZE"]).await, Resp::Int(300));
+        for i in [0u64, 7, 299] {
+            let key = format!("{MINTED_PREFIX}h{i}");
+            assert_eq!(
+                redis.command(&["GET", &key]).await,
+                Resp::Bulk(format!("s{i}"))
+            );
+            let Resp::Int(ttl) = redis.command(&["PTTL", &key]).await else {
+                panic!("no TTL on {key}");
+            };
+            let lifetime = ((60 + i) * 1000) as i64;
+            assert!(
+                ttl > lifetime - 10_000 && ttl <= lifetime,
+                "{key}: {ttl} ms"
+            );
+        }
+    }
+
     fn login(passport_user: Value, user: Value) -> SessionLogin {
         SessionLogin {
             sid: "sid-1".into(),

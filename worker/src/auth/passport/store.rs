@@ -369,9 +369,9 @@ impl SessionStore for RedisSessionStore {
             if reads.send((key, reply)).is_err() {
                 return Err(StoreError::Failed("the session reader has stopped".into()));
             }
-            // Waiting for the batch in flight, then this one's: bounded once
-            // more in case the reader itself is stuck.
-            let guard = 2 * self.command_timeout + Duration::from_millis(100);
+            // The login's whole wait (the read in flight, then its own batch)
+            // is bounded by the store timeout, as a lone `GET` was.
+            let guard = self.command_timeout + Duration::from_millis(50);
             match tokio::time::timeout(guard, value).await {
                 Err(_) => Err(StoreError::Timeout(self.command_timeout)),
                 Ok(Err(_)) => Err(StoreError::Failed("the session reader has stopped".into())),
