@@ -439,41 +439,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
-    /// Reads once: into the unread bytes when a frame is unfinished (sized
-    /// for the rest of it), otherwise into the thread's shared buffer, whose
-    /// bytes are used at once. `Ok(None)`: the peer closed the connection.
+    /// Reads once, into the thread's shared buffer. With no unfinished frame
+    /// its bytes are used at once (what is left over is kept); otherwise
+    /// they are appended to the unread bytes, which so grow only with what
+    /// arrives: a header announcing a large frame reserves nothing for it,
+    /// and a socket sending only such headers holds no more than it sent.
+    /// `Ok(None)`: nothing to return yet.
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>, WsError>> {
-        if self.unread_len() > 0 {
-            let wanted = match self.header(&self.unread[self.unread_at..])? {
-                Some(header) => header.len + header.payload,
-                None => 14,
-            };
-            let missing = wanted
-                .saturating_sub(self.unread_len())
-                .clamp(1, READ_CHUNK);
-            if self.unread_at > 0 {
-                self.unread.drain(..self.unread_at);
-                self.unread_at = 0;
-            }
-            // Room for the whole frame at once (its size was checked against
-            // the limit): a large message is read without regrowing.
-            let start = self.unread.len();
-            let room = wanted.max(start + missing);
-            if self.unread.capacity() < room {
-                self.unread.reserve_exact(room - start);
-            }
-            self.unread.resize(start + missing, 0);
-            let mut buf = ReadBuf::new(&mut self.unread[start..]);
-            let read = Pin::new(&mut self.stream).poll_read(cx, &mut buf);
-            let filled = buf.filled().len();
-            self.unread.truncate(start + filled);
-            return match read {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(WsError::Io(e))),
-                Poll::Ready(Ok(())) if filled == 0 => Poll::Ready(self.eof()),
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(None)),
-            };
-        }
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let mut buf = ReadBuf::new(&mut scratch[..]);
@@ -487,6 +459,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 return Poll::Ready(self.eof());
             }
             let bytes = &mut scratch[..filled];
+            if self.unread_len() > 0 {
+                if self.unread_at > 0 {
+                    self.unread.drain(..self.unread_at);
+                    self.unread_at = 0;
+                }
+                self.unread.extend_from_slice(bytes);
+                return Poll::Ready(Ok(None));
+            }
             let (used, message) = self.next_in(bytes)?;
             if used < filled && matches!(self.closing, Closing::Open | Closing::SentOurs) {
                 // Keep what follows: the rest of a frame, or frames behind
@@ -790,6 +770,27 @@ mod tests {
             "{error:?}"
         );
         assert!(ws.next().await.is_none(), "nothing is read after a failure");
+    }
+
+    #[tokio::test]
+    async fn a_large_frames_header_alone_reserves_no_room_for_it() {
+        let limits = WsLimits {
+            max_message: 1 << 20,
+            ..LIMITS
+        };
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let mut ws = WebSocket::new(server, Vec::new(), limits);
+        let mut client = client;
+        let mut bytes = frame(0x82, &vec![1u8; 1 << 20]);
+        bytes.truncate(14 + 100);
+        client.write_all(&bytes).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(50), ws.next()).await;
+        assert!(waited.is_err(), "the frame is not complete");
+        assert!(
+            ws.buffered_capacity() < 64 * 1024,
+            "{}",
+            ws.buffered_capacity()
+        );
     }
 
     #[tokio::test]
