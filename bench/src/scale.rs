@@ -51,7 +51,7 @@ pub struct ScaleParams {
     pub settle: Duration,
     /// After every socket left, how much longer until the RSS is read again:
     /// allocators give memory back on a delay (jemalloc's decay, sockhive's
-    /// heap trim every 10 s).
+    /// heap trim, checked every 5 s).
     pub later: Duration,
     /// How long the server's idle CPU (heartbeats) is measured after each
     /// growth step: two of SocketCluster's 8 s ping intervals.
