@@ -357,14 +357,19 @@ fn session_from_value(value: Value) -> Option<StoredSession> {
 
 impl SessionStore for RedisSessionStore {
     fn load<'a>(&'a self, sid: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
-        Box::pin(async move {
-            let key = self.key_for(sid);
-            let Some(reads) = self.reads.as_ref() else {
+        let key = self.key_for(sid);
+        // Two futures, each boxed at its own size: the batched read's is a
+        // few hundred bytes, where one holding fred's `GET` is kilobytes
+        // (issue 19: every login in flight holds one).
+        let Some(reads) = self.reads.as_ref() else {
+            return Box::pin(async move {
                 let value: Value = self
                     .bounded(self.client.with_options(&self.options).get(key))
                     .await?;
-                return Ok(session_from_value(value));
-            };
+                Ok(session_from_value(value))
+            });
+        };
+        Box::pin(async move {
             let (reply, value) = oneshot::channel();
             if reads.send((key, reply)).is_err() {
                 return Err(StoreError::Failed("the session reader has stopped".into()));
@@ -512,6 +517,12 @@ mod tests {
             RedisSessionStore::connect(&RedisStoreConfig::new(&redis.url())).expect("store");
         // Connected, and the statistics start from here.
         assert_eq!(store.load("none").await.expect("load"), None);
+        // A login in flight holds a small future, not one sized for fred's
+        // `GET` (kilobytes).
+        let waiting = store.load("c0");
+        let size = std::mem::size_of_val(&*waiting);
+        assert!(size <= 512, "a batched load is {size} bytes");
+        drop(waiting);
         redis.reset_stats().await;
         let sids: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
         let loads = futures_util::future::join_all(sids.iter().map(|sid| store.load(sid))).await;
