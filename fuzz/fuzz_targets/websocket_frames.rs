@@ -10,64 +10,28 @@
 //! - nothing is read after an error or after the peer's close.
 #![no_main]
 
-use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use futures_util::Stream;
 use libfuzzer_sys::fuzz_target;
+use sockhive_fuzz::TrickleReader;
 use sockhive_worker::transport::{WebSocket, WsLimits};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Message;
-
-/// `data`, `chunk` bytes per read; every write is taken whole.
-struct Chunked<'a> {
-    data: &'a [u8],
-    chunk: usize,
-}
-
-impl AsyncRead for Chunked<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let n = self.chunk.min(self.data.len()).min(buf.remaining());
-        buf.put_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Chunked<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
 
 const LIMITS: WsLimits = WsLimits {
     max_message: 4096,
     write_coalesce: 4096,
 };
 
-/// Everything the server reads from `stream` (after `ahead`), the ending
-/// included, as comparable text.
-fn read_all(ahead: &[u8], stream: &[u8], chunk: usize) -> Vec<String> {
+/// Everything the server reads from `stream` (after `ahead`), in reads of
+/// `chunk` bytes (0: all at once), the ending included, as comparable text.
+/// What the server writes (pongs, close replies) is discarded.
+fn read_all(ahead: &[u8], stream: &[u8], chunk: u8) -> Vec<String> {
+    let sizes = [chunk];
+    let reads = TrickleReader::new(stream, &sizes);
     let mut ws = WebSocket::new(
-        Chunked {
-            data: stream,
-            chunk,
-        },
+        tokio::io::join(reads, tokio::io::sink()),
         ahead.to_vec(),
         LIMITS,
     );
@@ -115,8 +79,8 @@ fuzz_target!(|data: &[u8]| {
     let Some((&how, bytes)) = data.split_first() else {
         return;
     };
-    let whole = read_all(&[], bytes, usize::MAX);
-    let chunk = 1 + (how & 0x0f) as usize;
+    let whole = read_all(&[], bytes, 0);
+    let chunk = 1 + (how & 0x0f);
     assert_eq!(read_all(&[], bytes, chunk), whole, "{chunk} bytes per read");
     let ahead = ((how >> 4) as usize * 3).min(bytes.len());
     assert_eq!(

@@ -201,14 +201,7 @@ const FILING_BATCH: usize = 500;
 /// the handshake's critical path either way.
 async fn file_minted(client: Client, mut filings: mpsc::UnboundedReceiver<MintedFiling>) {
     let mut batch: Vec<MintedFiling> = Vec::new();
-    while let Some(first) = filings.recv().await {
-        batch.push(first);
-        while batch.len() < FILING_BATCH {
-            match filings.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    while passport::store::next_batch(&mut filings, &mut batch, FILING_BATCH).await {
         let pipeline = client.pipeline();
         for (key, filed, lifetime) in batch.drain(..) {
             let expire = Expiration::PX(lifetime.as_millis().min(i64::MAX as u128) as i64);

@@ -220,14 +220,7 @@ async fn read_batches(
     mut waiting: mpsc::UnboundedReceiver<WaitingRead>,
 ) {
     let mut batch: Vec<WaitingRead> = Vec::new();
-    while let Some(first) = waiting.recv().await {
-        batch.push(first);
-        while batch.len() < MGET_BATCH {
-            match waiting.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    while next_batch(&mut waiting, &mut batch, MGET_BATCH).await {
         // A login that gave up (its handshake ended) is not read.
         batch.retain(|(_, reply)| !reply.is_closed());
         let commands = client.with_options(&options);
@@ -271,6 +264,28 @@ async fn read_batches(
             batch = Vec::new();
         }
     }
+}
+
+/// Waits for the next item of `queue`, then takes those already queued
+/// behind it, up to `most` in `batch`; false once the queue is closed and
+/// empty. How the store's batching tasks gather what arrived while their
+/// previous command was in flight.
+pub(crate) async fn next_batch<T>(
+    queue: &mut mpsc::UnboundedReceiver<T>,
+    batch: &mut Vec<T>,
+    most: usize,
+) -> bool {
+    let Some(first) = queue.recv().await else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < most {
+        match queue.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    true
 }
 
 /// Runs one command under the store timeout; a fred timeout and an outer
