@@ -4,6 +4,7 @@
 //! - [`cli`]: the `sockhive` commands and flags.
 //! - [`listeners`]: binding the public port before any worker exists.
 //! - [`spawn`]: fork-then-exec of a worker process.
+//! - [`cpu_scheduling`]: the kernel scheduling policy master and workers run under.
 //! - [`supervisor`]: the workers' lifecycle (start, respawn, rolling restart, drain) and request fan-out.
 //! - [`cluster`]: cluster-wide commands over every worker of every node.
 //! - [`admin`]: the admin port (health, readiness, metrics, cluster API).
@@ -16,6 +17,7 @@ pub mod admin_client;
 pub mod cli;
 pub mod cluster;
 pub mod console;
+pub mod cpu_scheduling;
 pub mod listeners;
 pub mod metrics;
 pub mod spawn;

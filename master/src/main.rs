@@ -108,6 +108,10 @@ fn init_tracing(format: LogFormat, role: &str) {
 /// this (main) thread: workers are forked from it, see `spawn`.
 fn serve(config: Config) -> anyhow::Result<()> {
     init_tracing(config.server.log_format, "master");
+    // Before any thread or worker exists: they inherit it.
+    if let Err(e) = sockhive_master::cpu_scheduling::apply(config.server.cpu_scheduling) {
+        tracing::warn!(error = %e, policy = ?config.server.cpu_scheduling, "cannot set the CPU scheduling policy; running with the inherited one");
+    }
     if config.auth.auth_key_is_random {
         tracing::warn!("no --auth-key configured: using a random key; tokens die with this master and other nodes will not accept them");
     }

@@ -20,7 +20,6 @@ use sockhive_broker::embedded::{EmbeddedBroker, WorkerId};
 use sockhive_shared::config::Config;
 use sockhive_shared::handoff::{self, Handoff};
 use sockhive_shared::ipc::{self, ClusterCommand, ClusterReply, ToMaster, ToWorker};
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -279,7 +278,8 @@ impl Master {
         drop(worker_handoff);
         let handoff = Arc::new(Handoff::new(handoff_end)?);
         master_end.set_nonblocking(true)?;
-        let (mut read, mut write) = UnixStream::from_std(master_end)?.into_split();
+        let (read, mut write) = UnixStream::from_std(master_end)?.into_split();
+        let mut read = ipc::reader(read);
         let (tx, mut rx) = mpsc::unbounded_channel::<Arc<[u8]>>();
         let hello = ipc::encode(&ToWorker::Hello {
             slot,
@@ -287,11 +287,8 @@ impl Master {
         })?;
         let _ = tx.send(hello.into());
         tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                if write.write_all(&frame).await.is_err() {
-                    break;
-                }
-            }
+            // A failed write means the worker is gone; its reading loop sees it too.
+            let _ = ipc::write_queued(&mut write, &mut rx).await;
         });
         let id = {
             let mut state = lock(&self.state);

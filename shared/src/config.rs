@@ -116,6 +116,23 @@ pub enum AcceptMode {
     Shared,
 }
 
+/// How the kernel schedules the master and its workers against each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuScheduling {
+    /// `SCHED_BATCH`: a process the master or a worker wakes does not
+    /// preempt the one that woke it. A publish crosses three processes
+    /// (publisher's worker, master, each subscriber's worker); with wakeup
+    /// preemption on a shared core, each woken worker ran as soon as one
+    /// message arrived, so a burst reached subscribers in dribbles and each
+    /// socket wrote 2-3 times per burst instead of once (issue 19). Same CPU
+    /// share as normal processes; on an idle core a wakeup runs at once.
+    Batch,
+    /// Leave the policy sockhive was started with (`SCHED_OTHER`, or
+    /// whatever `chrt` set).
+    Inherit,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -263,6 +280,10 @@ pub struct ServerLayer {
     #[arg(long, env = "SOCKHIVE_LOG_FORMAT", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// Kernel scheduling of the master and workers: batch (SCHED_BATCH: a burst crosses the processes whole) or inherit [default: batch].
+    #[arg(long, env = "SOCKHIVE_CPU_SCHEDULING", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_scheduling: Option<CpuScheduling>,
 }
 
 /// `[limits]`: what one client may cost a worker.
@@ -576,6 +597,12 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     pub allowed_origin: Vec<String>,
     pub log_format: LogFormat,
+    #[serde(default = "default_cpu_scheduling")]
+    pub cpu_scheduling: CpuScheduling,
+}
+
+fn default_cpu_scheduling() -> CpuScheduling {
+    CpuScheduling::Batch
 }
 
 /// Resolved `[limits]`; see [`LimitsLayer`] for what each one bounds.
@@ -929,6 +956,7 @@ impl Config {
                 drain_timeout: duration(server.drain_timeout, DEFAULT_DRAIN_TIMEOUT),
                 allowed_origin: server.allowed_origin.unwrap_or_default(),
                 log_format: server.log_format.unwrap_or(LogFormat::Text),
+                cpu_scheduling: server.cpu_scheduling.unwrap_or_else(default_cpu_scheduling),
             },
             limits: Limits {
                 upgrade_timeout: duration(limits.upgrade_timeout, DEFAULT_UPGRADE_TIMEOUT),
@@ -1450,6 +1478,7 @@ impl Config {
                 drain_timeout: Some(HumanDuration(server.drain_timeout)),
                 allowed_origin: Some(server.allowed_origin.clone()),
                 log_format: Some(server.log_format),
+                cpu_scheduling: Some(server.cpu_scheduling),
             },
             limits: LimitsLayer {
                 upgrade_timeout: Some(HumanDuration(limits.upgrade_timeout)),

@@ -22,6 +22,36 @@ async fn three_workers_run_and_metrics_count_them() {
     assert_eq!(http::get(node.public, "/healthz", &[]).await.status, 200);
 }
 
+/// The scheduling policy (`/proc/PID/stat`, field 41) of a process.
+fn policy_of(pid: i32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which may hold spaces: it ends at the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+}
+
+/// Issue 19: master and workers run under SCHED_BATCH unless told to keep
+/// the policy they were started with (bench/README.md, "Burst fan-out").
+#[tokio::test]
+async fn master_and_workers_run_under_sched_batch_unless_told_otherwise() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let node = Node::start(2);
+    assert_eq!(policy_of(node.pid()), SCHED_BATCH);
+    let workers = node.worker_pids();
+    assert_eq!(workers.len(), 2);
+    for pid in workers {
+        assert_eq!(policy_of(pid), SCHED_BATCH, "worker {pid}");
+    }
+    let inherit = NodeBuilder::new(1)
+        .args(["--cpu-scheduling", "inherit"])
+        .start();
+    assert_eq!(policy_of(inherit.pid()), SCHED_OTHER);
+    for pid in inherit.worker_pids() {
+        assert_eq!(policy_of(pid), SCHED_OTHER, "worker {pid}");
+    }
+}
+
 #[tokio::test]
 async fn a_burst_of_300_connections_spreads_over_all_workers() {
     let node = Node::start(3);

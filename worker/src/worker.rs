@@ -10,7 +10,6 @@ use sockhive_broker::pubsub::{Delivery, RedisChannels};
 use sockhive_broker::records::RecordSink;
 use sockhive_shared::channel_rules::ChannelRules;
 use sockhive_shared::ipc::{self, ToMaster, ToWorker};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -67,17 +66,15 @@ pub async fn serve_process(
         .transpose()
         .context("the hand-off socket")?
         .map(Arc::new);
-    let (mut ipc_read, mut ipc_write) = ipc.into_split();
+    let (ipc_read, mut ipc_write) = ipc.into_split();
+    let mut ipc_read = ipc::reader(ipc_read);
     let Some(ToWorker::Hello { slot, config }) = ipc::read_message(&mut ipc_read).await? else {
         bail!("the master did not introduce this worker");
     };
     let (master, mut outgoing) = MasterLink::new();
     tokio::spawn(async move {
-        while let Some(frame) = outgoing.recv().await {
-            if ipc_write.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
+        // A failed write means the master is gone; the reading loop sees it too.
+        let _ = ipc::write_queued(&mut ipc_write, &mut outgoing).await;
     });
     let node = config.server.node_id.clone();
     let (deliveries_tx, mut deliveries) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
@@ -230,7 +227,7 @@ async fn accept_until_drained(
 /// orphaned and drains (`orphaned` tells the drain not to wait long).
 async fn read_from_master(
     worker: Arc<Worker>,
-    mut ipc_read: tokio::net::unix::OwnedReadHalf,
+    mut ipc_read: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
     orphaned: tokio_util::sync::CancellationToken,
 ) {
     use sockhive_shared::ipc::{ToMaster, ToWorker};
