@@ -238,6 +238,56 @@ async fn nothing_is_lost_or_reordered_across_the_upgrade_in_either_direction() {
     assert_eq!(engine_code(&late), (400, json!(3)));
 }
 
+/// The held GET's noop and the WebSocket's `3probe` race on two
+/// connections. When the noop wins, the client polls again before it knows
+/// the probe succeeded, then pauses and waits for that GET before sending
+/// `5`: the GET must come back within the real server's check interval, not
+/// after the 25 s ping interval (which stalled every buffered emit; the chat
+/// demo's test caught it behind nginx).
+#[tokio::test]
+async fn a_get_sent_after_the_upgrade_noop_is_released_too() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let node = NodeBuilder::new(1).start();
+    let addr = node.public;
+    let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    let sid = sid_of(&open.body);
+    assert_eq!(poll(addr, "POST", &sid, "40").await, "ok");
+    assert!(poll(addr, "GET", &sid, "").await.starts_with("40{"));
+    let held_sid = sid.clone();
+    let held = tokio::spawn(async move { poll(addr, "GET", &held_sid, "").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    ws.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(held.await.unwrap(), "6");
+    // The client has not seen `3probe` yet: it polls again.
+    let again = tokio::time::timeout(Duration::from_secs(2), poll(addr, "GET", &sid, ""))
+        .await
+        .expect("a GET during the upgrade comes back within the check interval");
+    assert_eq!(again, "6");
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "3probe"),
+        other => panic!("expected 3probe, got {other:?}"),
+    }
+    ws.send(Message::text("5")).await.unwrap();
+    ws.send(Message::text(r#"420["subscribe","s"]"#))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("the ack in time");
+    match reply {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), r#"430[{"ok":true}]"#),
+        other => panic!("expected the ack, got {other:?}"),
+    }
+    // Switched: polling is refused, not released.
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let late = request(addr, "GET", &path, &[], "").await;
+    assert_eq!(engine_code(&late), (400, json!(3)));
+}
+
 #[tokio::test]
 async fn polling_alone_stays_up_through_many_heartbeats_and_carries_channel_messages() {
     // Time-compressed: 40 heartbeats of 100 ms + 300 ms stand for ten

@@ -19,7 +19,7 @@ use super::upgrade;
 use super::{admit_connection, credential_for_upgrade, refuse, slimmed, ws_limits};
 use crate::protocol::socketio::{self, codec};
 use crate::socket::run_socket;
-use crate::transport::polling::{PollRefusal, PollingSession};
+use crate::transport::polling::{self, PollRefusal, PollingSession};
 use crate::transport::{linger, Upgraded, WebSocket};
 use crate::Worker;
 use sockhive_shared::ipc::{PollAnswer, PollCall, ToMaster};
@@ -238,29 +238,63 @@ async fn handshake(
     long_poll(ctx, &session).await
 }
 
+/// How a held `GET` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Frames to send, or the session is over.
+    Output,
+    /// Released with a noop for an upgrade in progress.
+    Released,
+    /// Nothing for the whole ping interval and timeout.
+    TimedOut,
+}
+
 /// A held `GET`: answers with what the socket wrote, as soon as there is
 /// something, and at the latest after a ping interval and timeout (the
-/// socket pings within that, so an idle session answers with its ping).
+/// socket pings within that, so an idle session answers with its ping);
+/// during an upgrade, with a noop after `UPGRADE_RELEASE`.
 async fn long_poll(ctx: &Worker, session: &PollingSession) -> Result<Response, EngineError> {
     session.begin_get()?;
     let limits = &ctx.config.limits;
     let hold = limits.socketio_ping_interval + limits.socketio_ping_timeout;
-    let waited = tokio::time::timeout(hold, async {
-        while !session.has_output() {
-            session.readable().await;
+    let started = tokio::time::Instant::now();
+    let held = loop {
+        if session.has_output() {
+            break Held::Output;
         }
-    })
-    .await;
+        // An upgrade waiting for the client's `5` releases this GET soon
+        // (`UPGRADE_RELEASE`); checked on every wake, as the probe may be
+        // answered while this GET is held.
+        let upgrading = session.is_upgrading();
+        let deadline = started
+            + if upgrading {
+                polling::UPGRADE_RELEASE
+            } else {
+                hold
+            };
+        if tokio::time::timeout_at(deadline, session.readable())
+            .await
+            .is_err()
+        {
+            break if upgrading {
+                Held::Released
+            } else {
+                Held::TimedOut
+            };
+        }
+    };
     let frames = session.take();
     session.end_get();
-    if waited.is_err() && frames.is_empty() {
+    if held == Held::TimedOut && frames.is_empty() {
         // Not even a ping in that time: the socket is gone or stuck.
         session.abandon();
     }
-    let body = if frames.is_empty() {
-        crate::transport::polling::CLOSE_PACKET.to_owned()
-    } else {
+    let body = if !frames.is_empty() {
         codec::encode_payload(&frames)
+    } else if held == Held::Released {
+        polling::NOOP.to_owned()
+    } else {
+        polling::CLOSE_PACKET.to_owned()
     };
     Ok(Response::text(200, body))
 }

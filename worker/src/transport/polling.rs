@@ -34,7 +34,18 @@ const PROBE_ANSWER: &str = "3probe";
 /// The client's "switch to the WebSocket now".
 const UPGRADE: &str = "5";
 /// Releases a held `GET` so the client can pause polling for the upgrade.
-const NOOP: &str = "6";
+pub const NOOP: &str = "6";
+
+/// While an upgrade waits for the client's `5`, a `GET` is held this long at
+/// most, then released with a noop (the real server's check interval).
+/// Why: the noop that answers the held `GET` and the `3probe` on the
+/// WebSocket travel on different connections. When the noop wins, the
+/// client polls again before it knows the probe succeeded, then pauses
+/// polling and waits for that new `GET` to return before it sends `5`. Held
+/// for the whole ping interval, it stalled the upgrade, and every emit the
+/// client buffered meanwhile, for 25 s or more (seen behind nginx with two
+/// nodes: the chat demo's test).
+pub const UPGRADE_RELEASE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Engine.IO's close packet.
 pub const CLOSE_PACKET: &str = "1";
 
@@ -63,6 +74,9 @@ struct State {
     get_held: bool,
     /// A WebSocket the client opened to upgrade, not yet taken by the wire.
     offered: Option<Box<Ws>>,
+    /// The probe was answered and the switch (`5`) has not come yet: a
+    /// `GET` is released after [`UPGRADE_RELEASE`].
+    upgrading: bool,
     /// The wire switched to the WebSocket: polling requests are refused.
     upgraded: bool,
     /// The client said goodbye (`1`) or broke the protocol.
@@ -146,6 +160,12 @@ impl PollingSession {
     pub fn has_output(&self) -> bool {
         let state = self.lock();
         !state.out.is_empty() || state.ended || state.upgraded || state.client_gone
+    }
+
+    /// True while an upgrade waits for the client's `5`: a `GET` is then
+    /// held for [`UPGRADE_RELEASE`] at most and answered with a noop.
+    pub fn is_upgrading(&self) -> bool {
+        self.lock().upgrading
     }
 
     /// The held `GET` answered.
@@ -243,6 +263,13 @@ pub struct PollingWire {
 }
 
 impl PollingWire {
+    /// The probe failed or was abandoned: the client goes on polling, and
+    /// `GET`s are held for the ping interval again.
+    fn drop_probe(&mut self) {
+        self.probe = None;
+        self.session.lock().upgrading = false;
+    }
+
     /// Drives an upgrade in progress: answers the probe, releases the held
     /// `GET`, and switches on `5`. Ready when the switch happened.
     fn poll_probe(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -254,7 +281,7 @@ impl PollingWire {
                 match Pin::new(&mut *probe.ws).poll_flush(cx) {
                     Poll::Ready(Ok(())) => probe.answered = false,
                     Poll::Ready(Err(_)) => {
-                        self.probe = None;
+                        self.drop_probe();
                         return Poll::Pending;
                     }
                     Poll::Pending => {}
@@ -266,7 +293,7 @@ impl PollingWire {
                 Poll::Ready(Some(Ok(message))) => message,
                 // The probe failed: the client goes on polling.
                 Poll::Ready(_) => {
-                    self.probe = None;
+                    self.drop_probe();
                     return Poll::Pending;
                 }
             };
@@ -277,7 +304,7 @@ impl PollingWire {
                         .start_send(Message::Text(Utf8Bytes::from_static(PROBE_ANSWER)))
                         .is_err()
                     {
-                        self.probe = None;
+                        self.drop_probe();
                         return Poll::Pending;
                     }
                     probe.answered = true;
@@ -290,6 +317,7 @@ impl PollingWire {
                     state
                         .out
                         .push_back(Message::Text(Utf8Bytes::from_static(NOOP)));
+                    state.upgrading = true;
                     drop(state);
                     self.session.readable.notify_one();
                 }
@@ -297,6 +325,7 @@ impl PollingWire {
                     let mut ws = self.probe.take().expect("probing").ws;
                     let mut state = self.session.lock();
                     state.upgraded = true;
+                    state.upgrading = false;
                     // What the client has not fetched yet goes first, in order.
                     let unfetched: Vec<Message> = state
                         .out
@@ -316,7 +345,7 @@ impl PollingWire {
                 }
                 // Anything else before the switch is not Engine.IO: drop the probe.
                 _ => {
-                    self.probe = None;
+                    self.drop_probe();
                     return Poll::Pending;
                 }
             }
@@ -341,6 +370,8 @@ impl Stream for PollingWire {
                         return Poll::Ready(None);
                     }
                     if let Some(ws) = state.offered.take() {
+                        // A new probe replaces any earlier one, unanswered.
+                        state.upgrading = false;
                         this.probe = Some(Probe {
                             ws,
                             answered: false,
