@@ -288,6 +288,58 @@ async fn a_get_sent_after_the_upgrade_noop_is_released_too() {
     assert_eq!(engine_code(&late), (400, json!(3)));
 }
 
+/// A client that answers the probe and never sends `5`: the probe is closed
+/// after the real server's `upgradeTimeout` (10 s), GETs are held again
+/// instead of released every 100 ms, and the session goes on over polling.
+#[tokio::test]
+async fn a_probe_never_switched_to_is_closed_after_the_upgrade_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let node = NodeBuilder::new(1).start();
+    let addr = node.public;
+    let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    let sid = sid_of(&open.body);
+    assert_eq!(poll(addr, "POST", &sid, "40").await, "ok");
+    assert!(poll(addr, "GET", &sid, "").await.starts_with("40{"));
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let opened = std::time::Instant::now();
+    ws.send(Message::text("2probe")).await.unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "3probe"),
+        other => panic!("expected 3probe, got {other:?}"),
+    }
+    assert_eq!(
+        poll(addr, "GET", &sid, "").await,
+        "6",
+        "released while the probe is open"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        // Anything but a frame (a close, an error, the end) means closed.
+        while let Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) = ws.next().await
+        {
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the probe is closed");
+    let took = opened.elapsed();
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(14)).contains(&took),
+        "closed after the upgrade timeout, not {took:?}"
+    );
+    // Polling again, held as usual: the subscribe's ack, not a noop.
+    let held_sid = sid.clone();
+    let held = tokio::spawn(async move { poll(addr, "GET", &held_sid, "").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !held.is_finished(),
+        "a GET is held again after the probe ended"
+    );
+    poll(addr, "POST", &sid, r#"420["subscribe","s"]"#).await;
+    assert_eq!(held.await.unwrap(), r#"430[{"ok":true}]"#);
+}
+
 #[tokio::test]
 async fn polling_alone_stays_up_through_many_heartbeats_and_carries_channel_messages() {
     // Time-compressed: 40 heartbeats of 100 ms + 300 ms stand for ten

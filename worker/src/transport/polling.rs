@@ -45,7 +45,13 @@ pub const NOOP: &str = "6";
 /// for the whole ping interval, it stalled the upgrade, and every emit the
 /// client buffered meanwhile, for 25 s or more (seen behind nginx with two
 /// nodes: the chat demo's test).
-pub const UPGRADE_RELEASE: std::time::Duration = std::time::Duration::from_millis(100);
+pub const UPGRADE_RELEASE: Duration = Duration::from_millis(100);
+
+/// How long a probe may take from the WebSocket's arrival to the client's
+/// `5` (the real server's `upgradeTimeout`). Past it the probe is closed and
+/// the client goes on polling: a client that answers the probe and never
+/// switches does not keep its `GET`s released every 100 ms.
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Engine.IO's close packet.
 pub const CLOSE_PACKET: &str = "1";
 
@@ -247,6 +253,8 @@ struct Probe {
     ws: Box<Ws>,
     /// `3probe` was queued on it and still needs a flush.
     answered: bool,
+    /// [`UPGRADE_TIMEOUT`] after the WebSocket arrived.
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// The socket core's side of a polling session.
@@ -277,6 +285,10 @@ impl PollingWire {
             let Some(probe) = self.probe.as_mut() else {
                 return Poll::Pending;
             };
+            if probe.deadline.as_mut().poll(cx).is_ready() {
+                self.drop_probe();
+                return Poll::Pending;
+            }
             if probe.answered {
                 match Pin::new(&mut *probe.ws).poll_flush(cx) {
                     Poll::Ready(Ok(())) => probe.answered = false,
@@ -375,6 +387,7 @@ impl Stream for PollingWire {
                         this.probe = Some(Probe {
                             ws,
                             answered: false,
+                            deadline: Box::pin(tokio::time::sleep(UPGRADE_TIMEOUT)),
                         });
                     }
                     state.core = Some(cx.waker().clone());
