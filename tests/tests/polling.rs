@@ -177,6 +177,33 @@ async fn poll(addr: SocketAddr, method: &str, sid: &str, body: &str) -> String {
     reply.body
 }
 
+/// A polling session past its CONNECT (`40` posted, its reply fetched): its sid.
+async fn connected_session(addr: SocketAddr) -> String {
+    let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
+    let sid = sid_of(&open.body);
+    assert_eq!(poll(addr, "POST", &sid, "40").await, "ok");
+    assert!(poll(addr, "GET", &sid, "").await.starts_with("40{"));
+    sid
+}
+
+/// The WebSocket a client opens to upgrade session `sid`.
+async fn upgrade_socket(
+    addr: SocketAddr,
+    sid: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    ws
+}
+
+/// After the switch, polling the session is refused as on the real server.
+async fn assert_polling_refused(addr: SocketAddr, sid: &str) {
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let late = request(addr, "GET", &path, &[], "").await;
+    assert_eq!(engine_code(&late), (400, json!(3)));
+}
+
 /// Exactly what crosses the switch, packet by packet: packets posted before
 /// the client's `5` are read before anything sent on the WebSocket, and what
 /// the socket wrote while the client had paused polling goes out first on the
@@ -187,19 +214,14 @@ async fn nothing_is_lost_or_reordered_across_the_upgrade_in_either_direction() {
     use tokio_tungstenite::tungstenite::Message;
     let node = NodeBuilder::new(1).start();
     let addr = node.public;
-    let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
-    let sid = sid_of(&open.body);
-    assert_eq!(poll(addr, "POST", &sid, "40").await, "ok");
-    assert!(poll(addr, "GET", &sid, "").await.starts_with("40{"));
+    let sid = connected_session(addr).await;
     poll(addr, "POST", &sid, r#"420["subscribe","s"]"#).await;
     assert_eq!(poll(addr, "GET", &sid, "").await, r#"430[{"ok":true}]"#);
     // The probe, while a GET is held: the GET is released with a noop.
     let held_sid = sid.clone();
     let held = tokio::spawn(async move { poll(addr, "GET", &held_sid, "").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let mut ws = upgrade_socket(addr, &sid).await;
     ws.send(Message::text("2probe")).await.unwrap();
     let text = |m: Option<Result<Message, _>>| match m {
         Some(Ok(Message::Text(t))) => t.to_string(),
@@ -233,9 +255,7 @@ async fn nothing_is_lost_or_reordered_across_the_upgrade_in_either_direction() {
     }
     assert_eq!(seen, [1, 2, 3, 4]);
     // The session answers polling no more.
-    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
-    let late = request(addr, "GET", &path, &[], "").await;
-    assert_eq!(engine_code(&late), (400, json!(3)));
+    assert_polling_refused(addr, &sid).await;
 }
 
 /// The held GET's noop and the WebSocket's `3probe` race on two
@@ -250,16 +270,11 @@ async fn a_get_sent_after_the_upgrade_noop_is_released_too() {
     use tokio_tungstenite::tungstenite::Message;
     let node = NodeBuilder::new(1).start();
     let addr = node.public;
-    let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
-    let sid = sid_of(&open.body);
-    assert_eq!(poll(addr, "POST", &sid, "40").await, "ok");
-    assert!(poll(addr, "GET", &sid, "").await.starts_with("40{"));
+    let sid = connected_session(addr).await;
     let held_sid = sid.clone();
     let held = tokio::spawn(async move { poll(addr, "GET", &held_sid, "").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let mut ws = upgrade_socket(addr, &sid).await;
     ws.send(Message::text("2probe")).await.unwrap();
     assert_eq!(held.await.unwrap(), "6");
     // The client has not seen `3probe` yet: it polls again.
@@ -283,9 +298,7 @@ async fn a_get_sent_after_the_upgrade_noop_is_released_too() {
         other => panic!("expected the ack, got {other:?}"),
     }
     // Switched: polling is refused, not released.
-    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
-    let late = request(addr, "GET", &path, &[], "").await;
-    assert_eq!(engine_code(&late), (400, json!(3)));
+    assert_polling_refused(addr, &sid).await;
 }
 
 /// A client that answers the probe and never sends `5`: the probe is closed
@@ -297,13 +310,8 @@ async fn a_probe_never_switched_to_is_closed_after_the_upgrade_timeout() {
     use tokio_tungstenite::tungstenite::Message;
     let node = NodeBuilder::new(1).start();
     let addr = node.public;
-    let open = request(addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
-    let sid = sid_of(&open.body);
-    assert_eq!(poll(addr, "POST", &sid, "40").await, "ok");
-    assert!(poll(addr, "GET", &sid, "").await.starts_with("40{"));
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let sid = connected_session(addr).await;
+    let mut ws = upgrade_socket(addr, &sid).await;
     let opened = std::time::Instant::now();
     ws.send(Message::text("2probe")).await.unwrap();
     match ws.next().await {
