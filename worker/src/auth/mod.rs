@@ -28,12 +28,11 @@ use sha2::{Digest, Sha256};
 use sockhive_shared::config::Config;
 use sockhive_shared::http::RequestHead;
 use sockhive_shared::jwt::AuthTokenError;
-use tokio::sync::mpsc;
 
 use passport::{
     watch::WatcherConfig, DuplicateCookiePolicy, LoggedOut, SessionAuthConfig, SessionAuthError,
-    SessionAuthenticator, SessionLogin, SessionOutcome, SessionWatcher, SignedSessionId,
-    StoredSession, UserRecordShape, UserResolver,
+    SessionAuthenticator, SessionLogin, SessionOutcome, SessionStore, SessionWatcher,
+    SignedSessionId, StoredSession, UserRecordShape, UserResolver,
 };
 use prometheus::{IntCounter, IntCounterVec};
 use sockhive_shared::metrics::CounterTable;
@@ -181,39 +180,11 @@ pub struct SessionSupport {
     /// Notices logouts of sessions that have sockets.
     pub watcher: SessionWatcher,
     minted: Client,
-    /// Where minted tokens wait to be filed together (standalone Redis).
-    filings: Option<mpsc::UnboundedSender<MintedFiling>>,
+    /// The session store, whose round trips carry the minted tokens' filings
+    /// (standalone Redis).
+    store: Arc<dyn SessionStore>,
     prefix: String,
     sharded: bool,
-}
-
-/// A minted token's entry in the index: key, filed login, lifetime.
-type MintedFiling = (String, String, Duration);
-
-/// Most minted tokens filed in one pipeline.
-const FILING_BATCH: usize = 500;
-
-/// Files minted tokens, in batches, for as long as the worker lives.
-///
-/// Why (issue 19): one pipeline of `SET`s at a time, with every token
-/// minted meanwhile, where each login had a task of its own (a fred `SET`
-/// future, about 5 KB in the task, and a round trip each). The index is off
-/// the handshake's critical path either way.
-async fn file_minted(client: Client, mut filings: mpsc::UnboundedReceiver<MintedFiling>) {
-    let mut batch: Vec<MintedFiling> = Vec::new();
-    while passport::store::next_batch(&mut filings, &mut batch, FILING_BATCH).await {
-        let pipeline = client.pipeline();
-        for (key, filed, lifetime) in batch.drain(..) {
-            let expire = Expiration::PX(lifetime.as_millis().min(i64::MAX as u128) as i64);
-            // Queued in memory: this returns at once.
-            let _: Result<(), _> = pipeline.set(key, filed, Some(expire), None, false).await;
-        }
-        let results = pipeline.try_all::<RedisValue>().await;
-        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-            let failed = results.iter().filter(|r| r.is_err()).count();
-            tracing::warn!(error = %e, failed, "minted tokens not filed; they will be refused until their sessions log in again");
-        }
-    }
 }
 
 /// Keys of the minted-token index: `sockhive:minted:<session hash>` holds the session id.
@@ -337,18 +308,13 @@ impl SessionSupport {
         let redis_config = sockhive_broker::redis::redis_config(url)?;
         let sharded = sockhive_broker::redis::is_cluster(&redis_config);
         let minted = sockhive_broker::redis::client(redis_config)?;
-        // A cluster's pipeline would span slots: there each token is filed alone.
-        let filings = (!sharded).then(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(file_minted(minted.clone(), rx));
-            tx
-        });
+        let store = authenticator.store();
         Ok(Some((
             SessionSupport {
                 authenticator,
                 watcher,
                 minted,
-                filings,
+                store,
                 prefix: session.session_prefix.clone(),
                 sharded,
             },
@@ -400,14 +366,10 @@ impl SessionSupport {
         })
         .unwrap_or_default();
         let key = format!("{MINTED_PREFIX}{hash}");
-        let filing = match &self.filings {
-            Some(filings) => match filings.send((key, filed, lifetime)) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(filing)) => filing,
-            },
-            None => (key, filed, lifetime),
+        // A cluster's pipeline would span slots: there each token is filed alone.
+        let Err((key, filed, lifetime)) = self.store.file_with_reads((key, filed, lifetime)) else {
+            return;
         };
-        let (key, filed, lifetime) = filing;
         let minted = self.minted.clone();
         tokio::spawn(async move {
             let expire = Expiration::PX(lifetime.as_millis().min(i64::MAX as u128) as i64);
@@ -791,43 +753,6 @@ impl PendingCredential {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Issue 19: minted tokens go to Redis from one filing task, in batches;
-    /// a burst of them is filed whole, each with its own lifetime.
-    #[tokio::test]
-    async fn a_burst_of_minted_tokens_is_filed_with_their_lifetimes() {
-        use passport::test_support::{RedisFixture, Resp};
-        let redis = RedisFixture::start(&[]).await;
-        let config = sockhive_broker::redis::redis_config(&redis.url()).unwrap();
-        let client = sockhive_broker::redis::client(config).unwrap();
-        let (filings, waiting) = mpsc::unbounded_channel();
-        for i in 0..300u64 {
-            let lifetime = Duration::from_secs(60 + i);
-            let filing = (format!("{MINTED_PREFIX}h{i}"), format!("s{i}"), lifetime);
-            filings.send(filing).unwrap();
-        }
-        drop(filings);
-        // Returns once every queued filing is written and the queue is closed.
-        tokio::time::timeout(Duration::from_secs(10), file_minted(client, waiting))
-            .await
-            .expect("filed in time");
-        assert_eq!(redis.command(&["DBSIZE"]).await, Resp::Int(300));
-        for i in [0u64, 7, 299] {
-            let key = format!("{MINTED_PREFIX}h{i}");
-            assert_eq!(
-                redis.command(&["GET", &key]).await,
-                Resp::Bulk(format!("s{i}"))
-            );
-            let Resp::Int(ttl) = redis.command(&["PTTL", &key]).await else {
-                panic!("no TTL on {key}");
-            };
-            let lifetime = ((60 + i) * 1000) as i64;
-            assert!(
-                ttl > lifetime - 10_000 && ttl <= lifetime,
-                "{key}: {ttl} ms"
-            );
-        }
-    }
 
     fn login(passport_user: Value, user: Value) -> SessionLogin {
         SessionLogin {

@@ -488,6 +488,18 @@ pub(crate) mod test_support {
             self.command(&["CONFIG", "RESETSTAT"]).await;
         }
 
+        /// `total_reads_processed` from `INFO stats`: how many times Redis
+        /// read a client socket (this call's own command counts one).
+        pub(crate) async fn reads_processed(&self) -> u64 {
+            let Resp::Bulk(info) = self.command(&["INFO", "stats"]).await else {
+                panic!("INFO reply");
+            };
+            info.lines()
+                .find_map(|line| line.strip_prefix("total_reads_processed:"))
+                .and_then(|n| n.trim().parse().ok())
+                .expect("total_reads_processed in INFO stats")
+        }
+
         /// `calls` of one command from `INFO commandstats` (0 when never run).
         pub(crate) async fn command_calls(&self, name: &str) -> u64 {
             self.command_stats()

@@ -4,7 +4,8 @@
 //! as a plain string under `<prefix><sid>` and lets the key's TTL do the
 //! expiry, so a missing key is the only "expired" there is: the stored
 //! `cookie.expires` goes stale on every touch and is never consulted. This
-//! side only reads; it never writes, touches or deletes a Node session.
+//! side only reads; it never writes, touches or deletes a Node session. (It
+//! writes sockhive's own minted-token index, in the same round trips.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -113,6 +114,13 @@ pub trait SessionStore: Send + Sync {
         let _ = (key, shape);
         Box::pin(async { Err(StoreError::Unsupported("user records")) })
     }
+
+    /// Queues `filing` for the store's next round trip, beside the session
+    /// reads waiting then; gives it back when this store makes no such
+    /// round trips (a cluster, a test store), and the caller files it alone.
+    fn file_with_reads(&self, filing: Filing) -> Result<(), Filing> {
+        Err(filing)
+    }
 }
 
 /// Settings for [`RedisSessionStore`].
@@ -198,64 +206,67 @@ pub struct RedisSessionStore {
     /// Every command carries the timeout itself so a command that gave up
     /// is also dropped from fred's queue instead of being sent later.
     options: Options,
-    /// Where a login's read waits for the next batch (standalone Redis; a
-    /// cluster's `MGET` cannot span slots, so there every login reads alone).
-    reads: Option<mpsc::UnboundedSender<WaitingRead>>,
+    /// Where a login's read and a minted token's filing wait for the next
+    /// round trip (standalone Redis; a cluster's `MGET` and pipelines cannot
+    /// span slots, so there every login reads alone).
+    jobs: Option<mpsc::UnboundedSender<StoreJob>>,
 }
 
 /// A login's session key, and where its value goes.
 type WaitingRead = (String, oneshot::Sender<Result<Value, StoreError>>);
 
-/// Reads the sessions of logins in batches, for as long as the store lives.
+/// A key sockhive files next to the sessions (the minted-token index):
+/// key, value, lifetime. Never a Node session: those are only read.
+pub type Filing = (String, String, Duration);
+
+/// What waits for the store's next round trip.
+enum StoreJob {
+    Read(WaitingRead),
+    File(Filing),
+}
+
+/// Runs the store's round trips, for as long as the store lives.
 ///
-/// Why (issue 19): one read in flight at a time, and the logins that arrive
-/// meanwhile go together in the next one, as one `MGET`: one round trip and
-/// one command for many logins where there was one each. A crowd of logins
-/// also no longer holds one fred command future (about 8 KB) each, which
-/// left the heap full of holes between the sockets that stayed.
-async fn read_batches(
+/// Why (issue 19): one round trip in flight at a time, and what arrives
+/// meanwhile goes together in the next one. The logins' reads become one
+/// `MGET` (one command for many logins where there was one each, and no
+/// fred command future of about 8 KB per login in flight, which left the
+/// heap full of holes between the sockets that stayed). The minted tokens
+/// filed meanwhile ride in the same pipeline as `SET`s: a login's filing
+/// goes out with the next logins' read, where a round trip of its own cost
+/// about 8 µs of worker CPU per cookie handshake (a write, a wake of Redis,
+/// the reply's read).
+async fn round_trips(
     client: Client,
     options: Options,
     timeout: Duration,
-    mut waiting: mpsc::UnboundedReceiver<WaitingRead>,
+    mut jobs: mpsc::UnboundedReceiver<StoreJob>,
 ) {
-    let mut batch: Vec<WaitingRead> = Vec::new();
-    while next_batch(&mut waiting, &mut batch, MGET_BATCH).await {
-        // A login that gave up (its handshake ended) is not read.
-        batch.retain(|(_, reply)| !reply.is_closed());
-        let commands = client.with_options(&options);
-        let values = match batch.len() {
-            0 => continue,
-            1 => bounded(timeout, commands.get::<Value, _>(batch[0].0.as_str()))
-                .await
-                .map(|value| vec![value]),
-            n => {
-                let keys: Vec<Key> = batch
-                    .iter()
-                    .map(|(key, _)| Key::from(key.as_str()))
-                    .collect();
-                bounded(timeout, commands.mget::<Vec<Value>, _>(keys))
-                    .await
-                    .and_then(|values| {
-                        if values.len() == n {
-                            Ok(values)
-                        } else {
-                            Err(StoreError::Failed(format!(
-                                "MGET answered {} values for {n} keys",
-                                values.len()
-                            )))
-                        }
-                    })
+    let mut batch: Vec<StoreJob> = Vec::new();
+    let mut reads: Vec<WaitingRead> = Vec::new();
+    let mut filings: Vec<Filing> = Vec::new();
+    while next_batch(&mut jobs, &mut batch, MGET_BATCH).await {
+        for job in batch.drain(..) {
+            match job {
+                // A login that gave up (its handshake ended) is not read.
+                StoreJob::Read((_, reply)) if reply.is_closed() => {}
+                StoreJob::Read(read) => reads.push(read),
+                StoreJob::File(filing) => filings.push(filing),
             }
+        }
+        let values = if filings.is_empty() {
+            read_alone(&client, &options, timeout, &reads).await
+        } else {
+            file_and_read(&client, &options, timeout, &mut filings, &reads).await
         };
         match values {
             Ok(values) => {
-                for ((_, reply), value) in batch.drain(..).zip(values) {
+                for ((_, reply), value) in reads.drain(..).zip(values) {
                     let _ = reply.send(Ok(value));
                 }
             }
             Err(error) => {
-                for (_, reply) in batch.drain(..) {
+                for (_, reply) in reads.drain(..) {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
@@ -263,6 +274,125 @@ async fn read_batches(
         if batch.capacity() > MGET_BATCH {
             batch = Vec::new();
         }
+        if reads.capacity() > MGET_BATCH {
+            reads = Vec::new();
+        }
+        if filings.capacity() > MGET_BATCH {
+            filings = Vec::new();
+        }
+    }
+}
+
+/// The sessions of `reads`, in order: one `GET`, or one `MGET` for many.
+async fn read_alone(
+    client: &Client,
+    options: &Options,
+    timeout: Duration,
+    reads: &[WaitingRead],
+) -> Result<Vec<Value>, StoreError> {
+    let commands = client.with_options(options);
+    match reads {
+        [] => Ok(Vec::new()),
+        [(key, _)] => bounded(timeout, commands.get::<Value, _>(key.as_str()))
+            .await
+            .map(|value| vec![value]),
+        _ => {
+            let keys: Vec<Key> = reads
+                .iter()
+                .map(|(key, _)| Key::from(key.as_str()))
+                .collect();
+            let values = bounded(timeout, commands.mget::<Vec<Value>, _>(keys)).await?;
+            checked_count(values, reads.len())
+        }
+    }
+}
+
+/// Redis script: `SET key value PX ms` for the first `ARGV[1]` keys (values
+/// and lifetimes in `ARGV` after it), then `MGET` of the other keys, as
+/// `[failed SETs, first SET error or nil, values]`. A `SET` that fails (a
+/// full Redis) does not stop the reads.
+///
+/// Why a script: fred writes each command of a pipeline with a write of its
+/// own, and a filing's separate write, Redis wake-up and reply cost about
+/// 8 µs of worker CPU per cookie handshake (issue 19). One command is one
+/// write and one reply.
+const FILE_AND_READ: &str = "local n = tonumber(ARGV[1]) local failed = 0 local first = false for i = 1, n do local r = redis.pcall('SET', KEYS[i], ARGV[2 * i], 'PX', ARGV[2 * i + 1]) if type(r) == 'table' and r.err then failed = failed + 1 if not first then first = r.err end end end local values = {} if #KEYS > n then values = redis.call('MGET', unpack(KEYS, n + 1)) end return {failed, first, values}";
+
+/// Files `filings` and reads the sessions of `reads` with one command (one
+/// write, one round trip); the sessions come back in order. A filing that
+/// fails is logged: its token is refused until its session logs in again,
+/// as when a lone `SET` failed. When the script itself fails, the reads
+/// are made alone, so a login never fails for a filing's sake.
+async fn file_and_read(
+    client: &Client,
+    options: &Options,
+    timeout: Duration,
+    filings: &mut Vec<Filing>,
+    reads: &[WaitingRead],
+) -> Result<Vec<Value>, StoreError> {
+    let filed = filings.len();
+    if let ([_], []) = (filings.as_slice(), reads) {
+        // Alone, a plain `SET` costs Redis less than the script.
+        let (key, value, lifetime) = filings.pop().expect("one filing");
+        let expire = Expiration::PX(lifetime.as_millis().clamp(1, i64::MAX as u128) as i64);
+        let commands = client.with_options(options);
+        let set = commands.set::<(), _, _>(key, value, Some(expire), None, false);
+        if let Err(error) = bounded(timeout, set).await {
+            tracing::warn!(error = %error, failed = 1, "minted tokens not filed; they will be refused until their sessions log in again");
+        }
+        return Ok(Vec::new());
+    }
+    let mut keys: Vec<Key> = Vec::with_capacity(filed + reads.len());
+    let mut args: Vec<Value> = Vec::with_capacity(1 + 2 * filed);
+    args.push(Value::Integer(filed as i64));
+    for (key, value, lifetime) in filings.drain(..) {
+        keys.push(Key::from(key));
+        args.push(Value::from(value));
+        // At least 1 ms: `PX 0` is an error, not "already gone".
+        args.push(Value::Integer(
+            lifetime.as_millis().clamp(1, i64::MAX as u128) as i64,
+        ));
+    }
+    keys.extend(reads.iter().map(|(key, _)| Key::from(key.as_str())));
+    let commands = client.with_options(options);
+    let reply = bounded(
+        timeout,
+        commands.eval::<Value, _, _, _>(FILE_AND_READ, keys, args),
+    )
+    .await;
+    let mut parts = match reply {
+        Ok(reply) => reply.into_array().into_iter(),
+        Err(error) => {
+            tracing::warn!(error = %error, failed = filed, "minted tokens not filed; they will be refused until their sessions log in again");
+            return read_alone(client, options, timeout, reads).await;
+        }
+    };
+    let failed = parts.next().and_then(|n| n.as_i64()).unwrap_or(0);
+    if failed > 0 {
+        let error = parts
+            .next()
+            .and_then(|e| e.into_string())
+            .unwrap_or_default();
+        tracing::warn!(error = %error, failed, "minted tokens not filed; they will be refused until their sessions log in again");
+    } else {
+        parts.next();
+    }
+    if reads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values = parts.next().map(Value::into_array).unwrap_or_default();
+    checked_count(values, reads.len())
+}
+
+/// `values` when an `MGET` answered one per key.
+fn checked_count(values: Vec<Value>, keys: usize) -> Result<Vec<Value>, StoreError> {
+    if values.len() == keys {
+        Ok(values)
+    } else {
+        Err(StoreError::Failed(format!(
+            "MGET answered {} values for {keys} keys",
+            values.len()
+        )))
     }
 }
 
@@ -298,9 +428,17 @@ where
     let guard = timeout + Duration::from_millis(50);
     match tokio::time::timeout(guard, command).await {
         Err(_) => Err(StoreError::Timeout(timeout)),
-        Ok(Err(error)) if *error.kind() == ErrorKind::Timeout => Err(StoreError::Timeout(timeout)),
-        Ok(Err(error)) => Err(StoreError::Failed(error.to_string())),
+        Ok(Err(error)) => Err(store_error(error, timeout)),
         Ok(Ok(value)) => Ok(value),
+    }
+}
+
+/// A fred error as the store reports it: its timeout is the store's.
+fn store_error(error: Error, timeout: Duration) -> StoreError {
+    if *error.kind() == ErrorKind::Timeout {
+        StoreError::Timeout(timeout)
+    } else {
+        StoreError::Failed(error.to_string())
     }
 }
 
@@ -317,10 +455,10 @@ impl RedisSessionStore {
             timeout: Some(config.command_timeout),
             ..Options::default()
         };
-        let reads = (!client.is_clustered()).then(|| {
+        let jobs = (!client.is_clustered()).then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             // Ends when the last clone of the store is dropped.
-            tokio::spawn(read_batches(
+            tokio::spawn(round_trips(
                 client.clone(),
                 options.clone(),
                 config.command_timeout,
@@ -333,7 +471,7 @@ impl RedisSessionStore {
             prefix: config.prefix.clone(),
             command_timeout: config.command_timeout,
             options,
-            reads,
+            jobs,
         })
     }
 
@@ -376,7 +514,7 @@ impl SessionStore for RedisSessionStore {
         // Two futures, each boxed at its own size: the batched read's is a
         // few hundred bytes, where one holding fred's `GET` is kilobytes
         // (issue 19: every login in flight holds one).
-        let Some(reads) = self.reads.as_ref() else {
+        let Some(jobs) = self.jobs.as_ref() else {
             return Box::pin(async move {
                 let value: Value = self
                     .bounded(self.client.with_options(&self.options).get(key))
@@ -386,7 +524,7 @@ impl SessionStore for RedisSessionStore {
         };
         Box::pin(async move {
             let (reply, value) = oneshot::channel();
-            if reads.send((key, reply)).is_err() {
+            if jobs.send(StoreJob::Read((key, reply))).is_err() {
                 return Err(StoreError::Failed("the session reader has stopped".into()));
             }
             // The login's whole wait (the read in flight, then its own batch)
@@ -398,6 +536,18 @@ impl SessionStore for RedisSessionStore {
                 Ok(Ok(value)) => value.map(session_from_value),
             }
         })
+    }
+
+    fn file_with_reads(&self, filing: Filing) -> Result<(), Filing> {
+        match &self.jobs {
+            Some(jobs) => jobs.send(StoreJob::File(filing)).map_err(|refused| {
+                let StoreJob::File(filing) = refused.0 else {
+                    unreachable!("the job sent was a filing")
+                };
+                filing
+            }),
+            None => Err(filing),
+        }
     }
 
     fn load_many<'a>(&'a self, sids: &'a [String]) -> StoreFuture<'a, Vec<Option<StoredSession>>> {
@@ -464,7 +614,7 @@ impl SessionStore for RedisSessionStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::RedisFixture;
+    use super::super::test_support::{RedisFixture, Resp};
     use super::*;
 
     #[test]
@@ -553,6 +703,107 @@ mod tests {
             gets + mgets <= 10,
             "{gets} GET and {mgets} MGET for 200 logins"
         );
+    }
+
+    /// Issue 19: minted tokens filed while logins wait go out with the
+    /// logins' read, in one write and one round trip, each with its own
+    /// lifetime; every login still gets its own session.
+    #[tokio::test]
+    async fn filings_ride_with_the_waiting_reads_in_one_write() {
+        let redis = RedisFixture::start(&[]).await;
+        redis.set("sess:r1", r#"{"passport":{"user":1}}"#, 60).await;
+        let store =
+            RedisSessionStore::connect(&RedisStoreConfig::new(&redis.url())).expect("store");
+        // Connected, and the statistics start from here.
+        assert_eq!(store.load("none").await.expect("load"), None);
+        redis.reset_stats().await;
+        let before = redis.reads_processed().await;
+        for i in 0..5u64 {
+            let filing = (
+                format!("sockhive:minted:h{i}"),
+                format!("s{i}"),
+                Duration::from_secs(60 + i),
+            );
+            assert!(store.file_with_reads(filing).is_ok(), "queued");
+        }
+        let (first, second) = tokio::join!(store.load("r1"), store.load("r2"));
+        assert_eq!(
+            first.expect("load"),
+            Some(StoredSession::Json(
+                serde_json::json!({"passport": {"user": 1}})
+            ))
+        );
+        assert_eq!(second.expect("load"), None);
+        // One read of the store's socket, plus two of the fixture's own: the
+        // end of the connection that asked `before`, and this `INFO`.
+        let reads = redis.reads_processed().await - before;
+        assert_eq!(
+            reads,
+            3,
+            "Redis read the store's commands in {} reads",
+            reads - 2
+        );
+        // One command: the script, which made the five `SET`s and the `MGET`.
+        assert_eq!(redis.command_calls("eval").await, 1);
+        assert_eq!(redis.command_calls("set").await, 5);
+        assert_eq!(redis.command_calls("mget").await, 1);
+        assert_eq!(redis.command_calls("get").await, 0);
+        for i in [0u64, 4] {
+            let key = format!("sockhive:minted:h{i}");
+            assert_eq!(
+                redis.command(&["GET", &key]).await,
+                Resp::Bulk(format!("s{i}"))
+            );
+            let Resp::Int(ttl) = redis.command(&["PTTL", &key]).await else {
+                panic!("no TTL on {key}");
+            };
+            let lifetime = ((60 + i) * 1000) as i64;
+            assert!(
+                ttl > lifetime - 10_000 && ttl <= lifetime,
+                "{key}: {ttl} ms"
+            );
+        }
+    }
+
+    /// A Redis too full to file a minted token (maxmemory, noeviction) still
+    /// serves the session read that shares the round trip.
+    #[tokio::test]
+    async fn a_full_redis_still_serves_the_reads_beside_a_filing() {
+        let redis = RedisFixture::start(&[]).await;
+        redis.set("sess:r1", r#"{"passport":{"user":1}}"#, 60).await;
+        let store =
+            RedisSessionStore::connect(&RedisStoreConfig::new(&redis.url())).expect("store");
+        assert_eq!(store.load("none").await.expect("load"), None);
+        redis.command(&["CONFIG", "SET", "maxmemory", "1"]).await;
+        let filing = ("m0".to_owned(), "s0".to_owned(), Duration::from_secs(60));
+        assert!(store.file_with_reads(filing).is_ok(), "queued");
+        assert_eq!(
+            store.load("r1").await.expect("load"),
+            Some(StoredSession::Json(
+                serde_json::json!({"passport": {"user": 1}})
+            ))
+        );
+        assert_eq!(redis.command(&["EXISTS", "m0"]).await, Resp::Int(0));
+    }
+
+    /// A burst of filings with no login waiting is filed whole all the same.
+    #[tokio::test]
+    async fn filings_without_reads_are_filed_too() {
+        let redis = RedisFixture::start(&[]).await;
+        let store =
+            RedisSessionStore::connect(&RedisStoreConfig::new(&redis.url())).expect("store");
+        for i in 0..300u64 {
+            let filing = (format!("m{i}"), format!("s{i}"), Duration::from_secs(60));
+            assert!(store.file_with_reads(filing).is_ok(), "queued");
+        }
+        // Bounded: 100 checks 20 ms apart.
+        for _ in 0..100 {
+            if redis.command(&["DBSIZE"]).await == Resp::Int(300) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("not filed: {:?}", redis.command(&["DBSIZE"]).await);
     }
 
     #[tokio::test]
