@@ -118,6 +118,8 @@ pub async fn serve_process(
         shutdown: shutdown.clone(),
         open_connections: AtomicUsize::new(0),
     });
+    let announcing = worker.clone();
+    tokio::spawn(async move { announcing.sockets.announce_leaves().await });
     if let Some(handoff) = handoff {
         // WebSockets other workers received for this worker's polling sessions.
         let receiving = worker.clone();

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use sockhive_broker::records::RecordSink;
@@ -51,7 +52,17 @@ pub struct SocketRegistry {
     records: Option<RecordSink>,
     /// Where user index changes go.
     master: MasterLink,
+    /// Wakes [`SocketRegistry::announce_leaves`] when a leave is pending.
+    leaves_due: tokio::sync::Notify,
 }
+
+/// How long the last socket of a user may be gone before the master hears
+/// it. Why (issue 19): every cookie handshake of a new user cost the master a
+/// join and a leave, each a wake-up of its own; leaves now go together, and
+/// a user back within the delay costs nothing. Joins stay immediate: a
+/// query must never miss a socket that has its handshake reply. A late
+/// leave only has a query ask this worker for nobody, as a race did before.
+pub const LEAVE_DELAY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -62,6 +73,9 @@ struct Inner {
     /// Socket ids per channel: a command for a channel's members (a hook's
     /// `emit` to a room) visits them, not every socket.
     channels: HashMap<String, HashSet<Arc<str>>>,
+    /// Users whose last socket here closed, not yet announced to the master
+    /// (see [`LEAVE_DELAY`]).
+    leaving: HashSet<String>,
 }
 
 /// `logged_in`, `user` and `auth` as records show them, from a socket's
@@ -124,24 +138,36 @@ fn user_keys(entry: &SocketEntry) -> Vec<String> {
 }
 
 impl Inner {
-    /// Files (`up`) or unfiles socket `id` under `keys`; `changed` gets the
-    /// users that appeared on or vanished from this worker.
-    fn index(&mut self, keys: &[String], id: &Arc<str>, up: bool, changed: &mut Vec<String>) {
+    /// Files (`up`) or unfiles socket `id` under `keys`. `joined` gets the
+    /// users that appeared on this worker and that the master does not
+    /// know; users that vanished wait in `leaving`. True when a leave was
+    /// added there.
+    fn index(
+        &mut self,
+        keys: &[String],
+        id: &Arc<str>,
+        up: bool,
+        joined: &mut Vec<String>,
+    ) -> bool {
+        let mut left = false;
         for key in keys {
             if up {
                 let sockets = self.users.entry(key.clone()).or_default();
-                if sockets.is_empty() {
-                    changed.push(key.clone());
+                // Back before its leave was announced: the master still has it.
+                if sockets.is_empty() && !self.leaving.remove(key) {
+                    joined.push(key.clone());
                 }
                 sockets.insert(id.clone());
             } else if let Some(sockets) = self.users.get_mut(key) {
                 sockets.remove(id);
                 if sockets.is_empty() {
                     self.users.remove(key);
-                    changed.push(key.clone());
+                    self.leaving.insert(key.clone());
+                    left = true;
                 }
             }
         }
+        left
     }
 
     /// The sockets a filter can match: those of its pinned users, or the
@@ -190,6 +216,18 @@ impl SocketRegistry {
             inner: Mutex::new(Inner::default()),
             records,
             master,
+            leaves_due: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Tells the master, [`LEAVE_DELAY`] after the first of them, which users
+    /// left this worker meanwhile; runs for the worker's life.
+    pub async fn announce_leaves(&self) {
+        loop {
+            self.leaves_due.notified().await;
+            tokio::time::sleep(LEAVE_DELAY).await;
+            let left: Vec<String> = self.lock().leaving.drain().collect();
+            self.announce(Vec::new(), left);
         }
     }
 
@@ -207,6 +245,14 @@ impl SocketRegistry {
         }
     }
 
+    /// Announces `joined` now; a leave made pending is announced later.
+    fn announce_changes(&self, joined: Vec<String>, leaves_pending: bool) {
+        self.announce(joined, Vec::new());
+        if leaves_pending {
+            self.leaves_due.notify_one();
+        }
+    }
+
     /// Registers a socket that completed its handshake.
     pub fn insert(&self, id: Arc<str>, entry: SocketEntry) {
         let mut joined = Vec::new();
@@ -218,17 +264,17 @@ impl SocketRegistry {
             }
             inner.entries.insert(id, entry);
         }
-        self.announce(joined, Vec::new());
+        self.announce_changes(joined, false);
     }
 
     /// Forgets a closed socket.
     pub fn remove(&self, id: &str) -> Option<SocketEntry> {
-        let mut left = Vec::new();
+        let mut leaves_pending = false;
         let removed = {
             let mut inner = self.lock();
             let removed = inner.entries.remove_entry(id);
             if let Some((key, entry)) = &removed {
-                inner.index(&user_keys(entry), key, false, &mut left);
+                leaves_pending = inner.index(&user_keys(entry), key, false, &mut Vec::new());
                 for channel in &entry.channels {
                     if let Some(members) = inner.channels.get_mut(channel) {
                         members.remove(key);
@@ -243,13 +289,13 @@ impl SocketRegistry {
             }
             removed
         };
-        self.announce(Vec::new(), left);
+        self.announce_changes(Vec::new(), leaves_pending);
         removed.map(|(_, entry)| entry)
     }
 
     /// Applies a change to one socket's entry (and mirrors it).
     pub fn update<R>(&self, id: &str, change: impl FnOnce(&mut SocketEntry) -> R) -> Option<R> {
-        let (mut joined, mut left) = (Vec::new(), Vec::new());
+        let (mut joined, mut leaves_pending) = (Vec::new(), false);
         let result = {
             let mut inner = self.lock();
             let key = inner.entries.get_key_value(id)?.0.clone();
@@ -261,12 +307,12 @@ impl SocketRegistry {
                 records.put(id, &self.record(id, entry));
             }
             if before != after {
-                inner.index(&before, &key, false, &mut left);
+                leaves_pending = inner.index(&before, &key, false, &mut joined);
                 inner.index(&after, &key, true, &mut joined);
             }
             result
         };
-        self.announce(joined, left);
+        self.announce_changes(joined, leaves_pending);
         Some(result)
     }
 
@@ -456,10 +502,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_query_pinning_a_user_reads_only_that_users_sockets_and_the_index_follows_changes() {
+    #[tokio::test]
+    async fn a_query_pinning_a_user_reads_only_that_users_sockets_and_the_index_follows_changes() {
         let (master, mut to_master) = MasterLink::new();
-        let registry = SocketRegistry::new("n".into(), 1, master, None);
+        let registry = Arc::new(SocketRegistry::new("n".into(), 1, master, None));
+        let announcing = registry.clone();
+        tokio::spawn(async move { announcing.announce_leaves().await });
         registry.insert("s1".into(), entry(json!({"id": "alice"})));
         registry.insert("s2".into(), entry(json!({"id": "alice"})));
         registry.insert("s3".into(), entry(json!({"id": "bob"})));
@@ -500,7 +548,8 @@ mod tests {
                 .len(),
             0
         );
-        // The master heard alice arrive once and leave once.
+        // The master heard alice arrive once and, after the delay, leave once.
+        tokio::time::sleep(LEAVE_DELAY * 2).await;
         let mut announced = Vec::new();
         while let Ok(frame) = to_master.try_recv() {
             announced.push(String::from_utf8_lossy(&frame[4..]).into_owned());
@@ -516,11 +565,57 @@ mod tests {
         assert_eq!(
             announced
                 .iter()
-                .filter(|m| m.contains("\"left\":[\"alice\"]"))
+                .filter(|m| {
+                    let users: Value = serde_json::from_str(m).unwrap();
+                    users["users"]["left"]
+                        .as_array()
+                        .is_some_and(|left| left.contains(&json!("alice")))
+                })
                 .count(),
             1,
             "{announced:?}"
         );
+    }
+
+    /// Issue 19: joins reach the master at once; leaves wait [`LEAVE_DELAY`]
+    /// and go together, and a user back before then costs no message.
+    #[tokio::test(start_paused = true)]
+    async fn leaves_reach_the_master_together_after_the_delay() {
+        let (master, mut to_master) = MasterLink::new();
+        let registry = Arc::new(SocketRegistry::new("n".into(), 1, master, None));
+        let announcing = registry.clone();
+        tokio::spawn(async move { announcing.announce_leaves().await });
+        let mut heard = move || {
+            let mut frames = Vec::new();
+            while let Ok(frame) = to_master.try_recv() {
+                frames.push(String::from_utf8_lossy(&frame[4..]).into_owned());
+            }
+            frames
+        };
+        for (id, user) in [("s1", "alice"), ("s2", "bob"), ("s3", "carol")] {
+            registry.insert(id.into(), entry(json!({"id": user})));
+        }
+        assert_eq!(heard().len(), 3, "each join at once");
+        registry.remove("s1");
+        registry.remove("s2");
+        registry.remove("s3");
+        // carol is back before her leave was told: the master still has her.
+        registry.insert("s4".into(), entry(json!({"id": "carol"})));
+        tokio::task::yield_now().await;
+        assert_eq!(heard(), Vec::<String>::new(), "nothing before the delay");
+        tokio::time::sleep(LEAVE_DELAY + Duration::from_millis(1)).await;
+        let frames = heard();
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        let users: serde_json::Value = serde_json::from_str(&frames[0]).unwrap();
+        let mut left: Vec<&str> = users["users"]["left"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["alice", "bob"]);
+        assert_eq!(users["users"]["joined"], json!([]));
     }
 
     #[test]

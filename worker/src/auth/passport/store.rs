@@ -56,9 +56,37 @@ pub enum StoredSession {
     },
 }
 
+/// What a login reads of a session object: its `passport` member.
+#[derive(serde::Deserialize)]
+struct PassportMember {
+    passport: Option<Json>,
+}
+
 impl StoredSession {
-    /// Interprets the raw bytes of a session value.
+    /// Interprets the raw bytes of a session value, keeping what a login
+    /// reads of it: an object keeps only its `passport` member. The rest
+    /// (the cookie, the app's own data, however large) is checked as JSON
+    /// but not built: a login built the whole tree, about ten allocations
+    /// for the cookie object alone (issue 19). Anything else (not an object,
+    /// a repeated `passport`) is read whole, as before, so it fails or
+    /// succeeds exactly as the whole parse does.
     pub fn from_bytes(bytes: &[u8]) -> StoredSession {
+        let opens_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if opens_object {
+            if let Ok(member) = serde_json::from_slice::<PassportMember>(bytes) {
+                let mut object = serde_json::Map::new();
+                if let Some(passport) = member.passport {
+                    object.insert(super::user::PASSPORT_SESSION_KEY.to_owned(), passport);
+                }
+                return StoredSession::Json(Json::Object(object));
+            }
+        }
+        StoredSession::whole(bytes)
+    }
+
+    /// Interprets the raw bytes of a stored value, every member kept (a
+    /// user record; a session the lean read could not take).
+    pub fn whole(bytes: &[u8]) -> StoredSession {
         match serde_json::from_slice(bytes) {
             Ok(json) => StoredSession::Json(json),
             Err(error) => StoredSession::Unparsable {
@@ -498,10 +526,14 @@ impl RedisSessionStore {
 }
 
 fn session_from_value(value: Value) -> Option<StoredSession> {
+    stored_from_value(value, StoredSession::from_bytes)
+}
+
+fn stored_from_value(value: Value, parse: fn(&[u8]) -> StoredSession) -> Option<StoredSession> {
     match value {
         Value::Null => None,
-        Value::Bytes(bytes) => Some(StoredSession::from_bytes(&bytes)),
-        Value::String(text) => Some(StoredSession::from_bytes(text.as_bytes())),
+        Value::Bytes(bytes) => Some(parse(&bytes)),
+        Value::String(text) => Some(parse(text.as_bytes())),
         other => Some(StoredSession::Unparsable {
             error: format!("unexpected Redis reply type {:?}", other.kind()),
         }),
@@ -584,12 +616,14 @@ impl SessionStore for RedisSessionStore {
             match shape {
                 UserRecordShape::Json => {
                     let value: Value = self.bounded(commands.get(key)).await?;
-                    Ok(session_from_value(value).map(|record| match record {
-                        StoredSession::Json(json) => json,
-                        // An unreadable record is reported as a JSON string so
-                        // the resolver can refuse it as bad data, not an outage.
-                        StoredSession::Unparsable { error } => Json::String(error),
-                    }))
+                    Ok(
+                        stored_from_value(value, StoredSession::whole).map(|record| match record {
+                            StoredSession::Json(json) => json,
+                            // An unreadable record is reported as a JSON string so
+                            // the resolver can refuse it as bad data, not an outage.
+                            StoredSession::Unparsable { error } => Json::String(error),
+                        }),
+                    )
                 }
                 UserRecordShape::Hash => {
                     let fields: std::collections::HashMap<String, String> =
@@ -615,7 +649,50 @@ impl SessionStore for RedisSessionStore {
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{RedisFixture, Resp};
+    use super::super::user::passport_user;
     use super::*;
+
+    /// Issue 19: a login keeps only `passport` of a session, and logs in
+    /// (or refuses) exactly as the whole parse does.
+    #[test]
+    fn a_session_is_read_for_its_passport_alone() {
+        let lean = StoredSession::from_bytes(
+            br#" {"cookie":{"originalMaxAge":null,"httpOnly":true,"path":"/"},"passport":{"user":"u1"},"cart":[1,{"a":2}]}"#,
+        );
+        assert_eq!(
+            lean,
+            StoredSession::Json(serde_json::json!({"passport": {"user": "u1"}}))
+        );
+        let cases: [&[u8]; 8] = [
+            br#"{"cookie":{},"passport":{"user":"u1"},"x":1}"#,
+            br#"{"cookie":{}}"#,
+            br#"{"passport":null}"#,
+            br#"{"passport":{}}"#,
+            br#"{"passport":{"user":1},"passport":{"user":2}}"#,
+            br#"[{"passport":{"user":1}}]"#,
+            br#"{"passport":{"user":1}} trailing"#,
+            br#""text""#,
+        ];
+        for bytes in cases {
+            let (lean, whole) = (
+                StoredSession::from_bytes(bytes),
+                StoredSession::whole(bytes),
+            );
+            let text = String::from_utf8_lossy(bytes);
+            assert_eq!(passport_user(&lean), passport_user(&whole), "{text}");
+            assert_eq!(
+                matches!(lean, StoredSession::Unparsable { .. }),
+                matches!(whole, StoredSession::Unparsable { .. }),
+                "{text}"
+            );
+        }
+        // A repeated `passport` keeps the last, as a parsed object does.
+        let repeated = br#"{"passport":{"user":1},"passport":{"user":2}}"#;
+        assert_eq!(
+            passport_user(&StoredSession::from_bytes(repeated)),
+            Ok(&serde_json::json!(2))
+        );
+    }
 
     #[test]
     fn stored_session_parses_or_reports() {
