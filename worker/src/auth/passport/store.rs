@@ -361,25 +361,22 @@ async fn file_and_read(
     let filed = filings.len();
     if let ([_], []) = (filings.as_slice(), reads) {
         // Alone, a plain `SET` costs Redis less than the script.
-        let (key, value, lifetime) = filings.pop().expect("one filing");
-        let expire = Expiration::PX(lifetime.as_millis().clamp(1, i64::MAX as u128) as i64);
-        let commands = client.with_options(options);
-        let set = commands.set::<(), _, _>(key, value, Some(expire), None, false);
-        if let Err(error) = bounded(timeout, set).await {
-            tracing::warn!(error = %error, failed = 1, "minted tokens not filed; they will be refused until their sessions log in again");
-        }
+        file_each(
+            client.clone(),
+            options.clone(),
+            timeout,
+            std::mem::take(filings),
+        )
+        .await;
         return Ok(Vec::new());
     }
     let mut keys: Vec<Key> = Vec::with_capacity(filed + reads.len());
     let mut args: Vec<Value> = Vec::with_capacity(1 + 2 * filed);
     args.push(Value::Integer(filed as i64));
-    for (key, value, lifetime) in filings.drain(..) {
-        keys.push(Key::from(key));
-        args.push(Value::from(value));
-        // At least 1 ms: `PX 0` is an error, not "already gone".
-        args.push(Value::Integer(
-            lifetime.as_millis().clamp(1, i64::MAX as u128) as i64,
-        ));
+    for (key, value, lifetime) in filings.iter() {
+        keys.push(Key::from(key.as_str()));
+        args.push(Value::from(value.as_str()));
+        args.push(Value::Integer(lifetime_ms(*lifetime)));
     }
     keys.extend(reads.iter().map(|(key, _)| Key::from(key.as_str())));
     let commands = client.with_options(options);
@@ -389,9 +386,16 @@ async fn file_and_read(
     )
     .await;
     let mut parts = match reply {
-        Ok(reply) => reply.into_array().into_iter(),
+        Ok(reply) => {
+            filings.clear();
+            reply.into_array().into_iter()
+        }
         Err(error) => {
-            tracing::warn!(error = %error, failed = filed, "minted tokens not filed; they will be refused until their sessions log in again");
+            // A Redis that refuses scripts (an ACL, a renamed `EVAL`) still
+            // gets the filings, as plain `SET`s off the reads' path.
+            tracing::warn!(error = %error, "the filing script failed; filing with plain SETs");
+            let filings = std::mem::take(filings);
+            tokio::spawn(file_each(client.clone(), options.clone(), timeout, filings));
             return read_alone(client, options, timeout, reads).await;
         }
     };
@@ -410,6 +414,29 @@ async fn file_and_read(
     }
     let values = parts.next().map(Value::into_array).unwrap_or_default();
     checked_count(values, reads.len())
+}
+
+/// Files each of `filings` with a `SET` of its own; sent together, fred
+/// writes them in one write. Failures are logged.
+async fn file_each(client: Client, options: Options, timeout: Duration, filings: Vec<Filing>) {
+    let commands = client.with_options(&options);
+    let sets = filings.into_iter().map(|(key, value, lifetime)| {
+        let expire = Expiration::PX(lifetime_ms(lifetime));
+        bounded(
+            timeout,
+            commands.set::<(), _, _>(key, value, Some(expire), None, false),
+        )
+    });
+    let results = futures_util::future::join_all(sets).await;
+    let failures: Vec<StoreError> = results.into_iter().filter_map(Result::err).collect();
+    if let Some(error) = failures.first() {
+        tracing::warn!(error = %error, failed = failures.len(), "minted tokens not filed; they will be refused until their sessions log in again");
+    }
+}
+
+/// A filing's lifetime in ms, at least 1: `PX 0` is an error, not "gone".
+fn lifetime_ms(lifetime: Duration) -> i64 {
+    lifetime.as_millis().clamp(1, i64::MAX as u128) as i64
 }
 
 /// `values` when an `MGET` answered one per key.
@@ -861,6 +888,35 @@ mod tests {
             ))
         );
         assert_eq!(redis.command(&["EXISTS", "m0"]).await, Resp::Int(0));
+    }
+
+    /// A Redis that refuses scripts still gets the filings, and the logins
+    /// beside them their sessions.
+    #[tokio::test]
+    async fn a_redis_without_scripts_gets_the_filings_as_plain_sets() {
+        let redis = RedisFixture::start(&["--rename-command", "EVAL", ""]).await;
+        redis.set("sess:r1", r#"{"passport":{"user":1}}"#, 60).await;
+        let store =
+            RedisSessionStore::connect(&RedisStoreConfig::new(&redis.url())).expect("store");
+        assert_eq!(store.load("none").await.expect("load"), None);
+        for i in 0..3u64 {
+            let filing = (format!("m{i}"), format!("s{i}"), Duration::from_secs(60));
+            assert!(store.file_with_reads(filing).is_ok(), "queued");
+        }
+        assert_eq!(
+            store.load("r1").await.expect("load"),
+            Some(StoredSession::Json(
+                serde_json::json!({"passport": {"user": 1}})
+            ))
+        );
+        // Bounded: 100 checks 20 ms apart.
+        for _ in 0..100 {
+            if redis.command(&["DBSIZE"]).await == Resp::Int(4) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("not filed: {:?}", redis.command(&["DBSIZE"]).await);
     }
 
     /// A burst of filings with no login waiting is filed whole all the same.
