@@ -13,7 +13,10 @@
 //! every subscriber was woken, and written to, once per message), and the
 //! messages reach Redis in the order they were published.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -204,8 +207,8 @@ impl RedisChannels {
     }
 }
 
-/// Drains the publish queue: whatever waits is sent as one pipeline (in
-/// queue order, so per channel in publish order), then each waiting
+/// Drains the publish queue: whatever waits is sent together, in one write
+/// (in queue order, so per channel in publish order), then each waiting
 /// publisher hears how its message fared.
 async fn send_publishes(
     client: Client,
@@ -234,7 +237,15 @@ async fn send_publishes(
     }
 }
 
+/// A publish on its way to Redis, and whether Redis took it.
+type PendingSend<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
 /// One result per message of `batch`, in order.
+///
+/// The messages go as separate commands, all queued with fred before its
+/// router runs: fred then writes them together, in queue order, with one
+/// flush. (A fred `Pipeline` is one router command whose commands are each
+/// written and flushed alone: a write, and a wake-up of Redis, per message.)
 async fn send_batch(
     client: &Client,
     sharded: bool,
@@ -243,37 +254,46 @@ async fn send_batch(
     // Fails at once while Redis is disconnected instead of queueing the
     // batch for up to the command timeout (see `fail_fast`).
     let client = client.with_options(&fail_fast());
-    if let [one] = batch {
-        let payload = std::mem::take(&mut one.payload);
-        let sent: Result<i64, _> = if sharded {
-            client.spublish(one.name.as_str(), payload).await
-        } else {
-            client.publish(one.name.as_str(), payload).await
-        };
-        return vec![sent.map(drop).map_err(|e| e.to_string())];
-    }
-    // Built from the fail-fast handle (`client.pipeline()` would drop its options).
-    let pipeline = fred::clients::Pipeline::from(client);
-    for outgoing in batch.iter_mut() {
-        let payload = std::mem::take(&mut outgoing.payload);
-        let queued: Result<(), _> = if sharded {
-            pipeline.spublish(outgoing.name.as_str(), payload).await
-        } else {
-            pipeline.publish(outgoing.name.as_str(), payload).await
-        };
-        if let Err(e) = queued {
-            return vec![Err(e.to_string()); batch.len()];
-        }
-    }
-    let mut results: Vec<Result<(), String>> = pipeline
-        .try_all::<i64>()
-        .await
-        .into_iter()
-        .map(|r| r.map(drop).map_err(|e| e.to_string()))
+    let client = &client;
+    let mut sends: Vec<PendingSend<'_>> = batch
+        .iter_mut()
+        .map(|outgoing| {
+            let payload = std::mem::take(&mut outgoing.payload);
+            let name: &str = &outgoing.name;
+            Box::pin(async move {
+                let sent: Result<i64, _> = if sharded {
+                    client.spublish(name, payload).await
+                } else {
+                    client.publish(name, payload).await
+                };
+                sent.map(drop).map_err(|e| e.to_string())
+            }) as PendingSend<'_>
+        })
         .collect();
-    // A pipeline that failed as a whole answers with fewer results.
-    results.resize(batch.len(), Err("redis did not answer the pipeline".into()));
+    let mut results: Vec<Option<Result<(), String>>> = vec![None; sends.len()];
+    // The first pass polls every send in queue order, which is the order
+    // fred writes them in (per channel: the publish order).
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (send, result) in sends.iter_mut().zip(results.iter_mut()) {
+            if result.is_none() {
+                match send.as_mut().poll(cx) {
+                    Poll::Ready(sent) => *result = Some(sent),
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
     results
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|| Err("redis did not answer".into())))
+        .collect()
 }
 
 fn decode(own_node: &str, message: &fred::types::Message) -> Option<Delivery> {
@@ -288,4 +308,108 @@ fn decode(own_node: &str, message: &fred::types::Message) -> Option<Delivery> {
         channel: channel.to_string(),
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::types::InfoKind;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    /// A throwaway redis-server on a free loopback port, killed on drop.
+    struct Redis(Child, u16);
+
+    impl Redis {
+        fn start() -> Redis {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            // Bounded: 250 tries 20 ms apart while it starts.
+            let up = (0..250).any(|_| {
+                let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+                if !up {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                up
+            });
+            if !up {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server did not start on {port}");
+            }
+            Redis(child, port)
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.1)
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn reads_processed(info: &Client) -> u64 {
+        let text: String = info.info(Some(InfoKind::Stats)).await.expect("INFO");
+        text.lines()
+            .find_map(|line| line.strip_prefix("total_reads_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("total_reads_processed")
+    }
+
+    /// Issue 19: a batch of publishes reaches Redis in one write (Redis
+    /// reads the publisher's socket once), and in order.
+    #[tokio::test]
+    async fn a_batch_of_publishes_reaches_redis_in_one_write_in_order() {
+        let redis = Redis::start();
+        let config = redis_config(&redis.url()).unwrap();
+        let (publisher, info) = (
+            client(config.clone()).unwrap(),
+            client(config.clone()).unwrap(),
+        );
+        let listener = subscriber(config).unwrap();
+        // The clients connect in the background; bounded by the timeout.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            publisher.wait_for_connect().await?;
+            info.wait_for_connect().await?;
+            listener.wait_for_connect().await
+        })
+        .await
+        .expect("connected in time")
+        .expect("connected");
+        let mut heard = listener.message_rx();
+        listener.subscribe(redis_channel("t")).await.unwrap();
+        let before = reads_processed(&info).await;
+        let mut batch: Vec<Outgoing> = (0..20)
+            .map(|i| Outgoing {
+                name: redis_channel("t"),
+                payload: envelope("n", &i.to_string()),
+                done: None,
+            })
+            .collect();
+        let results = send_batch(&publisher, false, &mut batch).await;
+        assert_eq!(results, vec![Ok(()); 20]);
+        // The batch's one read, and this INFO's own.
+        let reads = reads_processed(&info).await - before;
+        assert_eq!(reads, 2, "Redis read the batch in {} reads", reads - 1);
+        for i in 0..20 {
+            let message = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+                .await
+                .expect("message in time")
+                .unwrap();
+            assert_eq!(message.value.as_str().unwrap(), format!("n\n{i}"));
+        }
+    }
 }
