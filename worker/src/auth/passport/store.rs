@@ -349,8 +349,9 @@ const FILE_AND_READ: &str = "local n = tonumber(ARGV[1]) local failed = 0 local 
 /// Files `filings` and reads the sessions of `reads` with one command (one
 /// write, one round trip); the sessions come back in order. A filing that
 /// fails is logged: its token is refused until its session logs in again,
-/// as when a lone `SET` failed. When the script itself fails, the reads
-/// are made alone, so a login never fails for a filing's sake.
+/// as when a lone `SET` failed. When Redis refuses the script, the reads
+/// are made alone and the filings follow as plain `SET`s, so a login never
+/// fails for a filing's sake.
 async fn file_and_read(
     client: &Client,
     options: &Options,
@@ -389,6 +390,12 @@ async fn file_and_read(
         Ok(reply) => {
             filings.clear();
             reply.into_array().into_iter()
+        }
+        Err(error @ StoreError::Timeout(_)) => {
+            // No answer at all: a second try would only wait as long again.
+            tracing::warn!(error = %error, failed = filed, "minted tokens not filed; they will be refused until their sessions log in again");
+            filings.clear();
+            return Err(error);
         }
         Err(error) => {
             // A Redis that refuses scripts (an ACL, a renamed `EVAL`) still
