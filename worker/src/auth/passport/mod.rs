@@ -488,6 +488,18 @@ pub(crate) mod test_support {
             self.command(&["CONFIG", "RESETSTAT"]).await;
         }
 
+        /// Waits (bounded: 100 checks 20 ms apart) until Redis holds `keys`
+        /// keys; panics with the count it has otherwise.
+        pub(crate) async fn wait_for_keys(&self, keys: i64) {
+            for _ in 0..100 {
+                if self.command(&["DBSIZE"]).await == Resp::Int(keys) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("{:?} keys, not {keys}", self.command(&["DBSIZE"]).await);
+        }
+
         /// `total_reads_processed` from `INFO stats`: how many times Redis
         /// read a client socket (this call's own command counts one).
         pub(crate) async fn reads_processed(&self) -> u64 {

@@ -916,14 +916,7 @@ mod tests {
                 serde_json::json!({"passport": {"user": 1}})
             ))
         );
-        // Bounded: 100 checks 20 ms apart.
-        for _ in 0..100 {
-            if redis.command(&["DBSIZE"]).await == Resp::Int(4) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("not filed: {:?}", redis.command(&["DBSIZE"]).await);
+        redis.wait_for_keys(4).await;
     }
 
     /// A burst of filings with no login waiting is filed whole all the same.
@@ -936,14 +929,7 @@ mod tests {
             let filing = (format!("m{i}"), format!("s{i}"), Duration::from_secs(60));
             assert!(store.file_with_reads(filing).is_ok(), "queued");
         }
-        // Bounded: 100 checks 20 ms apart.
-        for _ in 0..100 {
-            if redis.command(&["DBSIZE"]).await == Resp::Int(300) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("not filed: {:?}", redis.command(&["DBSIZE"]).await);
+        redis.wait_for_keys(300).await;
     }
 
     #[tokio::test]
